@@ -1,0 +1,210 @@
+"""The `fax-gateway` command: parse arguments, load the configuration, call the library,
+turn errors into one sentence and an exit code (0 ok, 1 failure, 2 usage/config)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Config, dump_redacted, load_config
+from gateway.errors import ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
+from gateway.results import iso, result_document
+from gateway.store import JOB_STATES, Store
+
+log = logging.getLogger("gateway")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fax-gateway", description="Turns folders into fax machines (iFax).")
+    p.add_argument("--version", action="version", version=f"fax-gateway {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name != "simulator":
+            sp.add_argument("-c", "--config", help="configuration file (default: $FAX_GATEWAY_CONFIG, "
+                            "then /etc/fax-gateway/config.yaml)")
+        return sp
+
+    run = cmd("run", "run the daemon in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--simulate", action="store_true",
+                     help="send to the built-in iFax simulator instead of the real API")
+    cmd("check-config", "validate the configuration and print it with secrets redacted")
+    jobs = cmd("jobs", "list jobs, newest first")
+    jobs.add_argument("--state", help="only jobs in this state: " + ", ".join(JOB_STATES))
+    jobs.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    jobs.add_argument("--json", action="store_true", help="print a JSON array")
+    show = cmd("show", "one job with its recipients, files and events")
+    show.add_argument("job", help="job id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    sim = cmd("simulator", "run the iFax-compatible simulator as a standalone server")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8089)
+    sim.add_argument("--key", default=None, help="API key it accepts (default: $IFAX_API_KEY, else 'simulator')")
+    sim.add_argument("--delay", type=float, default=2.0,
+                     help="seconds a fax stays 'sending' before its final status (default 2)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, UsageError, DaemonRunning) as exc:
+        _fail(exc, debug)
+        return 2
+    except (GatewayError, OSError) as exc:
+        _fail(exc, debug)
+        return 1
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        import traceback
+        traceback.print_exception(exc)
+    text = str(exc).strip() or type(exc).__name__
+    print(f"fax-gateway: {text}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "simulator":
+        return _simulator(args)
+    config = load_config(args.config)
+    if command == "check-config":
+        sys.stdout.write(dump_redacted(config))
+        for w in config.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if config.api.key is None:
+            print("note: no API key is set (api.key_file, api.key or IFAX_API_KEY); `run` needs one "
+                  "unless --simulate", file=sys.stderr)
+        return 0
+    if command == "run":
+        return _run(config, args)
+    if command == "jobs":
+        return _jobs(config, args)
+    if command == "show":
+        return _show(config, args)
+    raise UsageError(f"unknown command {command}")
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from gateway.service import Service
+    setup_logging("debug" if args.debug else config.log.level, config.log.format)
+    for w in config.warnings:
+        log.warning(w)
+    service = Service(config, simulate=args.simulate)
+    service.start()
+    return service.run_forever()
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    import os
+
+    from gateway.simulator import serve
+    setup_logging("debug" if args.debug else "info")
+    key = args.key or os.environ.get("IFAX_API_KEY") or "simulator"
+    serve(args.host, args.port, key=key, delay=args.delay)
+    return 0
+
+
+def _open_readonly(config: Config) -> Store:
+    return Store(config.database, readonly=True)
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise UsageError(f"{text!r} is not a job id: job ids are positive whole numbers (see `fax-gateway jobs`)")
+    return int(text)
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> int:
+    if args.state is not None and args.state not in JOB_STATES:
+        raise UsageError(f"unknown state {args.state!r}: use one of " + ", ".join(JOB_STATES))
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if not config.database.exists():
+        jobs = []
+    else:
+        store = _open_readonly(config)
+        try:
+            jobs = store.list_jobs(state=args.state, limit=args.limit)
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps([result_document(j) for j in jobs], indent=2, ensure_ascii=False))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    print(f"{'JOB':>6}  {'STATE':<10}  {'OUTBOX':<12}  {'CREATED':<20}  {'TO':<16}  FILES")
+    for j in jobs:
+        to = ",".join(r.number for r in j.recipients) or "-"
+        print(f"{j.id:>6}  {j.state:<10}  {j.outbox:<12}  {iso(j.created_at):<20}  {to:<16}  "
+              f"{', '.join(j.names)}")
+    return 0
+
+
+def _show(config: Config, args: argparse.Namespace) -> int:
+    job_id = _job_id(args.job)
+    if not config.database.exists():
+        raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
+    store = _open_readonly(config)
+    try:
+        job = store.get_job(job_id)
+        events = store.events(job_id)
+    finally:
+        store.close()
+    doc: dict[str, Any] = result_document(job)
+    doc["events"] = [{**e, "at": iso(e["at"])} for e in events]
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    print(f"job {job.id}: {job.state}" + (" (simulated)" if job.simulated else ""))
+    if job.reason:
+        print(f"reason: {job.reason} [{job.reason_code or '-'}]")
+    print(f"outbox: {job.outbox}   folder: {job.rel_dir or '.'}")
+    print(f"files: {', '.join(job.names)}")
+    if job.filed_to:
+        print(f"filed in: {job.filed_root}")
+    print(f"created: {iso(job.created_at)}   completed: {iso(job.completed_at) or '-'}")
+    for r in job.recipients:
+        print(f"  to {r.number}: {r.state}, attempts {r.attempts}, iFax job {r.ifax_job_id or '-'}, "
+              f"pages {r.pages if r.pages is not None else '-'}"
+              + (f", {r.message}" if r.message else ""))
+    print("events:")
+    for e in doc["events"]:
+        who = f" {e['recipient']}" if e["recipient"] else ""
+        print(f"  {e['at']}  {e['state']}{who}" + (f": {e['detail']}" if e["detail"] else ""))
+    return 0
+

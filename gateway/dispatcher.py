@@ -1,0 +1,322 @@
+"""The sending state machine: submit queued recipients, poll those sending, file jobs
+whose recipients all have a final status (SPEC 6).
+
+One scheduler thread decides what to start; a pool of `max_in_flight` worker threads
+makes the HTTP calls (threads, because a blocking pooled client is the cheapest way to
+keep a handful of requests in flight).  Every step commits its intent in the store
+before its side effect, so a restart can tell what may have happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gateway import spool
+from gateway.config import OutboxConfig
+from gateway.doctypes import safe_file_name, sniff
+from gateway.errors import ApiError, AuthFailed, Refused, Rejected, Transient, Uncertain
+from gateway.faults import crash_point
+from gateway.ifax import Attachment, IFaxClient
+from gateway.intake import safe_read
+from gateway.metrics import Metrics
+from gateway.results import result_document
+from gateway.store import Job, Recipient, Store
+from gateway.throttle import Backoff, RateLimiter
+
+log = logging.getLogger("gateway.dispatcher")
+
+PROBE_INTERVAL = 60.0
+SAME_REFUSALS_TO_PAUSE = 3
+
+
+class Dispatcher:
+    def __init__(self, store: Store, client: IFaxClient, *, outboxes: Mapping[str, OutboxConfig],
+                 metrics: Metrics, max_in_flight: int, requests_per_minute: int,
+                 poll_interval: float, file_names: bool = True,
+                 on_finished: Callable[[Job, Path | None], None] | None = None) -> None:
+        self.store, self.client, self.metrics = store, client, metrics
+        self.outboxes = dict(outboxes)
+        self.max_in_flight = max_in_flight
+        self.max_polls = max(1, max_in_flight // 2)
+        self.poll_interval = poll_interval
+        self.file_names = file_names
+        self.on_finished = on_finished
+        self.limiter = RateLimiter(requests_per_minute)
+        self.backoff = Backoff()
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._submits = 0
+        self._polls = 0
+        self._thread: threading.Thread | None = None
+        self.paused_reason: str | None = None
+        self._next_probe = 0.0
+        self._refusals: list[tuple[str, int]] = []  # (message, job id) of consecutive refusals
+        self.heartbeat = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """No new request starts; requests under way finish (or time out) before we return."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._file_finished()
+                if self.paused_reason:
+                    self._probe()
+                else:
+                    self._start_submissions()
+                self._start_polls()
+            except Exception:  # the loop never dies on one bad job
+                log.exception("dispatcher step failed; carrying on")
+            self._wake.wait(self._sleep_time())
+            self._wake.clear()
+
+    def _sleep_time(self) -> float:
+        now = time.time()
+        nxt = [now + 1.0]
+        for t in (self.store.next_submission_time(), self.store.next_poll_time()):
+            if t is not None:
+                nxt.append(t)
+        return max(0.01, min(nxt) - now)
+
+    # -- submitting -----------------------------------------------------------------
+
+    def _start_submissions(self) -> None:
+        if self.backoff.remaining() > 0:
+            return
+        with self._lock:
+            free = self.max_in_flight - self._submits
+        if free <= 0:
+            return
+        for rec in self.store.due_submissions(time.time(), free + len(self._inflight)):
+            with self._lock:
+                if rec.id in self._inflight or self._submits >= self.max_in_flight:
+                    continue
+                self._inflight.add(rec.id)
+                self._submits += 1
+            self._pool.submit(self._run, self._submit, rec, "submit")
+
+    def _run(self, fn: Callable[[Recipient], None], rec: Recipient, kind: str) -> None:
+        try:
+            fn(rec)
+        except Exception:
+            log.exception("job %s: %s failed unexpectedly", rec.job_id, kind)
+        finally:
+            with self._lock:
+                self._inflight.discard(rec.id)
+                if kind == "submit":
+                    self._submits -= 1
+                else:
+                    self._polls -= 1
+            self._wake.set()
+
+    def _attachments(self, job: Job) -> list[Attachment]:
+        held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+        out = []
+        for name in job.documents:
+            data = safe_read(held / name)
+            out.append(Attachment(safe_file_name(name, sniff(data[:16]) or "pdf"), data))
+        return out
+
+    def _submit(self, rec: Recipient) -> None:
+        job = self.store.get_job(rec.job_id)
+        try:
+            attachments = self._attachments(job)
+        except Rejected as exc:
+            self.store.mark_submit_refused(rec.id, f"the claimed document could not be read: {exc.reason}")
+            return
+        options = {k: v for k, v in job.options.items() if k != "reference"}
+        if not self.limiter.acquire(self._stop):
+            return
+        if self._stop.is_set() or self.paused_reason or self.backoff.remaining() > 0:
+            return  # still queued: nothing was committed
+        if not self.store.record_submit_intent(rec.id):
+            return
+        crash_point("submit")
+        try:
+            ifax_id = self.client.send(rec.number, attachments, **options)
+        except Transient as exc:
+            delay = self.backoff.failure(exc.retry_after)
+            log.warning("job %s: iFax not reachable, retrying in %.1fs: %s", job.id, delay, exc)
+            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=time.time() + delay)
+            return
+        except AuthFailed as exc:
+            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=time.time())
+            self._pause(str(exc))
+            return
+        except Refused as exc:
+            if self._note_refusal(exc.message, job.id):
+                self.store.mark_submit_not_sent(rec.id, f"refused by iFax: {exc.message}",
+                                                retry_at=time.time())
+                return
+            log.warning("job %s: iFax refused the fax to %s: %s", job.id, rec.number, exc.message)
+            self.store.mark_submit_refused(rec.id, exc.message, exc.code)
+            return
+        except Uncertain as exc:
+            log.error("job %s: submission to %s uncertain: %s", job.id, rec.number, exc)
+            self.store.mark_submit_uncertain(rec.id, str(exc))
+            return
+        crash_point("submitted")
+        self.backoff.success()
+        self._refusals.clear()
+        self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
+        self.metrics.jobs_submitted.labels(job.outbox).inc()
+        if job.settled_at:
+            self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
+        log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
+
+    def _note_refusal(self, message: str, job_id: int) -> bool:
+        """The same refusal for several documents in a row is the account, not the documents."""
+        if self._refusals and self._refusals[-1][0] != message:
+            self._refusals.clear()
+        if not any(j == job_id for _, j in self._refusals):
+            self._refusals.append((message, job_id))
+        if len(self._refusals) >= SAME_REFUSALS_TO_PAUSE:
+            self._pause(f"iFax refused {len(self._refusals)} different documents in a row with "
+                        f"the same message: {message}")
+            return True
+        return False
+
+    def _pause(self, reason: str) -> None:
+        if self.paused_reason is None:
+            log.error("submissions paused: %s", reason)
+        self.paused_reason = reason
+        self.metrics.api_paused.set(1)
+        self._next_probe = time.monotonic() + PROBE_INTERVAL
+
+    def _probe(self) -> None:
+        if time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + PROBE_INTERVAL
+        try:
+            self.client.status("0")
+        except AuthFailed:
+            return
+        except Refused:
+            pass  # the account answered: an unknown job is not an account problem
+        except ApiError:
+            return
+        log.info("iFax answers again: submissions resume")
+        self.paused_reason = None
+        self._refusals.clear()
+        self.metrics.api_paused.set(0)
+
+    # -- polling --------------------------------------------------------------------
+
+    def _start_polls(self) -> None:
+        with self._lock:
+            free = self.max_polls - self._polls
+        if free <= 0:
+            return
+        for rec in self.store.due_polls(time.time(), free + len(self._inflight)):
+            with self._lock:
+                if rec.id in self._inflight or self._polls >= self.max_polls:
+                    continue
+                self._inflight.add(rec.id)
+                self._polls += 1
+            self._pool.submit(self._run, self._poll, rec, "poll")
+
+    def _poll(self, rec: Recipient) -> None:
+        if not self.limiter.acquire(self._stop):
+            return
+        assert rec.ifax_job_id is not None
+        now = time.time()
+        try:
+            st = self.client.status(rec.ifax_job_id)
+        except AuthFailed as exc:
+            self._pause(str(exc))
+            self.store.record_status(rec.id, final_state=None, next_poll_at=now + self.poll_interval,
+                                     transferred_pages=rec.transferred_pages, cost=rec.cost,
+                                     code=rec.code, message=rec.message, ifax_status="unknown")
+            return
+        except ApiError as exc:
+            log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
+                        rec.ifax_job_id, exc)
+            self.store.record_status(rec.id, final_state=None, next_poll_at=now + self.poll_interval,
+                                     transferred_pages=rec.transferred_pages, cost=rec.cost,
+                                     code=rec.code, message=rec.message, ifax_status="unknown")
+            return
+        self.metrics.last_poll.set(time.time())
+        self.store.record_status(rec.id, final_state=st.final_state,
+                                 next_poll_at=now + self.poll_interval,
+                                 transferred_pages=st.transferred_pages, cost=st.cost, code=st.code,
+                                 message=st.message, ifax_status=st.status)
+        if st.final_state:
+            job = self.store.get_job(rec.job_id)
+            if st.final_state == "delivered":
+                self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
+            if st.cost:
+                self.metrics.cost.labels(job.outbox).inc(st.cost)
+            if rec.accepted_at:
+                self.metrics.delivery_duration.observe(max(0.0, time.time() - rec.accepted_at))
+            log.info("job %s: %s for %s", job.id, st.final_state, rec.number)
+
+    # -- filing ---------------------------------------------------------------------
+
+    def _file_finished(self) -> None:
+        for job in self.store.jobs_to_file():
+            try:
+                self.file_job(job)
+            except Exception as exc:
+                log.error("job %s: cannot file its documents yet: %s", job.id, exc)
+
+    def file_job(self, job: Job) -> None:
+        outbox = self.outboxes.get(job.outbox)
+        first_time = job.phase == "held"
+        if first_time:
+            if outbox is None:
+                return
+            filed_to = "sent" if job.state == "delivered" else "failed"
+            root = outbox.sent if filed_to == "sent" else outbox.failed
+            names = job.names + [spool.result_name(job.primary)]
+            suffix = spool.choose_suffix(root / job.rel_dir, names, self._bases(job))
+            self.store.record_filing_intent(job.id, filed_to, str(root), suffix)
+            job = self.store.get_job(job.id)
+        assert job.filed_root is not None and job.filed_suffix is not None
+        bases = self._bases(job)
+        filed = [spool.suffixed(n, job.filed_suffix, bases) for n in job.names]
+        spool.file_job(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir,
+                       names=job.names, bases=bases, dest_root=Path(job.filed_root),
+                       suffix=job.filed_suffix, result_for=job.primary,
+                       result=result_document(job, filed), crash_hook=crash_point)
+        self.store.mark_filed(job.id)
+        if first_time:
+            if job.state == "rejected":
+                self.metrics.files_rejected.labels(job.outbox, job.reason_code or "unknown").inc()
+            else:
+                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
+        what = ", ".join(job.names) if self.file_names else f"{len(job.names)} file(s)"
+        log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
+        if self.on_finished:
+            result_path = (Path(job.filed_root) / job.rel_dir /
+                           spool.suffixed(spool.result_name(job.primary), job.filed_suffix, bases))
+            self.on_finished(job, result_path)
+
+    @staticmethod
+    def _bases(job: Job) -> list[str]:
+        return job.documents + ([job.sidecar] if job.sidecar else [])

@@ -1,0 +1,18 @@
+"""Crash points for the project's kill-and-restart tests.
+
+With FAX_GATEWAY_CRASH_AT=<point> in its environment the daemon kills itself with SIGKILL
+the first time it reaches that point, exactly where a power cut would hurt most.  It does
+nothing otherwise; it exists so that the tests can prove the recovery of each step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("claim", "claimed", "submit", "submitted", "filing")
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get("FAX_GATEWAY_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

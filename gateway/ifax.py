@@ -1,0 +1,253 @@
+"""The iFax REST client: five endpoints, and one question asked of every failure:
+could iFax have acted on the request?  (SPEC 6.2)
+
+Transport errors from httpx are mapped here, at the boundary, to the gateway's own
+`Transient` (certainly not acted on), `Uncertain` (maybe), `Refused` and `AuthFailed`.
+Answers are read liberally because two versions of the API are in the wild.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gateway.errors import ApiError, AuthFailed, Refused, Transient, Uncertain
+
+log = logging.getLogger("gateway.ifax")
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+ENDPOINTS = ("fax-send", "fax-resend", "fax-status", "fax-cancel", "fax-delete")
+FINAL_FAILURES = {"failed": "failed", "canceled": "canceled", "partially_cancelled": "failed",
+                  "failed_chargeable": "failed", "blocked": "failed"}
+
+Observer = Callable[[str, str, float], None]  # (endpoint, outcome, seconds)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    file_name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FaxStatus:
+    status: str                    # iFax's word, lower case, "cancelled" spelled "canceled"
+    final_state: str | None        # delivered | failed | canceled, or None while not final
+    total_pages: int | None
+    transferred_pages: int | None
+    cost: float | None
+    code: Any
+    message: str | None
+    call_start: float | None
+    call_end: float | None
+
+
+def job_id_value(job_id: str) -> int | str:
+    """The documented examples send a number; anything else goes as the text it was."""
+    return int(job_id) if job_id.isdigit() else job_id
+
+
+def parse_time(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return float(calendar.timegm(time.strptime(text, fmt)))
+        except ValueError:
+            continue
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_status(data: dict[str, Any]) -> FaxStatus:
+    raw = str(data.get("faxStatus") or "").strip().lower()
+    status = "canceled" if raw == "cancelled" else raw
+    if status == "delivered":
+        final = "delivered"
+    else:
+        final = FINAL_FAILURES.get(status)
+    return FaxStatus(
+        status=status, final_state=final, total_pages=_int(data.get("faxTotalPages")),
+        transferred_pages=_int(data.get("faxTransferredPages")), cost=_float(data.get("actualCost")),
+        code=data.get("code"), message=data.get("message") or data.get("errorMessage"),
+        call_start=parse_time(data.get("faxCallStart")), call_end=parse_time(data.get("faxCallEnd")))
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        msg = body.get("message") or body.get("errorMessage")
+        data = body.get("data")
+        if not msg and isinstance(data, dict):
+            msg = data.get("message") or data.get("errorMessage")
+        if msg:
+            return str(msg)
+    return "no message"
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class IFaxClient:
+    """Thread-safe; one pooled connection per concurrent request (`max_in_flight`)."""
+
+    def __init__(self, base_url: str, key: str, *, timeout: float, max_in_flight: int,
+                 observer: Observer | None = None,
+                 before_request: Callable[[str], None] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._observer = observer
+        self._before_request = before_request
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_in_flight,
+                                max_keepalive_connections=max_in_flight),
+            headers={"accessToken": key, "Content-Type": "application/json",
+                     "Accept": "application/json",
+                     "User-Agent": "fax-gateway"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:  # never the key
+        return f"IFaxClient({self.base_url!r})"
+
+    # -- endpoints ------------------------------------------------------------------
+
+    def send(self, number: str, attachments: Sequence[Attachment], **options: Any) -> str:
+        body: dict[str, Any] = {"faxNumber": number, "faxData": _fax_data(attachments)}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._job_id(self._call("fax-send", body))
+
+    def resend(self, job_id: str, attachments: Sequence[Attachment]) -> str:
+        body = {"jobId": job_id_value(job_id), "faxData": _fax_data(attachments)}
+        return self._job_id(self._call("fax-resend", body))
+
+    def status(self, job_id: str) -> FaxStatus:
+        body = self._call("fax-status", {"jobId": job_id_value(job_id)})
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise Uncertain("fax-status answer has no fax object", endpoint="fax-status")
+        return parse_status(data)
+
+    def cancel(self, job_id: str) -> None:
+        self._call("fax-cancel", {"jobId": job_id_value(job_id)})
+
+    def delete(self, job_id: str) -> None:
+        self._call("fax-delete", {"jobId": job_id_value(job_id)})
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _job_id(self, body: dict[str, Any]) -> str:
+        data = body.get("data")
+        job_id = data.get("jobId") if isinstance(data, dict) else None
+        if job_id is None or str(job_id).strip() == "":
+            raise Uncertain("iFax answered success without a jobId", endpoint="")
+        return str(job_id).strip()
+
+    def _call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._before_request:
+            self._before_request(endpoint)
+        started = time.monotonic()
+        outcome = "transport_error"
+        try:
+            resp = self._post(endpoint, body)
+            outcome = "http_error"
+            result = self._read(endpoint, resp)
+            outcome = "ok"
+            return result
+        except Refused:
+            outcome = "refused"
+            raise
+        finally:
+            if self._observer:
+                self._observer(endpoint, outcome, time.monotonic() - started)
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> httpx.Response:
+        url = f"{self.base_url}/customer/{endpoint}"
+        try:
+            return self._http.post(url, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise Transient(f"cannot connect to {self.base_url}: {_describe(exc)}",
+                            endpoint=endpoint) from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:
+            raise Transient(f"the request to {endpoint} could not be sent in full: {_describe(exc)}",
+                            endpoint=endpoint) from None
+        except httpx.TimeoutException as exc:
+            raise Uncertain(f"no answer from {endpoint} within the timeout ({_describe(exc)})",
+                            endpoint=endpoint) from None
+        except httpx.HTTPError as exc:
+            raise Uncertain(f"the connection broke after the request to {endpoint} was sent "
+                            f"({_describe(exc)})", endpoint=endpoint) from None
+
+    def _read(self, endpoint: str, resp: httpx.Response) -> dict[str, Any]:
+        code = resp.status_code
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if code in (429, 503):
+            raise Transient(f"iFax answered HTTP {code} to {endpoint} (busy or down)",
+                            endpoint=endpoint, http_status=code, retry_after=_retry_after(resp))
+        if code in (401, 403, 404, 405):
+            raise AuthFailed(f"iFax refused the account with HTTP {code} on {endpoint}: {_message(body)} "
+                             "(check the API key and that api.base_url ends in /v1)",
+                             endpoint=endpoint, http_status=code)
+        if 400 <= code < 500:
+            raise Refused(_message(body), endpoint=endpoint, http_status=code,
+                          code=body.get("code") if isinstance(body, dict) else None)
+        if code >= 300 or not isinstance(body, dict):
+            raise Uncertain(f"iFax answered HTTP {code} to {endpoint}"
+                            + ("" if isinstance(body, dict) else " with an unreadable body"),
+                            endpoint=endpoint, http_status=code)
+        if str(body.get("status")) not in ("1", "True"):
+            data = body.get("data")
+            raise Refused(_message(body), endpoint=endpoint, http_status=code,
+                          code=body.get("code", data.get("code") if isinstance(data, dict) else None))
+        return body
+
+
+def _fax_data(attachments: Sequence[Attachment]) -> list[dict[str, str]]:
+    return [{"fileName": a.file_name, "fileData": base64.b64encode(a.data).decode("ascii")}
+            for a in attachments]
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+__all__ = ["ApiError", "Attachment", "FaxStatus", "IFaxClient", "parse_status", "parse_time"]

@@ -1,0 +1,93 @@
+"""Prometheus metrics (SPEC 8).  Each service owns its registry, so several services can
+run in one process (tests) without sharing counters.  Gauges that describe the database
+are read from it at scrape time, so they are exact and cost an indexed query."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.errors import REASONS
+from gateway.store import JOB_STATES
+
+P = "fax_gateway_"
+
+
+class _StoreCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]],
+                 oldest: Callable[[], float | None]) -> None:
+        self._counts, self._oldest = counts, oldest
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily(P + "jobs", "Jobs in the database by state.", labels=["state"])
+        for state, n in self._counts().items():
+            jobs.add_metric([state], n)
+        yield jobs
+        oldest = self._oldest()
+        yield GaugeMetricFamily(P + "oldest_active_job_age_seconds",
+                                "Age of the oldest job not yet finished (0 when none).",
+                                value=max(0.0, time.time() - oldest) if oldest else 0.0)
+
+
+class Metrics:
+    def __init__(self, outboxes: Sequence[str] = ()) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.files_detected = Counter(P + "files_detected", "Files seen in an outbox.", ["outbox"],
+                                      registry=r)
+        self.files_rejected = Counter(P + "files_rejected", "Documents rejected before sending.",
+                                      ["outbox", "reason"], registry=r)
+        self.jobs_submitted = Counter(P + "jobs_submitted", "Faxes accepted by iFax.", ["outbox"],
+                                      registry=r)
+        self.jobs_completed = Counter(P + "jobs_completed", "Jobs that reached a final status.",
+                                      ["outbox", "result"], registry=r)
+        self.files_waiting = Gauge(P + "files_waiting",
+                                   "Files seen but not yet taken (settling, open, waiting for a sidecar).",
+                                   ["outbox"], registry=r)
+        self.pages_sent = Counter(P + "pages_sent", "Pages of delivered faxes.", ["outbox"], registry=r)
+        self.cost = Counter(P + "cost", "Cost reported by iFax.", ["outbox"], registry=r)
+        self.api_requests = Counter(P + "api_requests", "Requests to the iFax API.",
+                                    ["endpoint", "outcome"], registry=r)
+        self.api_duration = Histogram(P + "api_request_duration_seconds", "iFax API request time.",
+                                      ["endpoint"], registry=r)
+        self.submit_delay = Histogram(P + "submit_delay_seconds",
+                                      "From a file settled to its fax accepted by iFax.", registry=r,
+                                      buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+        self.delivery_duration = Histogram(P + "delivery_duration_seconds",
+                                           "From accepted by iFax to final status.", registry=r,
+                                           buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 21600))
+        self.last_poll = Gauge(P + "last_poll_timestamp_seconds", "When fax-status last answered.",
+                               registry=r)
+        self.api_paused = Gauge(P + "api_paused", "1 while submissions are paused by an account refusal.",
+                                registry=r)
+        self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        for name in outboxes:
+            self.add_outbox(name)
+
+    def add_outbox(self, name: str) -> None:
+        """Create every labelled series at 0, so dashboards see them before the first event."""
+        for m in (self.files_detected, self.jobs_submitted, self.files_waiting, self.pages_sent,
+                  self.cost):
+            m.labels(name)
+        for code in REASONS:
+            self.files_rejected.labels(name, code)
+        for result in ("delivered", "failed", "canceled"):
+            self.jobs_completed.labels(name, result)
+
+    def watch_store(self, counts: Callable[[], dict[str, int]], oldest: Callable[[], float | None]) -> None:
+        self.registry.register(_StoreCollector(counts, oldest))
+
+    def api_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, outcome).inc()
+        self.api_duration.labels(endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["JOB_STATES", "Metrics"]

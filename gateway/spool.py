@@ -1,0 +1,248 @@
+"""Every file move the gateway makes: claiming into `.fax-gateway/<job>/`, filing into
+`sent/` or `failed/` without overwriting, and writing result files.
+
+Each function is safe to call again after a crash at any point inside it: a rename that
+already happened is recognised (source gone, destination present) and skipped.  The
+caller commits its intent to the store before calling, so a restart knows what to repeat.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import GatewayError
+
+JOB_DIR = ".fax-gateway"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+RESULT_SUFFIX = ".result.json"
+
+
+class SpoolError(GatewayError):
+    """A file move could not be completed; the job stays where it is and is tried again."""
+
+
+def job_dir(outbox_path: str | Path, job_id: int) -> Path:
+    return Path(outbox_path) / JOB_DIR / str(job_id)
+
+
+def held_path(outbox_path: str | Path, job_id: int, rel_dir: str, name: str) -> Path:
+    return job_dir(outbox_path, job_id) / rel_dir / name
+
+
+def make_dirs(path: Path, stop_at: Path) -> None:
+    """Create `path` and its missing parents below `stop_at` with mode 0750 and the group
+    of their parent folder, so staff who can read `sent/` can read what we add there."""
+    missing = []
+    p = path
+    while not p.exists() and p != stop_at and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            continue
+        _adopt_parent_group(d, DIR_MODE)
+
+
+def _adopt_parent_group(path: Path, mode: int) -> None:
+    try:
+        parent_gid = os.stat(path.parent).st_gid
+        st = os.lstat(path)
+        if st.st_gid != parent_gid:
+            os.chown(path, -1, parent_gid)
+        os.chmod(path, mode | (stat.S_ISGID if stat.S_ISDIR(st.st_mode) and
+                                _is_setgid(path.parent) else 0))
+    except OSError:
+        pass  # not permitted to change group (not a member): the file stays readable by us
+
+
+def _is_setgid(path: Path) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
+def fsync_dir(path: Path) -> None:
+    """A rename is durable only once its directory is synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any]) -> list[str]:
+    """Rename the job's files from the outbox into its own folder.
+
+    `sources` carry the inode seen when the claim was decided: a file at the same name
+    with another inode is a new document (a reprint) and is left for a later job.
+    Returns the names that were not found (gone before they could be taken).
+    """
+    outbox = Path(outbox_path)
+    src_dir = outbox / rel_dir
+    dst_dir = job_dir(outbox, job_id) / rel_dir
+    make_dirs(dst_dir, outbox)
+    missing = []
+    for s in sources:
+        src, dst = src_dir / s.name, dst_dir / s.name
+        if os.path.lexists(dst):
+            continue  # moved before a crash
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            missing.append(s.name)
+            continue
+        if st.st_ino != s.ino:
+            missing.append(s.name)
+            continue
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            missing.append(s.name)
+    fsync_dir(dst_dir)
+    fsync_dir(src_dir)
+    return missing
+
+
+def suffixed(name: str, n: int, bases: Iterable[str]) -> str:
+    """`NAME.EXT` -> `NAME-N.EXT`; a sidecar or result named after a document follows it
+    (`scan.pdf.yaml` -> `scan-1.pdf.yaml`), so the files of a job stay recognisably together."""
+    if n == 0:
+        return name
+    base = name
+    for b in sorted(bases, key=len, reverse=True):
+        if name == b or name.startswith(b + "."):
+            base = b
+            break
+    rest = name[len(base):]
+    stem, dot, ext = base.rpartition(".")
+    new_base = f"{stem}-{n}.{ext}" if dot and stem else f"{base}-{n}"
+    return new_base + rest
+
+
+def result_name(primary: str) -> str:
+    return primary + RESULT_SUFFIX
+
+
+def choose_suffix(dest_dir: Path, names: Sequence[str], bases: Sequence[str]) -> int:
+    """The lowest N for which no file of the job (result included) would overwrite one."""
+    n = 0
+    while True:
+        if not any(os.path.lexists(dest_dir / suffixed(name, n, bases)) for name in names):
+            return n
+        n += 1
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Rename, or copy-fsync-rename-unlink across filesystems; never overwrites."""
+    if os.path.lexists(dst):
+        if os.path.lexists(src):
+            if _same_content(src, dst):
+                os.unlink(src)  # the copy finished before a crash; the unlink did not
+                return
+            raise SpoolError(f"{dst} already exists and differs from {src}; left both in place")
+        return
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=dst.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            shutil.copystat(src, tmp)
+            os.rename(tmp, dst)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        fsync_dir(dst.parent)
+        os.unlink(src)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 20), fb.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
+
+
+def write_result(path: Path, document: dict[str, Any]) -> None:
+    """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _adopt_parent_group(path, FILE_MODE)
+    fsync_dir(path.parent)
+
+
+def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
+             bases: Sequence[str], dest_root: Path, suffix: int, result_for: str,
+             result: dict[str, Any], crash_hook: Any = None) -> list[str]:
+    """Move the job's files to `dest_root/rel_dir/` under their suffixed names, then write
+    the result file, then remove the job's folder.  Returns the names as filed."""
+    if not dest_root.is_dir():
+        raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
+    dest_dir = dest_root / rel_dir
+    make_dirs(dest_dir, dest_root)
+    src_dir = job_dir(outbox_path, job_id) / rel_dir
+    filed = []
+    for name in names:
+        new = suffixed(name, suffix, bases)
+        src, dst = src_dir / name, dest_dir / new
+        if os.path.lexists(src) or os.path.lexists(dst):
+            move_file(src, dst)
+            filed.append(new)
+        if crash_hook:
+            crash_hook("filing")
+    fsync_dir(dest_dir)
+    write_result(dest_dir / suffixed(result_name(result_for), suffix, bases), result)
+    remove_job_dir(outbox_path, job_id)
+    return filed
+
+
+def remove_job_dir(outbox_path: str | Path, job_id: int) -> None:
+    """Only empty folders are removed: a file left behind is never deleted."""
+    root = job_dir(outbox_path, job_id)
+    if not root.exists():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass

@@ -1,0 +1,550 @@
+"""The job database: the only module with SQL, and the only one that changes job state.
+
+Every state change is written in one transaction together with its event, and every
+step that has a side effect outside the database (renaming files, calling iFax) first
+commits its intent here.  After a crash, the rows say exactly which side effects may
+have happened and `recover` puts each job back where it can be finished.
+
+Times are Unix seconds (UTC) as REAL; they are formatted only at the edges.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gateway.errors import ActionNotAllowed, GatewayError, JobNotFound
+
+SCHEMA_VERSION = 1
+
+# Recipient states of SPEC 5, least advanced first (a job shows its least advanced one).
+ACTIVE_ORDER = ("queued", "submitting", "retry_wait", "sending")
+RECIPIENT_FINAL = ("delivered", "failed", "canceled")
+JOB_STATES = ACTIVE_ORDER + RECIPIENT_FINAL + ("rejected",)
+JOB_FINAL = RECIPIENT_FINAL + ("rejected",)
+
+# Where a job's files are: in the outbox (claiming), in .fax-gateway/<job>/ (held),
+# being moved to sent/ or failed/ (filing), or there with their result file (filed).
+PHASES = ("claiming", "held", "filing", "filed")
+
+
+class StoreError(GatewayError):
+    """The database cannot be opened or has an unexpected shape."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file as it was seen in the outbox when its claim was decided."""
+
+    name: str
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Recipient:
+    id: int
+    job_id: int
+    number: str
+    state: str
+    attempts: int
+    ifax_job_id: str | None
+    pages: int | None
+    transferred_pages: int | None
+    cost: float | None
+    code: Any
+    message: str | None
+    accepted_at: float | None
+    next_action_at: float | None
+
+
+@dataclass
+class Job:
+    id: int
+    outbox: str
+    outbox_path: str
+    state: str
+    phase: str
+    reason: str | None
+    reason_code: str | None
+    simulated: bool
+    rel_dir: str
+    sources: list[SourceFile]
+    documents: list[str]
+    sidecar: str | None
+    primary: str
+    options: dict[str, Any]
+    sha256: list[str | None]
+    pages: int | None
+    created_at: float
+    settled_at: float | None
+    completed_at: float | None
+    filed_to: str | None
+    filed_root: str | None
+    filed_suffix: int | None
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """Every file of the job in its folder: documents, then the sidecar."""
+        return [s.name for s in self.sources]
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Store:
+    """SQLite job store.  One connection, serialised by a lock: SQLite allows one writer
+    at a time anyway, and a single connection keeps every transaction's view simple."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"database {self.path} does not exist yet: start the daemon first")
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=10)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=10)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        if not readonly:
+            self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- schema ---------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        db = self.db
+        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db["jobs"].create({
+            "id": int, "outbox": str, "outbox_path": str, "state": str, "phase": str,
+            "reason": str, "reason_code": str, "simulated": int, "rel_dir": str,
+            "sources": str, "documents": str, "sidecar": str, "primary_name": str,
+            "options": str, "sha256": str, "pages": int, "created_at": float,
+            "settled_at": float, "completed_at": float, "filed_to": str, "filed_root": str,
+            "filed_suffix": int,
+        }, pk="id", if_not_exists=True, not_null={"outbox", "state", "phase"})
+        db["recipients"].create({
+            "id": int, "job_id": int, "position": int, "number": str, "state": str,
+            "attempts": int, "ifax_job_id": str, "pages": int, "transferred_pages": int,
+            "cost": float, "code": str, "message": str, "accepted_at": float,
+            "next_action_at": float, "updated_at": float,
+        }, pk="id", foreign_keys=[("job_id", "jobs", "id")], if_not_exists=True,
+            defaults={"attempts": 0})
+        db["events"].create({
+            "id": int, "job_id": int, "recipient_id": int, "at": float, "state": str,
+            "detail": str,
+        }, pk="id", foreign_keys=[("job_id", "jobs", "id")], if_not_exists=True)
+        # Indexes keep the daemon's hot queries proportional to the active jobs, never to
+        # the history kept in the database (SPEC 6.4, 8).
+        db["jobs"].create_index(["state"], if_not_exists=True)
+        db["jobs"].create_index(["phase"], if_not_exists=True)
+        db["jobs"].create_index(["simulated", "state"], if_not_exists=True)
+        db["recipients"].create_index(["state", "next_action_at"], if_not_exists=True)
+        db["recipients"].create_index(["job_id"], if_not_exists=True)
+        db["recipients"].create_index(["ifax_job_id"], if_not_exists=True)
+        db["events"].create_index(["job_id"], if_not_exists=True)
+        self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                          (str(SCHEMA_VERSION),))
+        version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        if int(version) > SCHEMA_VERSION:
+            raise StoreError(f"database {self.path} was written by a newer fax-gateway "
+                             f"(schema {version}); upgrade fax-gateway")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE so that a transaction never fails half-way on a lock upgrade."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    def _event(self, c: sqlite3.Connection, job_id: int, state: str, detail: str | None = None,
+               recipient_id: int | None = None, at: float | None = None) -> None:
+        c.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES (?,?,?,?,?)",
+                  (job_id, recipient_id, at or _now(), state, detail))
+
+    # -- claiming -------------------------------------------------------------------
+
+    def record_claim_intent(self, *, outbox: str, outbox_path: str, rel_dir: str,
+                            sources: Sequence[SourceFile], documents: Sequence[str],
+                            sidecar: str | None, primary: str, simulated: bool,
+                            settled_at: float | None, reason_code: str | None = None,
+                            reason: str | None = None) -> int:
+        """Commit which files are about to be renamed into the job's folder, before renaming."""
+        now = _now()
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO jobs(outbox, outbox_path, state, phase, simulated, rel_dir, sources,"
+                " documents, sidecar, primary_name, options, sha256, created_at, settled_at,"
+                " reason_code, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (outbox, outbox_path, "queued", "claiming", int(simulated), rel_dir,
+                 json.dumps([s.__dict__ for s in sources]), json.dumps(list(documents)), sidecar,
+                 primary, "{}", "[]", now, settled_at, reason_code, reason))
+            job_id = int(cur.lastrowid)
+            self._event(c, job_id, "claiming", ", ".join(s.name for s in sources), at=now)
+        return job_id
+
+    def mark_held(self, job_id: int, missing: Sequence[str] = ()) -> None:
+        """The claim's renames are done: the files are in .fax-gateway/<job>/."""
+        with self.transaction() as c:
+            if missing:
+                rows = c.execute("SELECT sources FROM jobs WHERE id=?", (job_id,)).fetchone()
+                kept = [s for s in json.loads(rows[0]) if s["name"] not in set(missing)]
+                c.execute("UPDATE jobs SET sources=? WHERE id=?", (json.dumps(kept), job_id))
+            c.execute("UPDATE jobs SET phase='held' WHERE id=? AND phase='claiming'", (job_id,))
+            detail = "gone before it was taken: " + ", ".join(missing) if missing else None
+            self._event(c, job_id, "claimed", detail)
+
+    def accept_job(self, job_id: int, *, numbers: Sequence[str], options: dict[str, Any],
+                   sha256: Sequence[str | None], pages: int) -> None:
+        """The documents are valid and have destinations: one queued recipient per number."""
+        now = _now()
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET options=?, sha256=?, pages=? WHERE id=?",
+                      (json.dumps(options), json.dumps(list(sha256)), pages, job_id))
+            for pos, number in enumerate(numbers):
+                cur = c.execute(
+                    "INSERT INTO recipients(job_id, position, number, state, attempts, pages,"
+                    " next_action_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (job_id, pos, number, "queued", 0, pages, now, now))
+                self._event(c, job_id, "queued", number, recipient_id=int(cur.lastrowid), at=now)
+            self._refresh_job_state(c, job_id)
+
+    def reject_job(self, job_id: int, reason_code: str, reason: str, *,
+                   numbers: Sequence[str] = (), sha256: Sequence[str | None] = (),
+                   options: dict[str, Any] | None = None) -> None:
+        """A job refused before sending: never sent, so recipients have attempts 0."""
+        now = _now()
+        with self.transaction() as c:
+            for pos, number in enumerate(numbers):
+                c.execute("INSERT INTO recipients(job_id, position, number, state, attempts, updated_at)"
+                          " VALUES (?,?,?,?,?,?)", (job_id, pos, number, "failed", 0, now))
+            c.execute("UPDATE jobs SET state='rejected', reason=?, reason_code=?, completed_at=?,"
+                      " sha256=?, options=? WHERE id=?",
+                      (reason, reason_code, now, json.dumps(list(sha256)),
+                       json.dumps(options or {}), job_id))
+            self._event(c, job_id, "rejected", f"{reason_code}: {reason}", at=now)
+
+    # -- submitting -----------------------------------------------------------------
+
+    def due_submissions(self, now: float, limit: int) -> list[Recipient]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT * FROM recipients WHERE state='queued' AND next_action_at<=?"
+                " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
+        return [_recipient(r) for r in rows]
+
+    def next_submission_time(self) -> float | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT MIN(next_action_at) FROM recipients WHERE state='queued'").fetchone()
+        return row[0]
+
+    def record_submit_intent(self, recipient_id: int) -> bool:
+        """Commit that the request is about to leave.  False if the recipient is no longer
+        queued (canceled meanwhile), so the caller must not send."""
+        with self.transaction() as c:
+            r = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            if r is None or r["state"] != "queued":
+                return False
+            self._set_recipient(c, recipient_id, r["job_id"], "submitting")
+        return True
+
+    def mark_submit_accepted(self, recipient_id: int, ifax_job_id: str, *, next_poll_at: float) -> None:
+        now = _now()
+        with self.transaction() as c:
+            job_id = self._job_of(c, recipient_id)
+            c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?"
+                      " WHERE id=?", (ifax_job_id, now, recipient_id))
+            self._set_recipient(c, recipient_id, job_id, "sending", f"iFax job {ifax_job_id}",
+                                next_action_at=next_poll_at)
+
+    def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
+        """The request certainly did not reach iFax: back to the queue, nothing counted."""
+        with self.transaction() as c:
+            job_id = self._job_of(c, recipient_id)
+            self._set_recipient(c, recipient_id, job_id, "queued", detail, next_action_at=retry_at)
+
+    def mark_submit_refused(self, recipient_id: int, message: str, code: Any = None) -> None:
+        with self.transaction() as c:
+            job_id = self._job_of(c, recipient_id)
+            c.execute("UPDATE recipients SET message=?, code=? WHERE id=?",
+                      (message, _text(code), recipient_id))
+            self._set_recipient(c, recipient_id, job_id, "failed", f"refused by iFax: {message}")
+
+    def mark_submit_uncertain(self, recipient_id: int, detail: str) -> None:
+        """iFax may have accepted the fax: it counts as an attempt and ends failed (6.3)."""
+        message = (f"the outcome of the submission is unknown ({detail}); iFax may have sent it: "
+                   "check the iFax dashboard before sending it again")
+        with self.transaction() as c:
+            job_id = self._job_of(c, recipient_id)
+            c.execute("UPDATE recipients SET attempts=attempts+1, message=? WHERE id=?",
+                      (message, recipient_id))
+            self._set_recipient(c, recipient_id, job_id, "failed", message)
+
+    # -- polling --------------------------------------------------------------------
+
+    def due_polls(self, now: float, limit: int) -> list[Recipient]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT * FROM recipients WHERE state='sending' AND next_action_at<=?"
+                " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
+        return [_recipient(r) for r in rows]
+
+    def next_poll_time(self) -> float | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT MIN(next_action_at) FROM recipients WHERE state='sending'").fetchone()
+        return row[0]
+
+    def record_status(self, recipient_id: int, *, final_state: str | None, next_poll_at: float,
+                      transferred_pages: int | None, cost: float | None, code: Any,
+                      message: str | None, ifax_status: str) -> None:
+        """Store what a poll read; `final_state` moves the recipient to its end state."""
+        with self.transaction() as c:
+            row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            if row is None or row["state"] != "sending":
+                return
+            c.execute("UPDATE recipients SET transferred_pages=?, cost=?, code=?, message=?,"
+                      " next_action_at=?, updated_at=? WHERE id=?",
+                      (transferred_pages, cost, _text(code), message, next_poll_at, _now(), recipient_id))
+            if final_state:
+                detail = f"iFax status {ifax_status}" + (f": {message}" if message else "")
+                self._set_recipient(c, recipient_id, row["job_id"], final_state, detail)
+
+    def find_recipient_by_ifax_job(self, ifax_job_id: str) -> Recipient | None:
+        with self._lock:
+            row = self.conn.execute("SELECT * FROM recipients WHERE ifax_job_id=? ORDER BY id DESC",
+                                    (ifax_job_id,)).fetchone()
+        return _recipient(row) if row else None
+
+    def poll_now(self, recipient_id: int) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE recipients SET next_action_at=? WHERE id=? AND state='sending'",
+                      (_now(), recipient_id))
+
+    # -- filing ---------------------------------------------------------------------
+
+    def jobs_to_file(self, limit: int = 100) -> list[Job]:
+        """Finished jobs whose files still lie in .fax-gateway/<job>/ (or half moved)."""
+        with self._lock:
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE phase IN ('held','filing') AND state IN"
+                " ('delivered','failed','canceled','rejected') ORDER BY id LIMIT ?", (limit,))]
+        return [self.get_job(i) for i in ids]
+
+    def record_filing_intent(self, job_id: int, filed_to: str, filed_root: str, suffix: int) -> None:
+        """Commit where the files go before the first one moves, so a restart repeats the
+        same move instead of choosing another name."""
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET phase='filing', filed_to=?, filed_root=?, filed_suffix=?"
+                      " WHERE id=? AND phase='held'", (filed_to, filed_root, suffix, job_id))
+            self._event(c, job_id, "filing", f"to {filed_to}/" + (f" as -{suffix}" if suffix else ""))
+
+    def mark_filed(self, job_id: int) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET phase='filed' WHERE id=?", (job_id,))
+            self._event(c, job_id, "filed")
+
+    # -- recovery -------------------------------------------------------------------
+
+    def jobs_in_phase(self, phase: str) -> list[Job]:
+        with self._lock:
+            ids = [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE phase=? ORDER BY id",
+                                                   (phase,))]
+        return [self.get_job(i) for i in ids]
+
+    def held_jobs_without_recipients(self) -> list[Job]:
+        """Claimed jobs that died before they were accepted or rejected."""
+        with self._lock:
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE phase='held' AND state='queued' AND NOT EXISTS"
+                " (SELECT 1 FROM recipients WHERE job_id=jobs.id) ORDER BY id")]
+        return [self.get_job(i) for i in ids]
+
+    def interrupted_submissions(self) -> list[Recipient]:
+        """Recipients whose request may have left when the process died (6.3)."""
+        with self._lock:
+            rows = self.conn.execute("SELECT * FROM recipients WHERE state='submitting'").fetchall()
+        return [_recipient(r) for r in rows]
+
+    def has_real_jobs(self) -> bool:
+        with self._lock:
+            return self.conn.execute(
+                "SELECT 1 FROM jobs WHERE simulated=0 LIMIT 1").fetchone() is not None
+
+    # -- reading --------------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job:
+        with self._lock:
+            row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            recips = self.conn.execute("SELECT * FROM recipients WHERE job_id=? ORDER BY position",
+                                       (job_id,)).fetchall()
+        job = _job(row)
+        job.recipients = [_recipient(r) for r in recips]
+        return job
+
+    def list_jobs(self, *, state: str | None = None, limit: int = 1000) -> list[Job]:
+        sql, args = "SELECT * FROM jobs", []
+        if state:
+            sql += " WHERE state=?"
+            args.append(state)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self.conn.execute(sql, args).fetchall()
+            ids = [r["id"] for r in rows]
+            recips: dict[int, list[Recipient]] = {i: [] for i in ids}
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                for r in self.conn.execute(f"SELECT * FROM recipients WHERE job_id IN ({marks})"
+                                           " ORDER BY job_id, position", part):
+                    recips[r["job_id"]].append(_recipient(r))
+        jobs = []
+        for row in rows:
+            job = _job(row)
+            job.recipients = recips[job.id]
+            jobs.append(job)
+        return jobs
+
+    def events(self, job_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT e.at, e.state, e.detail, r.number FROM events e LEFT JOIN recipients r"
+                " ON r.id=e.recipient_id WHERE e.job_id=? ORDER BY e.id", (job_id,)).fetchall()
+        return [{"at": r["at"], "state": r["state"], "recipient": r["number"], "detail": r["detail"]}
+                for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        """Exact counts per state.  Final states are counted through the state index, so
+        the cost is an index scan, not a table scan with JSON decoding."""
+        with self._lock:
+            rows = self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = {s: 0 for s in JOB_STATES}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def oldest_active_created_at(self) -> float | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT MIN(created_at) FROM jobs WHERE state IN"
+                " ('queued','submitting','retry_wait','sending')").fetchone()
+        return row[0]
+
+    def check_writable(self) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('heartbeat', ?)", (str(_now()),))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _job_of(self, c: sqlite3.Connection, recipient_id: int) -> int:
+        row = c.execute("SELECT job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no recipient {recipient_id}")
+        return int(row[0])
+
+    def _set_recipient(self, c: sqlite3.Connection, recipient_id: int, job_id: int, state: str,
+                       detail: str | None = None, *, next_action_at: float | None = None) -> None:
+        now = _now()
+        if next_action_at is None:
+            c.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=?", (state, now, recipient_id))
+        else:
+            c.execute("UPDATE recipients SET state=?, updated_at=?, next_action_at=? WHERE id=?",
+                      (state, now, next_action_at, recipient_id))
+        self._event(c, job_id, state, detail, recipient_id=recipient_id, at=now)
+        self._refresh_job_state(c, job_id)
+
+    def _refresh_job_state(self, c: sqlite3.Connection, job_id: int) -> None:
+        """The job's state follows from its recipients (SPEC 5); kept in a column so that
+        listing and counting by state is an index lookup."""
+        states = [r[0] for r in c.execute("SELECT state FROM recipients WHERE job_id=?", (job_id,))]
+        job = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if not states or job["state"] == "rejected":
+            return
+        active = [s for s in states if s in ACTIVE_ORDER]
+        if active:
+            new = min(active, key=ACTIVE_ORDER.index)
+            completed = None
+        elif all(s == "delivered" for s in states):
+            new, completed = "delivered", _now()
+        elif all(s == "canceled" for s in states):
+            new, completed = "canceled", _now()
+        else:
+            new, completed = "failed", _now()
+        if new == job["state"]:
+            return
+        reason = reason_code = None
+        if new == "failed":
+            msgs = [f"{r['number']}: {r['message'] or r['state']}" for r in c.execute(
+                "SELECT number, state, message FROM recipients WHERE job_id=? AND state!='delivered'",
+                (job_id,))]
+            reason = "the fax was not delivered to " + "; ".join(msgs)
+        c.execute("UPDATE jobs SET state=?, completed_at=?, reason=?, reason_code=? WHERE id=?",
+                  (new, completed, reason, reason_code, job_id))
+        if completed:
+            self._event(c, job_id, new, reason)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _recipient(r: sqlite3.Row) -> Recipient:
+    return Recipient(id=r["id"], job_id=r["job_id"], number=r["number"], state=r["state"],
+                     attempts=r["attempts"] or 0, ifax_job_id=r["ifax_job_id"], pages=r["pages"],
+                     transferred_pages=r["transferred_pages"], cost=r["cost"], code=r["code"],
+                     message=r["message"], accepted_at=r["accepted_at"],
+                     next_action_at=r["next_action_at"])
+
+
+def _job(r: sqlite3.Row) -> Job:
+    return Job(id=r["id"], outbox=r["outbox"], outbox_path=r["outbox_path"], state=r["state"],
+               phase=r["phase"], reason=r["reason"], reason_code=r["reason_code"],
+               simulated=bool(r["simulated"]), rel_dir=r["rel_dir"] or "",
+               sources=[SourceFile(**s) for s in json.loads(r["sources"] or "[]")],
+               documents=json.loads(r["documents"] or "[]"), sidecar=r["sidecar"],
+               primary=r["primary_name"], options=json.loads(r["options"] or "{}"),
+               sha256=json.loads(r["sha256"] or "[]"), pages=r["pages"], created_at=r["created_at"],
+               settled_at=r["settled_at"], completed_at=r["completed_at"], filed_to=r["filed_to"],
+               filed_root=r["filed_root"], filed_suffix=r["filed_suffix"])
+
+
+def ensure_action_allowed(job: Job, allowed: Sequence[str], action: str) -> None:
+    if job.state not in allowed:
+        raise ActionNotAllowed(f"job {job.id} is {job.state}: {action} needs a job that is "
+                               + " or ".join(allowed))
