@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("claim", "claimed", "submit", "submitted", "filing")
+POINTS = ("claim", "claim_partial", "claimed", "submit", "submitted", "filing")
 
 
 def crash_point(name: str) -> None:

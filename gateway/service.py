@@ -91,6 +91,9 @@ class Service:
     # -- start ----------------------------------------------------------------------
 
     def start(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # Lease breaks arrive as SIGIO, which would kill us (see watcher.open_for_writing).
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
         self._lock.acquire()
         try:
             self._start()
@@ -196,7 +199,7 @@ class Service:
             simulated=self.simulate, settled_at=settled_wall,
             reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None)
         crash_point("claim")
-        missing = spool.claim(ob.path, job_id, plan.rel_dir, sources)
+        missing = spool.claim(ob.path, job_id, plan.rel_dir, sources, crash_hook=crash_point)
         for n in plan.names:
             self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
         self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(missing))

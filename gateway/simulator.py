@@ -58,6 +58,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -798,7 +799,9 @@ def serve(host: str, port: int, *, key: str, delay: float) -> None:
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         simulator.start()
-        print(f"iFax simulator listening on {simulator.url} (accessToken: {key}); "
+        # A key taken from $IFAX_API_KEY may be a real one: name it, never echo it.
+        shown = "the value of $IFAX_API_KEY" if key and key == os.environ.get("IFAX_API_KEY") else key
+        print(f"iFax simulator listening on {simulator.url} (accessToken: {shown}); "
               "stop it with Ctrl-C", flush=True)
         while not stop.wait(0.5):
             pass

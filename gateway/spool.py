@@ -85,7 +85,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any]) -> list[str]:
+def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any],
+          crash_hook: Any = None) -> list[str]:
     """Rename the job's files from the outbox into its own folder.
 
     `sources` carry the inode seen when the claim was decided: a file at the same name
@@ -113,6 +114,8 @@ def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[
             os.rename(src, dst)
         except FileNotFoundError:
             missing.append(s.name)
+        if crash_hook:
+            crash_hook("claim_partial")
     fsync_dir(dst_dir)
     fsync_dir(src_dir)
     return missing

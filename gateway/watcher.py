@@ -8,9 +8,12 @@ clock, and a periodic rescan finds anything the events missed.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import queue
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -228,6 +231,9 @@ class Watcher:
                 if seen.held_open or now - seen.changed_at < wo.settle:
                     seen.settled_at = None
                 elif seen.settled_at is None:
+                    if open_for_writing(wo.root / rel, sig):
+                        seen.changed_at = now  # a writer we had no event for still holds it
+                        continue
                     seen.settled_at = now
                 if not seen.warned and now - seen.first_seen > LONG_WAIT:
                     seen.warned = True
@@ -253,6 +259,45 @@ class Watcher:
     def long_waiting(self, outbox: str) -> int:
         now = self.clock()
         return sum(1 for s in self.outboxes[outbox].files.values() if now - s.first_seen > LONG_WAIT)
+
+
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+_F_UNLCK = getattr(fcntl, "F_UNLCK", 2)
+_F_RDLCK = getattr(fcntl, "F_RDLCK", 0)
+
+
+def leases_usable() -> bool:
+    """A lease break is signalled with SIGIO, whose default action kills the process: the
+    service ignores SIGIO at start-up, and only then may leases be taken."""
+    try:
+        return signal.getsignal(signal.SIGIO) == signal.SIG_IGN
+    except (AttributeError, ValueError):
+        return False
+
+
+def open_for_writing(path: Path, sig: tuple[int, int, int, int]) -> bool:
+    """True if some process holds the file open for writing.
+
+    The kernel refuses a read lease (EAGAIN) while any writer has the file open.  This
+    covers writers the events cannot show: a file opened before its folder was watched
+    (a scanner creating a folder and its file at once).  Where a lease is not permitted
+    (another user's file without CAP_LEASE), settle alone decides, as SPEC 4.1 allows.
+    """
+    if not stat.S_ISREG(sig[3]) or not leases_usable():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, _F_RDLCK)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY)
+    else:
+        fcntl.fcntl(fd, _F_SETLEASE, _F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _signature(path: str | Path) -> tuple[int, int, int, int] | None:

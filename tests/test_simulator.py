@@ -50,6 +50,11 @@ def attachment(data: bytes = PDF3, name: str = "invoice.pdf") -> dict[str, str]:
     return {"fileName": name, "fileData": base64.b64encode(data).decode()}
 
 
+def http_client(url: str, **kw: Any) -> httpx.Client:
+    """A client like the gateway's; no TLS context, since the simulator speaks plain HTTP."""
+    return httpx.Client(base_url=url, verify=False, **{"headers": HEADERS, "timeout": 5, **kw})
+
+
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Simulator]:
     with Simulator(key=KEY, delay=DELAY) as simulator:
@@ -63,7 +68,7 @@ def _clean(sim: Simulator) -> None:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, headers=HEADERS, timeout=5) as http:
+    with http_client(sim.url) as http:
         yield http
 
 
@@ -113,7 +118,7 @@ def refusal(answer: dict[str, Any], *words: str) -> None:
 
 def test_job_ids_start_at_1000_and_increase() -> None:
     with Simulator(key=KEY, delay=DELAY) as fresh, \
-            httpx.Client(base_url=fresh.url, headers=HEADERS) as http:
+            http_client(fresh.url) as http:
         assert [send(http), send(http), send(http)] == [1000, 1001, 1002]
 
 
@@ -239,7 +244,7 @@ def test_unknown_job_id_is_not_found(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize("headers", [{"accessToken": "wrong"}, {}])
 def test_wrong_or_missing_key_is_401(sim: Simulator, headers: dict[str, str]) -> None:
-    with httpx.Client(base_url=sim.url, headers={"Accept": "application/json", **headers}) as http:
+    with http_client(sim.url, headers={"Accept": "application/json", **headers}) as http:
         response = http.post("/customer/fax-send", json={"faxNumber": "+15551234567",
                                                           "faxData": [attachment()]})
     assert response.status_code == 401
@@ -360,7 +365,8 @@ def test_method_as_form_field_may_only_say_post(client: httpx.Client) -> None:
 def test_unknown_path_is_404_and_other_methods_405(client: httpx.Client, sim: Simulator) -> None:
     assert client.post("/customer/fax-teleport", json={}).status_code == 404
     assert client.post("/fax-send", json={}).status_code == 404
-    assert httpx.post(sim.url.removesuffix("/v1") + "/customer/fax-send", json={}).status_code == 404
+    with http_client(sim.url.removesuffix("/v1")) as root:
+        assert root.post("/customer/fax-send", json={}).status_code == 404
     response = client.get("/customer/fax-send")
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
 
@@ -382,7 +388,7 @@ def test_every_request_is_recorded_with_its_body(client: httpx.Client, sim: Simu
 
 def test_admin_endpoints_work_without_a_key(sim: Simulator, client: httpx.Client) -> None:
     job_id = send(client)
-    admin = httpx.Client(base_url=sim.url.removesuffix("/v1"))
+    admin = http_client(sim.url.removesuffix("/v1"), headers={})
     with admin:
         recorded = admin.get("/_simulator/requests", params={"endpoint": "fax-send"}).json()
         assert [r["job_id"] for r in recorded] == [job_id]
@@ -491,7 +497,7 @@ def test_concurrent_sends_get_distinct_job_ids(sim: Simulator) -> None:
     ids: list[int] = []
 
     def worker() -> None:
-        with httpx.Client(base_url=sim.url, headers=HEADERS) as http:
+        with http_client(sim.url) as http:
             ids.extend(send(http) for _ in range(3))
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
@@ -506,7 +512,7 @@ def test_stop_closes_pooled_connections_and_start_comes_back_on_the_same_port() 
     simulator = Simulator(key=KEY, delay=DELAY).start()
     try:
         url = simulator.url
-        with httpx.Client(base_url=url, headers=HEADERS, timeout=2) as http:
+        with http_client(url, timeout=2) as http:
             job_id = send(http)
             simulator.stop()
             with pytest.raises(httpx.TransportError):

@@ -1,0 +1,142 @@
+"""SIGKILL the real daemon at each step that moves files or changes job state, restart
+it, and check that every document ends exactly once in sent/ or failed/ and that no
+document was submitted twice (SPEC 6.3)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from conftest import make_pdf, sent_documents, wait_for
+
+
+def _drop(spool, number: str, names=("a.pdf",), sidecar: str | None = None):
+    folder = spool.outbox / number
+    folder.mkdir(exist_ok=True)
+    if sidecar:
+        (folder / sidecar[0]).write_text(sidecar[1])
+    datas = {}
+    for name in names:
+        datas[name] = make_pdf(1, text=name)
+        (folder / name).write_bytes(datas[name])
+    return datas
+
+
+def _everything_filed_once(spool, datas: dict[str, bytes], where: str):
+    """Each document lies in exactly one place: its final folder, with one result file."""
+    everywhere = [p for p in spool.root.rglob("*.pdf")]
+    for name, data in datas.items():
+        copies = [p for p in everywhere if p.read_bytes() == data]
+        assert len(copies) == 1, f"{name} found {len(copies)} times: {copies}"
+        assert getattr(spool, where) in copies[0].parents, f"{name} is in {copies[0]}"
+    assert spool.outbox_files() == []
+    assert not any((spool.outbox / ".fax-gateway").rglob("*.pdf"))
+
+
+@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed"])
+def test_sigkill_during_claim_loses_nothing_and_sends_once(daemon, spool, simulator, point):
+    d = daemon()
+    d.start(crash_at=point)
+    datas = _drop(spool, "+15551230201", sidecar=("a.pdf.yaml", "subject: crash\n"))
+    assert d.wait_exit() == -9, "the daemon did not reach the crash point"
+    assert simulator.requests("fax-send") == []
+    d.start()
+    [result] = spool.wait_results(1, "sent")
+    assert result["state"] == "delivered"
+    assert sorted(result["files"]) == ["a.pdf", "a.pdf.yaml"]
+    assert sent_documents(simulator) == [("+15551230201", datas["a.pdf"])]
+    _everything_filed_once(spool, datas, "sent")
+
+
+def test_sigkill_before_the_request_leaves_never_sends_twice(daemon, spool, simulator):
+    d = daemon()
+    d.start(crash_at="submit")
+    datas = _drop(spool, "+15551230202")
+    assert d.wait_exit() == -9
+    d.start()
+    [result] = spool.wait_results(1, "failed")
+    # The intent was committed: the gateway cannot know whether the request left, so it
+    # says so instead of sending again (on_uncertain: fail).
+    assert result["state"] == "failed"
+    assert "unknown" in result["recipients"][0]["message"]
+    assert len(simulator.requests("fax-send")) == 0
+    _everything_filed_once(spool, datas, "failed")
+
+
+def test_sigkill_while_the_request_is_in_flight_is_uncertain_not_resent(daemon, spool, simulator):
+    simulator.set_fault("slow", endpoints=("fax-send",), seconds=30, count=1)
+    d = daemon()
+    d.start()
+    datas = _drop(spool, "+15551230203")
+    wait_for(lambda: simulator.requests("fax-send"), 15, "the request to reach the API")
+    d.kill()
+    d.start()
+    [result] = spool.wait_results(1, "failed")
+    assert result["state"] == "failed"
+    [r] = result["recipients"]
+    assert r["attempts"] == 1
+    assert "iFax may have sent it" in r["message"]
+    assert len(simulator.requests("fax-send")) == 1
+    _everything_filed_once(spool, datas, "failed")
+
+
+def test_sigkill_after_the_answer_before_it_was_stored(daemon, spool, simulator):
+    d = daemon()
+    d.start(crash_at="submitted")
+    datas = _drop(spool, "+15551230204")
+    assert d.wait_exit() == -9
+    assert len(simulator.requests("fax-send")) == 1
+    d.start()
+    [result] = spool.wait_results(1, "failed")
+    assert "unknown" in result["recipients"][0]["message"]
+    assert len(simulator.requests("fax-send")) == 1
+    _everything_filed_once(spool, datas, "failed")
+
+
+def test_sigkill_during_the_final_move(daemon, spool, simulator):
+    d = daemon()
+    d.start(crash_at="filing")
+    datas = _drop(spool, "+15551230205", names=("a.pdf",), sidecar=("a.pdf.yaml", "reference: R1\n"))
+    assert d.wait_exit(timeout=30) == -9
+    d.start()
+    [result] = spool.wait_results(1, "sent")
+    assert result["reference"] == "R1"
+    assert sorted(result["files"]) == ["a.pdf", "a.pdf.yaml"]
+    assert (spool.sent / "+15551230205" / "a.pdf.yaml").read_text() == "reference: R1\n"
+    assert sent_documents(simulator) == [("+15551230205", datas["a.pdf"])]
+    _everything_filed_once(spool, datas, "sent")
+
+
+def test_sigkill_while_sending_keeps_polling_after_restart(daemon, spool, simulator, tmp_path):
+    """A fax accepted before the kill is polled after the restart, never submitted again."""
+    d = daemon()
+    d.start()
+    datas = _drop(spool, "+15551230888")  # stays sending until canceled
+    wait_for(lambda: simulator.requests("fax-status"), 15, "the first poll")
+    d.kill()
+    d.start()
+    n = len(simulator.requests("fax-status"))
+    wait_for(lambda: len(simulator.requests("fax-status")) > n, 15, "polls after the restart")
+    assert len(simulator.requests("fax-send")) == 1
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    [(state,)] = db.execute("SELECT state FROM jobs").fetchall()
+    assert state == "sending"
+    assert spool.outbox_files() == [] and datas
+
+
+def test_many_kills_in_a_row_still_file_each_document_once(daemon, spool, simulator):
+    points = ["claim", "claimed", "filing"]
+    d = daemon()
+    datas = {}
+    for i, point in enumerate(points):
+        d.start(crash_at=point)
+        datas.update(_drop(spool, f"+1555123030{i}", names=(f"d{i}.pdf",)))
+        d.wait_exit(timeout=30)
+    d.start()
+    results = spool.wait_results(len(points), "sent")
+    assert all(r["state"] == "delivered" for r in results)
+    assert sorted(d for _, d in sent_documents(simulator)) == sorted(datas.values())
+    _everything_filed_once(spool, datas, "sent")
+    json.dumps(results, default=str)
