@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     sim = cmd("simulator", "run the iFax-compatible simulator as a standalone server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
-    sim.add_argument("--key", default=None, help="API key it accepts (default: $IFAX_API_KEY, else 'simulator')")
+    sim.add_argument("--key", default="simulator",
+                     help="the API key it accepts (default 'simulator'; never use a real key here)")
     sim.add_argument("--delay", type=float, default=2.0,
                      help="seconds a fax stays 'sending' before its final status (default 2)")
     return p
@@ -129,12 +130,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    import os
-
     from gateway.simulator import serve
     setup_logging("debug" if args.debug else "info")
-    key = args.key or os.environ.get("IFAX_API_KEY") or "simulator"
-    serve(args.host, args.port, key=key, delay=args.delay)
+    serve(args.host, args.port, key=args.key, delay=args.delay)
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from gateway import spool
 from gateway.config import Config, OutboxConfig
 from gateway.dispatcher import Dispatcher
-from gateway.errors import DaemonRunning, GatewayError, Rejected
+from gateway.errors import DaemonRunning, GatewayError, Rejected, UsageError
 from gateway.faults import crash_point
 from gateway.ifax import IFaxClient
 from gateway.intake import FolderPlanner, Plan, evaluate, file_sha256
@@ -105,7 +105,7 @@ class Service:
         cfg = self.config
         self.store = Store(cfg.database)
         if self.simulate and self.store.has_real_jobs():
-            raise StartupError(f"--simulate refuses database {cfg.database}: it holds jobs sent to a "
+            raise UsageError(f"--simulate refuses database {cfg.database}: it holds jobs sent to a "
                                "real API; use another database for simulated runs")
         self.metrics.watch_store(self.store.count_by_state, self.store.oldest_active_created_at)
         for ob in cfg.outboxes:
