@@ -47,8 +47,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
 # in their `defaults.` form and are checked under every outbox as well. Delete an entry
 # in the same change that implements the key.
 NOT_SUPPORTED_YET: set[str] = {
-    "webhook.enabled",
-    "webhook.secret",
     "notify.command",
     "retention.sent",
     "retention.jobs",

@@ -62,3 +62,35 @@ def test_webhook_with_wrong_secret_is_404(daemon):
     assert httpx.post(d.url + "/ifax/webhook/nope", json={}).status_code == 404
     assert httpx.get(d.url + "/nothing").status_code == 404
     d.terminate()
+
+
+def test_webhook_for_a_known_job_triggers_an_immediate_poll(daemon, spool, simulator):
+    from conftest import wait_for
+    d = daemon(extra={"poll": {"interval": "60s"}, "webhook": {"enabled": True, "secret": "s3cr3t"}})
+    d.start()
+    folder = spool.outbox / "+15551230503"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf(1))
+    [req] = wait_for(lambda: simulator.requests("fax-send"), 15, "the submission")
+    wait_for(lambda: simulator.job(req["job_id"])["faxStatus"] == "delivered", 10, "delivery")
+    # The body is not trusted: it claims failure, the poll reads the truth.
+    r = httpx.post(d.url + "/ifax/webhook/s3cr3t", json={"jobId": req["job_id"], "faxStatus": "failed"})
+    assert r.status_code == 200
+    [result] = spool.wait_results(1, "sent", timeout=10)  # without the webhook: 60 s
+    assert result["state"] == "delivered"
+    assert httpx.post(d.url + "/ifax/webhook/s3cr3t", json={"jobId": 424242}).status_code == 200
+    assert httpx.post(d.url + "/ifax/webhook/wrong", json={"jobId": req["job_id"]}).status_code == 404
+    d.terminate()
+
+
+def test_created_folders_and_result_files_take_parent_group_and_modes(service, spool, simulator):
+    import stat
+    service()
+    folder = spool.outbox / "+15551230504"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf(1))
+    [result] = spool.wait_results(1, "sent")
+    made = spool.sent / "+15551230504"
+    assert stat.S_IMODE(made.stat().st_mode) & 0o777 == 0o750
+    assert stat.S_IMODE(result["_path"].stat().st_mode) == 0o640
+    assert made.stat().st_gid == spool.sent.stat().st_gid
