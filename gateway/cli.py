@@ -142,7 +142,8 @@ def _open_readonly(config: Config) -> Store:
 
 def _job_id(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
-        raise UsageError(f"{text!r} is not a job id: job ids are positive whole numbers (see `fax-gateway jobs`)")
+        raise UsageError(f"{text!r} is not a job id: job ids are positive whole numbers "
+                         "(see `fax-gateway jobs`)")
     return int(text)
 
 

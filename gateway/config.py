@@ -878,7 +878,7 @@ def _check_folders(ctx: _Context, items: list[_Item], database_set: _Set | None,
                               "one another", file=ctx.file, key=second.key, line=second.line)
     # The gateway would take the database (or its -wal file) as a document and file it in failed/.
     db_real = Path(os.path.realpath(database))
-    for entry, folder in zip(folders, real):
+    for entry, folder in zip(folders, real, strict=True):
         if folder in db_real.parents:
             raise ConfigError(f"({database}) lies inside {entry.key} ({entry.value}): keep the "
                               "database out of outbox, sent and failed folders", file=ctx.file,

@@ -118,7 +118,8 @@ def _count_pdf_pages(data: bytes) -> int:
                 opened = reader.decrypt("")
             except DependencyError:
                 raise Rejected("unsupported_type",
-                               "an encrypted PDF this gateway cannot open: save it without encryption")
+                               "an encrypted PDF this gateway cannot open: save it without encryption"
+                               ) from None
             if not opened:
                 raise Rejected("unsupported_type",
                                "a password-protected PDF: save or print it again without a password")
@@ -129,7 +130,7 @@ def _count_pdf_pages(data: bytes) -> int:
             page.mediabox  # noqa: B018
     except Rejected:
         raise
-    except Exception as exc:  # noqa: BLE001 (pypdf raises anything from PdfReadError to KeyError)
+    except Exception as exc:
         raise Rejected("unsupported_type", _damaged_pdf_detail(data, exc)) from None
     if pages < 1:
         raise Rejected("unsupported_type", "a PDF with no pages")
@@ -164,7 +165,7 @@ def _count_tiff_pages(data: bytes) -> int:
         raise Rejected("unsupported_type", "an image with far more pixels than a fax page") from None
     except Rejected:
         raise
-    except Exception as exc:  # noqa: BLE001 (Pillow's errors on bad input have no common base)
+    except Exception as exc:
         raise Rejected("unsupported_type", f"a damaged TIFF image: {_short(exc)}") from None
     if frames < 1:
         raise Rejected("unsupported_type", "a TIFF image with no pages")
@@ -198,7 +199,7 @@ def _check_single_image(data: bytes, kind: str) -> int:
             image.load()
     except Image.DecompressionBombError:
         raise Rejected("unsupported_type", "an image with far more pixels than a fax page") from None
-    except Exception as exc:  # noqa: BLE001 (Pillow's errors on bad input have no common base)
+    except Exception as exc:
         name = "PNG" if kind == "png" else "JPEG"
         raise Rejected("unsupported_type", f"a damaged {name} image: {_short(exc)}") from None
     return 1
@@ -253,7 +254,7 @@ def _describe_zip(data: bytes) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
-    except Exception:  # noqa: BLE001 (only a description is at stake)
+    except Exception:
         return "a ZIP archive"
     if any(name.startswith("word/") for name in names):
         return "a Word document (DOCX): print it to PDF"

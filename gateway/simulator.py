@@ -565,7 +565,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver calls this from inside its except clause.
-        logger.debug("simulator: error while serving %s", client_address, exc_info=True)  # noqa: LOG014
+        logger.debug("simulator: error while serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -225,7 +225,8 @@ def daemon(make_config: Callable[..., Path]) -> Iterator[Callable[..., Daemon]]:
         d.kill()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=REPO, timeout=timeout)
 
