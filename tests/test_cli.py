@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import httpx
-
 from conftest import make_pdf, run_cli, wait_for
 
 

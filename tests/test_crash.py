@@ -8,7 +8,6 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import make_pdf, sent_documents, wait_for
 
 

@@ -4,8 +4,8 @@ whether iFax could have acted on the request (SPEC 6.2)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_pdf
+
 from gateway.errors import AuthFailed, Refused, Transient, Uncertain
 from gateway.ifax import Attachment, IFaxClient, parse_status, parse_time
 
@@ -79,7 +79,7 @@ def test_key_never_in_errors_or_repr(simulator):
     c = IFaxClient(simulator.url, "very-secret", timeout=2, max_in_flight=1)
     try:
         c.status("1")
-    except Exception as exc:  # noqa: BLE001 - the point is any error
+    except Exception as exc:
         assert "very-secret" not in str(exc) and "very-secret" not in repr(exc)
     assert "very-secret" not in repr(c)
     c.close()
