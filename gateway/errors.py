@@ -68,6 +68,7 @@ class Rejected(GatewayError):
         if reason_code not in REASONS:
             raise ValueError(f"unknown reason code {reason_code!r}")
         self.reason_code = reason_code
+        self.detail = detail
         self.reason = f"{REASONS[reason_code]} ({detail})" if detail else REASONS[reason_code]
         super().__init__(self.reason)
 

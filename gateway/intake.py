@@ -268,7 +268,7 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
         try:
             info = inspect_document(data)
         except Rejected as exc:
-            raise Rejected(exc.reason_code, f"{name}: {exc.reason}") from None
+            raise Rejected(exc.reason_code, f"{name}: {exc.detail}" if exc.detail else name) from None
         total_pages += info.pages
         kinds.append(info.kind)
         sha.append(hashlib.sha256(data).hexdigest())

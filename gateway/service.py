@@ -248,6 +248,13 @@ class Service:
 
     # -- running --------------------------------------------------------------------
 
+    def _threads_alive(self) -> bool:
+        return (self.watcher is not None and self.watcher.alive()
+                and self._intake_thread is not None and self._intake_thread.is_alive()
+                and time.monotonic() - self._intake_heartbeat < 30
+                and self.dispatcher is not None and self.dispatcher.alive()
+                and time.monotonic() - self.dispatcher.heartbeat < 60)
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         problems = []
         if self.watcher is None or not self.watcher.alive():
@@ -288,8 +295,9 @@ class Service:
                             "restart the service to apply changes")
             now = time.monotonic()
             if now >= next_ping:
-                healthy, _ = self.health()
-                if healthy or not watchdog_usec:
+                # Only a stuck or dead thread withholds the ping: an API pause or a paused
+                # outbox is reported by /healthz, and a restart would not cure it.
+                if self._threads_alive():
                     notify("WATCHDOG=1")
                 next_ping = now + interval
             self._stop.wait(0.2)

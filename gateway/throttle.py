@@ -54,7 +54,7 @@ class Backoff:
             delay = min(self.cap, self.base * 2 ** (self._failures - 1))
             delay = random.uniform(delay / 2, delay)
             if retry_after is not None:
-                delay = max(delay, min(retry_after, self.cap * 4))
+                delay = max(delay, min(retry_after, self.cap))  # drain within a minute of return
             self._until = max(self._until, self._clock() + delay)
             return delay
 

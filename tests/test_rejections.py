@@ -31,6 +31,7 @@ def test_unsupported_type_by_content_not_name(service, spool, simulator):
     r = _reject(service, spool, simulator, "+15551230402/notes.pdf", b"just some text, not a PDF\n")
     assert r["reason_code"] == "unsupported_type"
     assert "PDF, TIFF, PNG and JPEG" in r["reason"]
+    assert r["reason"].count("not a faxable document") == 1 and "notes.pdf" in r["reason"]
 
 
 def test_too_large_by_size(service, spool, simulator):
