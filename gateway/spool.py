@@ -127,7 +127,7 @@ def suffixed(name: str, n: int, bases: Iterable[str]) -> str:
     if n == 0:
         return name
     base = name
-    for b in sorted(bases, key=len, reverse=True):
+    for b in sorted(bases, key=len):  # the document, not its sidecar, when both match
         if name == b or name.startswith(b + "."):
             base = b
             break
@@ -164,20 +164,32 @@ def move_file(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=dst.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+        def copy(out: Any, tmp: str) -> None:
+            with open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
             shutil.copystat(src, tmp)
-            os.rename(tmp, dst)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        fsync_dir(dst.parent)
+
+        _write_atomically(dst, copy)
         os.unlink(src)
+
+
+def _write_atomically(path: Path, fill: Any, mode: int | None = None) -> None:
+    """Write beside the target, fsync, rename over it, sync the folder: a reader sees the
+    old state or the complete new file, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fill(out, tmp)
+            out.flush()
+            os.fsync(out.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -198,20 +210,8 @@ def _same_content(a: Path, b: Path) -> bool:
 def write_result(path: Path, document: dict[str, Any]) -> None:
     """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_atomically(path, lambda out, _tmp: out.write(data), FILE_MODE)
     _adopt_parent_group(path, FILE_MODE)
-    fsync_dir(path.parent)
 
 
 def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],

@@ -128,3 +128,14 @@ def test_outbox_number_is_the_fallback_destination(service, spool, simulator):
     (spool.outbox / "plain.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "sent")
     assert result["recipients"][0]["to"] == "+15551230009"
+
+
+def test_collision_renames_document_sidecar_and_result_alike(service, spool, simulator):
+    (spool.sent / "memo.pdf").write_bytes(b"older")
+    service()
+    (spool.outbox / "memo.pdf.yaml").write_text("+15551230011\n")
+    (spool.outbox / "memo.pdf").write_bytes(make_pdf(1))
+    [result] = spool.wait_results(1, "sent")
+    assert result["_path"].name == "memo-1.pdf.result.json"
+    assert sorted(result["files"]) == ["memo-1.pdf", "memo-1.pdf.yaml"]
+    assert (spool.sent / "memo-1.pdf.yaml").read_text() == "+15551230011\n"

@@ -1,0 +1,56 @@
+"""File moves that the daemon tests cannot reach easily: across filesystems, and a move
+repeated after a crash between the copy and the unlink."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from gateway.spool import move_file, suffixed
+
+
+@pytest.fixture
+def other_fs():
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("no second filesystem here")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield Path(d)
+
+
+def test_move_across_filesystems_copies_syncs_and_unlinks(tmp_path, other_fs):
+    src = tmp_path / "a.pdf"
+    src.write_bytes(b"%PDF-1.4 data")
+    dst = other_fs / "a.pdf"
+    move_file(src, dst)
+    assert dst.read_bytes() == b"%PDF-1.4 data" and not src.exists()
+    assert [p.name for p in other_fs.iterdir()] == ["a.pdf"]  # no temporary left behind
+
+
+def test_repeated_move_after_crash_between_copy_and_unlink(tmp_path, other_fs):
+    src, dst = tmp_path / "a.pdf", other_fs / "a.pdf"
+    src.write_bytes(b"same")
+    dst.write_bytes(b"same")
+    move_file(src, dst)
+    assert not src.exists() and dst.read_bytes() == b"same"
+
+
+def test_never_overwrites_a_different_file(tmp_path):
+    from gateway.spool import SpoolError
+    src, dst = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    with pytest.raises(SpoolError):
+        move_file(src, dst)
+    assert dst.read_bytes() == b"old" and src.read_bytes() == b"new"
+
+
+def test_suffix_keeps_a_jobs_files_together():
+    bases = ["scan.pdf", "scan.pdf.yaml"]
+    assert suffixed("scan.pdf", 2, bases) == "scan-2.pdf"
+    assert suffixed("scan.pdf.yaml", 2, bases) == "scan-2.pdf.yaml"
+    assert suffixed("scan.pdf.result.json", 2, bases) == "scan-2.pdf.result.json"
+    assert suffixed("batch.yaml", 1, ["batch.yaml"]) == "batch-1.yaml"
+    assert suffixed("README", 1, ["README"]) == "README-1"
