@@ -136,10 +136,6 @@ def _simulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_readonly(config: Config) -> Store:
-    return Store(config.database, readonly=True)
-
-
 def _job_id(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise UsageError(f"{text!r} is not a job id: job ids are positive whole numbers "
@@ -155,7 +151,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     if not config.database.exists():
         jobs = []
     else:
-        store = _open_readonly(config)
+        store = Store(config.database, readonly=True)
         try:
             jobs = store.list_jobs(state=args.state, limit=args.limit)
         finally:
@@ -178,7 +174,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     job_id = _job_id(args.job)
     if not config.database.exists():
         raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
-    store = _open_readonly(config)
+    store = Store(config.database, readonly=True)
     try:
         job = store.get_job(job_id)
         events = store.events(job_id)

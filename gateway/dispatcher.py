@@ -53,8 +53,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
-        self._submits = 0
-        self._polls = 0
+        self._running = {"submit": 0, "poll": 0}
         self._thread: threading.Thread | None = None
         self.paused_reason: str | None = None
         self._next_probe = 0.0
@@ -107,19 +106,24 @@ class Dispatcher:
     # -- submitting -----------------------------------------------------------------
 
     def _start_submissions(self) -> None:
-        if self.backoff.remaining() > 0:
-            return
+        if self.backoff.remaining() == 0:
+            self._start("submit", self.store.due_submissions, self._submit, self.max_in_flight)
+
+    def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
+               work: Callable[[Recipient], None], limit: int) -> None:
+        """Hand due recipients to the workers, at most `limit` of this kind at once; one
+        already in flight is skipped, so a slow request is never doubled."""
         with self._lock:
-            free = self.max_in_flight - self._submits
+            free = limit - self._running[kind]
         if free <= 0:
             return
-        for rec in self.store.due_submissions(time.time(), free + len(self._inflight)):
+        for rec in due(time.time(), free + len(self._inflight)):
             with self._lock:
-                if rec.id in self._inflight or self._submits >= self.max_in_flight:
+                if rec.id in self._inflight or self._running[kind] >= limit:
                     continue
                 self._inflight.add(rec.id)
-                self._submits += 1
-            self._pool.submit(self._run, self._submit, rec, "submit")
+                self._running[kind] += 1
+            self._pool.submit(self._run, work, rec, kind)
 
     def _run(self, fn: Callable[[Recipient], None], rec: Recipient, kind: str) -> None:
         try:
@@ -129,10 +133,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._inflight.discard(rec.id)
-                if kind == "submit":
-                    self._submits -= 1
-                else:
-                    self._polls -= 1
+                self._running[kind] -= 1
             self._wake.set()
 
     def _attachments(self, job: Job) -> list[Attachment]:
@@ -229,17 +230,7 @@ class Dispatcher:
     # -- polling --------------------------------------------------------------------
 
     def _start_polls(self) -> None:
-        with self._lock:
-            free = self.max_polls - self._polls
-        if free <= 0:
-            return
-        for rec in self.store.due_polls(time.time(), free + len(self._inflight)):
-            with self._lock:
-                if rec.id in self._inflight or self._polls >= self.max_polls:
-                    continue
-                self._inflight.add(rec.id)
-                self._polls += 1
-            self._pool.submit(self._run, self._poll, rec, "poll")
+        self._start("poll", self.store.due_polls, self._poll, self.max_polls)
 
     def _poll(self, rec: Recipient) -> None:
         if not self.limiter.acquire(self._stop):
@@ -248,18 +239,13 @@ class Dispatcher:
         now = time.time()
         try:
             st = self.client.status(rec.ifax_job_id)
-        except AuthFailed as exc:
-            self._pause(str(exc))
-            self.store.record_status(rec.id, final_state=None, next_poll_at=now + self.poll_interval,
-                                     transferred_pages=rec.transferred_pages, cost=rec.cost,
-                                     code=rec.code, message=rec.message, ifax_status="unknown")
-            return
         except ApiError as exc:
-            log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
-                        rec.ifax_job_id, exc)
-            self.store.record_status(rec.id, final_state=None, next_poll_at=now + self.poll_interval,
-                                     transferred_pages=rec.transferred_pages, cost=rec.cost,
-                                     code=rec.code, message=rec.message, ifax_status="unknown")
+            if isinstance(exc, AuthFailed):
+                self._pause(str(exc))
+            else:
+                log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
+                            rec.ifax_job_id, exc)
+            self.store.reschedule_poll(rec.id, now + self.poll_interval)
             return
         self.metrics.last_poll.set(time.time())
         self.store.record_status(rec.id, final_state=st.final_state,

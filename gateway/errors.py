@@ -41,9 +41,6 @@ class JobNotFound(GatewayError):
     """No job with that id exists in the database."""
 
 
-class ActionNotAllowed(GatewayError):
-    """The job's state does not allow the requested action."""
-
 
 # Short codes of SPEC 8 and the sentence a person at the scanner reads for each.
 REASONS: dict[str, str] = {
@@ -64,12 +61,13 @@ REASONS: dict[str, str] = {
 class Rejected(GatewayError):
     """A document (or its sidecar) cannot be faxed as it is; never retried."""
 
-    def __init__(self, reason_code: str, detail: str | None = None) -> None:
+    def __init__(self, reason_code: str, detail: str | None = None, *, reason: str | None = None) -> None:
+        """`reason` gives the whole sentence as it was stored, instead of composing it."""
         if reason_code not in REASONS:
             raise ValueError(f"unknown reason code {reason_code!r}")
         self.reason_code = reason_code
         self.detail = detail
-        self.reason = f"{REASONS[reason_code]} ({detail})" if detail else REASONS[reason_code]
+        self.reason = reason or (f"{REASONS[reason_code]} ({detail})" if detail else REASONS[reason_code])
         super().__init__(self.reason)
 
 

@@ -252,8 +252,8 @@ def _readable(path: Path) -> bool:
 
 def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
     """Judge a claimed job; raises Rejected with the reason a person can act on."""
-    if job.reason_code:
-        raise Rejected(job.reason_code, None) if not job.reason else _stored_rejection(job)
+    if job.reason_code:  # decided before the claim (pairing rules) and stored with it
+        raise Rejected(job.reason_code, reason=job.reason)
     sidecar = read_sidecar(held_dir / job.sidecar) if job.sidecar else None
     if not job.documents:
         raise Rejected("bad_sidecar", f"{job.sidecar} names no document")
@@ -290,13 +290,6 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
         if sidecar.reference:
             options["reference"] = sidecar.reference
     return Accepted(dests, options, sha, total_pages, kinds)
-
-
-def _stored_rejection(job: Job) -> Rejected:
-    exc = Rejected(job.reason_code or "bad_sidecar")
-    exc.reason = job.reason or exc.reason
-    exc.args = (exc.reason,)
-    return exc
 
 
 def destinations(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None) -> list[str]:

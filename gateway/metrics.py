@@ -13,7 +13,6 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.errors import REASONS
-from gateway.store import JOB_STATES
 
 P = "fax_gateway_"
 
@@ -89,5 +88,3 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-__all__ = ["JOB_STATES", "Metrics"]

@@ -160,8 +160,7 @@ class Service:
             self.store.mark_held(job.id, missing)
             log.info("job %s: claim completed after restart", job.id)
         for job in self.store.held_jobs_without_recipients():
-            if job.reason_code is None or job.state == "queued":
-                self.judge(job.id)
+            self.judge(job.id)
         for rec in self.store.interrupted_submissions():
             log.error("job %s: the gateway stopped while sending to %s", rec.job_id, rec.number)
             self.store.mark_submit_uncertain(rec.id, "the gateway stopped while the request was being sent")

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.errors import ActionNotAllowed, GatewayError, JobNotFound
+from gateway.errors import GatewayError, JobNotFound
 
 SCHEMA_VERSION = 1
 
@@ -350,10 +350,14 @@ class Store:
                                     (ifax_job_id,)).fetchone()
         return _recipient(row) if row else None
 
-    def poll_now(self, recipient_id: int) -> None:
+    def reschedule_poll(self, recipient_id: int, at: float) -> None:
+        """When to ask again; not a state change, so no event."""
         with self.transaction() as c:
             c.execute("UPDATE recipients SET next_action_at=? WHERE id=? AND state='sending'",
-                      (_now(), recipient_id))
+                      (at, recipient_id))
+
+    def poll_now(self, recipient_id: int) -> None:
+        self.reschedule_poll(recipient_id, _now())
 
     # -- filing ---------------------------------------------------------------------
 
@@ -543,8 +547,3 @@ def _job(r: sqlite3.Row) -> Job:
                settled_at=r["settled_at"], completed_at=r["completed_at"], filed_to=r["filed_to"],
                filed_root=r["filed_root"], filed_suffix=r["filed_suffix"])
 
-
-def ensure_action_allowed(job: Job, allowed: Sequence[str], action: str) -> None:
-    if job.state not in allowed:
-        raise ActionNotAllowed(f"job {job.id} is {job.state}: {action} needs a job that is "
-                               + " or ".join(allowed))

@@ -9,6 +9,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 log = logging.getLogger("gateway.web")
 
 MAX_WEBHOOK_BODY = 1 << 20
@@ -35,7 +37,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST
             self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok, body = self.service.health()

@@ -79,6 +79,12 @@ class Spool:
         self.root = root
         self.outbox, self.sent, self.failed = root / "outbox", root / "sent", root / "failed"
 
+    def folder(self, name: str) -> Path:
+        """A (number) folder in the outbox, created as a scanner would."""
+        path = self.outbox / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def results(self, where: str = "both") -> list[dict[str, Any]]:
         dirs = {"sent": [self.sent], "failed": [self.failed], "both": [self.sent, self.failed]}[where]
         out = []

@@ -43,8 +43,7 @@ def test_config_from_environment_variable(make_config):
 def test_jobs_and_show_read_the_database_while_the_daemon_runs(daemon, spool, simulator, make_config):
     cfg = make_config()
     d = daemon(cfg).start()
-    folder = spool.outbox / "+15551230301"
-    folder.mkdir()
+    folder = spool.folder("+15551230301")
     (folder / "x.pdf").write_bytes(make_pdf(2))
     [result] = spool.wait_results(1, "sent")
 
@@ -98,8 +97,7 @@ def test_sigterm_exits_0(daemon):
 def test_simulate_refuses_a_database_with_real_jobs(daemon, spool, simulator, make_config, tmp_path):
     cfg = make_config()
     d = daemon(cfg).start()
-    folder = spool.outbox / "+15551230302"
-    folder.mkdir()
+    folder = spool.folder("+15551230302")
     (folder / "real.pdf").write_bytes(make_pdf(1))
     spool.wait_results(1, "sent")
     assert d.terminate() == 0
@@ -111,8 +109,7 @@ def test_simulate_refuses_a_database_with_real_jobs(daemon, spool, simulator, ma
 def test_simulate_marks_every_result_simulated(daemon, spool, make_config, simulator):
     cfg = make_config(api={"key": None})
     d = daemon(cfg, args=("--simulate",)).start()
-    folder = spool.outbox / "+15551230303"
-    folder.mkdir()
+    folder = spool.folder("+15551230303")
     (folder / "sim.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "sent")
     assert result["simulated"] is True

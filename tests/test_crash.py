@@ -12,8 +12,7 @@ from conftest import make_pdf, sent_documents, wait_for
 
 
 def _drop(spool, number: str, names=("a.pdf",), sidecar: str | None = None):
-    folder = spool.outbox / number
-    folder.mkdir(exist_ok=True)
+    folder = spool.folder(number)
     if sidecar:
         (folder / sidecar[0]).write_text(sidecar[1])
     datas = {}

@@ -9,8 +9,7 @@ from conftest import make_pdf, make_png, sent_documents, wait_for
 
 def test_pdf_in_number_folder_is_delivered_and_filed(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230001"
-    folder.mkdir()
+    folder = spool.folder("+15551230001")
     data = make_pdf(3)
     (folder / "invoice.pdf").write_bytes(data)
 
@@ -38,8 +37,7 @@ def test_pdf_in_number_folder_is_delivered_and_filed(service, spool, simulator):
 
 def test_png_in_formatted_number_folder_is_normalised(service, spool, simulator):
     service()
-    folder = spool.outbox / "+1 (555) 123-0002"
-    folder.mkdir()
+    folder = spool.folder("+1 (555) 123-0002")
     data = make_png()
     (folder / "scan.png").write_bytes(data)
     [result] = spool.wait_results(1, "sent")
@@ -64,8 +62,7 @@ def test_bare_number_sidecar_at_outbox_root(service, spool, simulator):
 
 def test_detected_type_names_the_upload_and_headers_are_sent(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230004"
-    folder.mkdir()
+    folder = spool.folder("+15551230004")
     (folder / "Überweisung März.dat").write_bytes(make_pdf(1))
     spool.wait_results(1, "sent")
     [req] = simulator.requests("fax-send")
@@ -92,8 +89,7 @@ def test_name_collision_in_sent_takes_lowest_free_suffix(service, spool, simulat
     (spool.sent / "+15551230007" / "scan.pdf").write_bytes(b"older")
     (spool.sent / "+15551230007" / "scan-1.pdf.result.json").write_text("{}")
     service()
-    folder = spool.outbox / "+15551230007"
-    folder.mkdir()
+    folder = spool.folder("+15551230007")
     data = make_pdf(1)
     (folder / "scan.pdf").write_bytes(data)
     wait_for(lambda: (spool.sent / "+15551230007" / "scan-2.pdf.result.json").exists(), 20,
@@ -104,8 +100,7 @@ def test_name_collision_in_sent_takes_lowest_free_suffix(service, spool, simulat
 
 def test_failed_fax_goes_to_failed_with_the_api_message(service, spool, simulator):
     service(defaults={"resend": {"max": 2}})
-    folder = spool.outbox / "+15551230666"
-    folder.mkdir()
+    folder = spool.folder("+15551230666")
     (folder / "doc.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "failed")
     assert result["state"] == "failed"
@@ -115,8 +110,7 @@ def test_failed_fax_goes_to_failed_with_the_api_message(service, spool, simulato
 
 
 def test_files_present_at_startup_are_taken(make_config, service, spool, simulator):
-    folder = spool.outbox / "+15551230008"
-    folder.mkdir()
+    folder = spool.folder("+15551230008")
     (folder / "early.pdf").write_bytes(make_pdf(1))
     service()
     [result] = spool.wait_results(1, "sent")

@@ -19,8 +19,7 @@ def test_healthz_and_metrics_count_the_straight_path(daemon, spool, simulator):
     health = httpx.get(d.url + "/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
-    folder = spool.outbox / "+15551230501"
-    folder.mkdir()
+    folder = spool.folder("+15551230501")
     (folder / "a.pdf").write_bytes(make_pdf(2))
     (folder / "b.pdf").write_bytes(b"")
     spool.wait_results(2)
@@ -41,8 +40,7 @@ def test_healthz_and_metrics_count_the_straight_path(daemon, spool, simulator):
 
 def test_wrong_key_pauses_submissions_and_turns_healthz_503(daemon, spool, simulator):
     d = daemon(api={"key": "wrong-key"}).start()
-    folder = spool.outbox / "+15551230502"
-    folder.mkdir()
+    folder = spool.folder("+15551230502")
     (folder / "a.pdf").write_bytes(make_pdf(1))
 
     from conftest import wait_for
@@ -67,8 +65,7 @@ def test_webhook_for_a_known_job_triggers_an_immediate_poll(daemon, spool, simul
     from conftest import wait_for
     d = daemon(extra={"poll": {"interval": "60s"}, "webhook": {"enabled": True, "secret": "s3cr3t"}})
     d.start()
-    folder = spool.outbox / "+15551230503"
-    folder.mkdir()
+    folder = spool.folder("+15551230503")
     (folder / "a.pdf").write_bytes(make_pdf(1))
     [req] = wait_for(lambda: simulator.requests("fax-send"), 15, "the submission")
     wait_for(lambda: simulator.job(req["job_id"])["faxStatus"] == "delivered", 10, "delivery")
@@ -85,8 +82,7 @@ def test_webhook_for_a_known_job_triggers_an_immediate_poll(daemon, spool, simul
 def test_created_folders_and_result_files_take_parent_group_and_modes(service, spool, simulator):
     import stat
     service()
-    folder = spool.outbox / "+15551230504"
-    folder.mkdir()
+    folder = spool.folder("+15551230504")
     (folder / "a.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "sent")
     made = spool.sent / "+15551230504"

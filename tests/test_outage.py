@@ -8,8 +8,7 @@ from conftest import make_pdf, sent_documents, wait_for
 def test_api_down_then_back_drains_the_queue(service, spool, simulator):
     service()
     simulator.set_fault("down", endpoints=("*",))
-    folder = spool.outbox / "+15551230701"
-    folder.mkdir()
+    folder = spool.folder("+15551230701")
     datas = [make_pdf(1, text=str(i)) for i in range(3)]
     for i, data in enumerate(datas):
         (folder / f"d{i}.pdf").write_bytes(data)
@@ -23,8 +22,7 @@ def test_api_down_then_back_drains_the_queue(service, spool, simulator):
 def test_server_gone_then_back(service, spool, simulator):
     service()
     simulator.stop()
-    folder = spool.outbox / "+15551230702"
-    folder.mkdir()
+    folder = spool.folder("+15551230702")
     data = make_pdf(1)
     (folder / "x.pdf").write_bytes(data)
     wait_for(lambda: not (folder / "x.pdf").exists(), 10, "the claim")

@@ -132,8 +132,7 @@ def test_links_and_fifos_are_never_opened(service, spool, simulator, tmp_path, k
     secret = tmp_path / "outside.pdf"
     secret.write_bytes(make_pdf(1))
     service()
-    folder = spool.outbox / "+15551230411"
-    folder.mkdir()
+    folder = spool.folder("+15551230411")
     target = folder / "x.pdf"
     if kind == "symlink":
         os.symlink(secret, target)

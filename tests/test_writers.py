@@ -20,8 +20,7 @@ def _no_submission_yet(simulator, spool, rel):
 
 def test_writer_pausing_longer_than_settle_with_file_open(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230101"
-    folder.mkdir()
+    folder = spool.folder("+15551230101")
     data = make_pdf(4)
     half = len(data) // 2
     with open(folder / "report.pdf", "wb") as f:
@@ -36,8 +35,7 @@ def test_writer_pausing_longer_than_settle_with_file_open(service, spool, simula
 
 def test_empty_file_still_open_is_not_empty_yet(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230102"
-    folder.mkdir()
+    folder = spool.folder("+15551230102")
     data = make_pdf(1)
     with open(folder / "scan.pdf", "wb") as f:
         time.sleep(SETTLE * 5)  # a Samba upload sitting at 0 bytes
@@ -50,8 +48,7 @@ def test_empty_file_still_open_is_not_empty_yet(service, spool, simulator):
 
 def test_print_driver_writing_page_by_page(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230103"
-    folder.mkdir()
+    folder = spool.folder("+15551230103")
     data = make_pdf(6)
     chunks = [data[i:i + len(data) // 4 + 1] for i in range(0, len(data), len(data) // 4 + 1)]
     with open(folder / "print.pdf", "wb") as f:
@@ -65,8 +62,7 @@ def test_print_driver_writing_page_by_page(service, spool, simulator):
 
 def test_part_file_renamed_at_the_end(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230104"
-    folder.mkdir()
+    folder = spool.folder("+15551230104")
     data = make_pdf(2)
     part = folder / "upload.pdf.part"
     with open(part, "wb") as f:
@@ -83,8 +79,7 @@ def test_part_file_renamed_at_the_end(service, spool, simulator):
 
 def test_same_name_written_again_is_a_new_document(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230105"
-    folder.mkdir()
+    folder = spool.folder("+15551230105")
     first, second = make_pdf(1, text="first"), make_pdf(2, text="second")
     (folder / "scan.pdf").write_bytes(first)
     wait_for(lambda: not (folder / "scan.pdf").exists(), 10, "the first scan to be taken")
@@ -97,8 +92,7 @@ def test_same_name_written_again_is_a_new_document(service, spool, simulator):
 
 def test_ignored_names_are_never_touched(service, spool, simulator):
     service()
-    folder = spool.outbox / "+15551230106"
-    folder.mkdir()
+    folder = spool.folder("+15551230106")
     junk = ["~lock.pdf", ".hidden.pdf", "scan.tmp", "x.crdownload", "Thumbs.db", "desktop.ini",
             ".sync/inner.pdf", "@eaDir/thumb.pdf"]
     for name in junk:
@@ -113,8 +107,7 @@ def test_ignored_names_are_never_touched(service, spool, simulator):
 
 def test_polling_outbox_settles_on_time_alone(service, spool, simulator):
     service(outbox={"polling": True})
-    folder = spool.outbox / "+15551230107"
-    folder.mkdir()
+    folder = spool.folder("+15551230107")
     data = make_pdf(1)
     (folder / "polled.pdf").write_bytes(data)
     spool.wait_results(1, "sent")
@@ -124,8 +117,7 @@ def test_polling_outbox_settles_on_time_alone(service, spool, simulator):
 def test_file_dropped_while_api_is_slow_is_sent_once(service, spool, simulator):
     """Many documents at once: each is sent exactly once."""
     service()
-    folder = spool.outbox / "+15551230108"
-    folder.mkdir()
+    folder = spool.folder("+15551230108")
     docs = {f"doc{i}.pdf": make_pdf(1, text=str(i)) for i in range(12)}
     for name, data in docs.items():
         (folder / name).write_bytes(data)
