@@ -1,0 +1,70 @@
+"""The watcher's two ways of knowing a writer still has a file open, each on its own,
+with real inotify events and real files (SPEC 4.1)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from conftest import wait_for
+from gateway.watcher import Watcher, leases_usable
+
+SETTLE = 0.2
+
+
+@pytest.fixture
+def sigio(request):
+    """Leases are used only while SIGIO is ignored (a lease break would kill us otherwise)."""
+    before = signal.getsignal(signal.SIGIO)
+    yield lambda handler: signal.signal(signal.SIGIO, handler)
+    signal.signal(signal.SIGIO, before)
+
+
+def _settled(w: Watcher, rel: str) -> bool:
+    w.drain()
+    w.tick()
+    seen = w.outboxes["main"].files.get(rel)
+    return seen is not None and seen.settled_at is not None
+
+
+def _never_settles_for(w: Watcher, rel: str, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert not _settled(w, rel), f"{rel} settled while its writer still had it open"
+        time.sleep(0.02)
+
+
+def test_open_and_close_events_hold_a_file_without_leases(tmp_path, sigio):
+    sigio(signal.SIG_DFL)
+    assert not leases_usable()
+    w = Watcher()
+    w.add("main", tmp_path, settle=SETTLE, rescan=60, polling=False)
+    try:
+        with open(tmp_path / "a.pdf", "wb") as f:
+            f.write(b"%PDF-")
+            f.flush()
+            _never_settles_for(w, "a.pdf", SETTLE * 5)
+        wait_for(lambda: _settled(w, "a.pdf"), 5, "settling after the close")
+    finally:
+        w.stop()
+
+
+def test_lease_holds_a_file_opened_before_the_watch_began(tmp_path, sigio):
+    sigio(signal.SIG_IGN)
+    assert leases_usable()
+    with open(tmp_path / "early.pdf", "wb") as f:
+        f.write(b"%PDF-")
+        f.flush()
+        w = Watcher()
+        w.add("main", tmp_path, settle=SETTLE, rescan=60, polling=False)  # no open event to see
+        try:
+            _never_settles_for(w, "early.pdf", SETTLE * 5)
+        except BaseException:
+            w.stop()
+            raise
+    try:
+        wait_for(lambda: _settled(w, "early.pdf"), 5, "settling after the close")
+    finally:
+        w.stop()
