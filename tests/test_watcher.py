@@ -7,8 +7,8 @@ import signal
 import time
 
 import pytest
-
 from conftest import wait_for
+
 from gateway.watcher import Watcher, leases_usable
 
 SETTLE = 0.2
