@@ -50,11 +50,7 @@ NOT_SUPPORTED_YET: set[str] = {
     "notify.command",
     "retention.sent",
     "retention.jobs",
-    "poll.give_up_after",
     "defaults.max_faxes_per_hour",
-    "defaults.resend.max",
-    "defaults.resend.delay",
-    "defaults.on_uncertain",
     "defaults.delete_after_delivery",
 }
 

@@ -37,13 +37,14 @@ SAME_REFUSALS_TO_PAUSE = 3
 class Dispatcher:
     def __init__(self, store: Store, client: IFaxClient, *, outboxes: Mapping[str, OutboxConfig],
                  metrics: Metrics, max_in_flight: int, requests_per_minute: int,
-                 poll_interval: float, file_names: bool = True,
+                 poll_interval: float, give_up_after: float = 6 * 3600, file_names: bool = True,
                  on_finished: Callable[[Job, Path | None], None] | None = None) -> None:
         self.store, self.client, self.metrics = store, client, metrics
         self.outboxes = dict(outboxes)
         self.max_in_flight = max_in_flight
         self.max_polls = max(1, max_in_flight // 2)
         self.poll_interval = poll_interval
+        self.give_up_after = give_up_after
         self.file_names = file_names
         self.on_finished = on_finished
         self.limiter = RateLimiter(requests_per_minute)
@@ -158,9 +159,13 @@ class Dispatcher:
             return  # still queued: nothing was committed
         if not self.store.record_submit_intent(rec.id):
             return
-        crash_point("submit")
+        resend = bool(rec.ifax_job_id)
+        crash_point("resubmit" if resend else "submit")
         try:
-            ifax_id = self.client.send(rec.number, attachments, **options)
+            if resend:  # iFax knows this fax: resend it under its jobId (SPEC 6.2)
+                ifax_id = self.client.resend(rec.ifax_job_id, attachments)
+            else:
+                ifax_id = self.client.send(rec.number, attachments, **options)
         except Transient as exc:
             delay = self.backoff.failure(exc.retry_after)
             log.warning("job %s: iFax not reachable, retrying in %.1fs: %s", job.id, delay, exc)
@@ -180,9 +185,9 @@ class Dispatcher:
             return
         except Uncertain as exc:
             log.error("job %s: submission to %s uncertain: %s", job.id, rec.number, exc)
-            self.store.mark_submit_uncertain(rec.id, str(exc))
+            self.store.mark_submit_uncertain(rec.id, str(exc), resend=self.resend_uncertain(job.outbox))
             return
-        crash_point("submitted")
+        crash_point("resubmitted" if resend else "submitted")
         self.backoff.success()
         self._refusals.clear()
         self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
@@ -190,6 +195,10 @@ class Dispatcher:
         if job.settled_at:
             self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
         log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
+
+    def resend_uncertain(self, outbox: str) -> bool:
+        ob = self.outboxes.get(outbox)
+        return ob is not None and ob.on_uncertain == "resend"
 
     def _note_refusal(self, message: str, job_id: int) -> bool:
         """The same refusal for several documents in a row is the account, not the documents."""
@@ -245,22 +254,52 @@ class Dispatcher:
             else:
                 log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
                             rec.ifax_job_id, exc)
-            self.store.reschedule_poll(rec.id, now + self.poll_interval)
+            self.store.record_poll_failure(rec.id, now + self.poll_interval)
             return
-        self.metrics.last_poll.set(time.time())
-        self.store.record_status(rec.id, final_state=st.final_state,
-                                 next_poll_at=now + self.poll_interval,
-                                 transferred_pages=st.transferred_pages, cost=st.cost, code=st.code,
-                                 message=st.message, ifax_status=st.status)
-        if st.final_state:
+        self.metrics.last_poll.set(now)
+        final, awaiting_fresh = st.final_state, rec.awaiting_fresh
+        if awaiting_fresh:  # resent under the same jobId: is this status the new attempt's?
+            new_call = st.call_start is not None and st.call_start != rec.stale_call_start
+            if st.status == "sending" or new_call:
+                awaiting_fresh = False
+            elif final == "failed":
+                final = None
+        seconds = rec.sending_seconds
+        if rec.last_ok_poll_at is not None:  # only time between two good polls counts (6.2)
+            counted_from = max(rec.last_ok_poll_at, rec.send_at or 0.0)
+            seconds += max(0.0, now - counted_from)
+        new_state, next_at, message, given_up = final, now + self.poll_interval, st.message, False
+        if final == "failed":
             job = self.store.get_job(rec.job_id)
-            if st.final_state == "delivered":
+            ob = self.outboxes.get(job.outbox)
+            if ob is not None and rec.attempts - 1 < ob.resend.max:
+                new_state, next_at = "retry_wait", now + ob.resend.delay
+                log.info("job %s: fax to %s failed (%s); resending in %.0fs", job.id, rec.number,
+                         st.message, ob.resend.delay)
+        elif final is None and seconds >= self.give_up_after:
+            new_state, given_up = "failed", True
+            message = (f"iFax gave no final status after {_human(self.give_up_after)} of polling, so "
+                       "the gateway gave up and canceled it; it may have been sent: check the iFax "
+                       "dashboard before sending it again")
+            try:
+                self.client.cancel(rec.ifax_job_id)
+            except ApiError as exc:
+                log.warning("job %s: fax-cancel after giving up failed: %s", rec.job_id, exc)
+            log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
+        self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
+                                 transferred_pages=st.transferred_pages, cost=st.cost, code=st.code,
+                                 message=message, ifax_status=st.status, call_start=st.call_start,
+                                 sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
+                                 given_up=given_up)
+        if new_state in ("delivered", "failed", "canceled"):
+            job = self.store.get_job(rec.job_id)
+            if new_state == "delivered":
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
             if st.cost:
                 self.metrics.cost.labels(job.outbox).inc(st.cost)
             if rec.accepted_at:
-                self.metrics.delivery_duration.observe(max(0.0, time.time() - rec.accepted_at))
-            log.info("job %s: %s for %s", job.id, st.final_state, rec.number)
+                self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
+            log.info("job %s: %s for %s", job.id, new_state, rec.number)
 
     # -- filing ---------------------------------------------------------------------
 
@@ -306,3 +345,10 @@ class Dispatcher:
     @staticmethod
     def _bases(job: Job) -> list[str]:
         return job.documents + ([job.sidecar] if job.sidecar else [])
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("claim", "claim_partial", "claimed", "submit", "submitted", "filing")
+POINTS = ("claim", "claim_partial", "claimed", "submit", "submitted", "resubmit", "resubmitted",
+          "filing")
 
 
 def crash_point(name: str) -> None:

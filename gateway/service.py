@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ class Service:
         self.dispatcher = Dispatcher(self.store, client, outboxes=self.outboxes, metrics=self.metrics,
                                      max_in_flight=cfg.api.max_in_flight,
                                      requests_per_minute=cfg.api.requests_per_minute,
-                                     poll_interval=cfg.poll.interval, file_names=cfg.log.file_names)
+                                     poll_interval=cfg.poll.interval,
+                                     give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names)
         self.recover()
         self.watcher = Watcher()
         for ob in cfg.outboxes:
@@ -161,9 +163,13 @@ class Service:
             log.info("job %s: claim completed after restart", job.id)
         for job in self.store.held_jobs_without_recipients():
             self.judge(job.id)
+        assert self.dispatcher is not None
         for rec in self.store.interrupted_submissions():
             log.error("job %s: the gateway stopped while sending to %s", rec.job_id, rec.number)
-            self.store.mark_submit_uncertain(rec.id, "the gateway stopped while the request was being sent")
+            job = self.store.get_job(rec.job_id)
+            self.store.mark_submit_uncertain(rec.id, "the gateway stopped while the request was being sent",
+                                             resend=self.dispatcher.resend_uncertain(job.outbox))
+        self.store.forget_poll_clocks()
 
     # -- intake ---------------------------------------------------------------------
 
@@ -223,8 +229,10 @@ class Service:
             what = ", ".join(job.names) if self.config.log.file_names else f"job {job.id}"
             log.warning("%s: %s rejected: %s", ob.name, what, exc.reason)
         else:
+            send_at = accepted.options.get("send_at")
             self.store.accept_job(job.id, numbers=accepted.numbers, options=accepted.options,
-                                  sha256=accepted.sha256, pages=accepted.pages)
+                                  sha256=accepted.sha256, pages=accepted.pages,
+                                  send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None)
         if self.dispatcher:
             self.dispatcher.wake()
 

@@ -136,6 +136,12 @@ class _Fax:
 
     def settle(self, now: float) -> None:
         """Move a fax whose time has come to its final state (lazily, when looked at)."""
+        stale_until = self.extra.get("stale_until")
+        if stale_until is not None and now >= stale_until:
+            # A resend under the same jobId: the old final status has lagged until now.
+            del self.extra["stale_until"]
+            self.status, self.code, self.message, self.ended_at = "sending", None, "Fax is being sent", None
+            self.accepted_at, self.ready_at = stale_until, stale_until + (self.ready_at - self.accepted_at)
         if self.status != "sending" or now < self.ready_at:
             return
         suffix = self.to_number[-3:]
@@ -186,8 +192,12 @@ class Simulator:
     """An iFax-compatible server on a background thread; see the module docstring."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, key: str = "simulator",
-                 delay: float = 1.0) -> None:
+                 delay: float = 1.0, reuse_job_id_on_resend: bool = False) -> None:
         self.host, self.key, self.delay = host, key, float(delay)
+        # iFax does not say whether fax-resend answers with a new jobId.  With this switch
+        # it answers with the same one, and the old final status lags for `delay` seconds,
+        # so clients can be tested against reading a stale failure as the new attempt's.
+        self.reuse_job_id_on_resend = reuse_job_id_on_resend
         self._port = port
         self._lock = threading.Lock()
         self._jobs: dict[int, _Fax] = {}
@@ -388,6 +398,12 @@ class Simulator:
                 old = self._find(job_id, now)
                 if old.status not in _FINAL_FAILED:
                     raise _Refusal(f"Only a failed or canceled fax can be resent; this one is {old.status}")
+                if self.reuse_job_id_on_resend:
+                    old.attempt += 1
+                    old.pages, old.files = pages, files
+                    old.ready_at = old.accepted_at + self.delay  # keeps the sending time per attempt
+                    old.extra["stale_until"] = max(now, int(old.accepted_at) + 1.0) + self.delay
+                    return _accepted(old.job_id), old.job_id
                 fax = self._new_fax(old.to_number, old.from_number, pages, files, now, now,
                                     attempt=old.attempt + 1)
                 fax.resent_from = old.job_id

@@ -24,7 +24,7 @@ import sqlite_utils
 
 from gateway.errors import GatewayError, JobNotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Recipient states of SPEC 5, least advanced first (a job shows its least advanced one).
 ACTIVE_ORDER = ("queued", "submitting", "retry_wait", "sending")
@@ -66,6 +66,13 @@ class Recipient:
     message: str | None
     accepted_at: float | None
     next_action_at: float | None
+    send_at: float | None = None
+    call_start: float | None = None       # faxCallStart of the last status read
+    stale_call_start: float | None = None  # a reused jobId's old faxCallStart (SPEC 6.2)
+    awaiting_fresh: bool = False           # resent under the same jobId, not yet seen anew
+    last_ok_poll_at: float | None = None
+    sending_seconds: float = 0.0           # successful-polling time counted for give_up_after
+    given_up: bool = False
 
 
 @dataclass
@@ -161,6 +168,17 @@ class Store:
             "id": int, "job_id": int, "recipient_id": int, "at": float, "state": str,
             "detail": str,
         }, pk="id", foreign_keys=[("job_id", "jobs", "id")], if_not_exists=True)
+        have = {c.name for c in db["recipients"].columns}
+        for name, kind in (("send_at", float), ("call_start", float), ("stale_call_start", float),
+                           ("awaiting_fresh", int), ("last_ok_poll_at", float),
+                           ("sending_seconds", float), ("given_up", int)):
+            if name not in have:  # schema 1 databases
+                db["recipients"].add_column(name, kind)
+        db["requests"].create({
+            "id": int, "job_id": int, "action": str, "created_at": float, "done_at": float,
+            "ok": int, "outcome": str,
+        }, pk="id", if_not_exists=True)
+        db["requests"].create_index(["done_at"], if_not_exists=True)
         # Indexes keep the daemon's hot queries proportional to the active jobs, never to
         # the history kept in the database (SPEC 6.4, 8).
         db["jobs"].create_index(["state"], if_not_exists=True)
@@ -176,6 +194,7 @@ class Store:
         if int(version) > SCHEMA_VERSION:
             raise StoreError(f"database {self.path} was written by a newer fax-gateway "
                              f"(schema {version}); upgrade fax-gateway")
+        self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -228,7 +247,7 @@ class Store:
             self._event(c, job_id, "claimed", detail)
 
     def accept_job(self, job_id: int, *, numbers: Sequence[str], options: dict[str, Any],
-                   sha256: Sequence[str | None], pages: int) -> None:
+                   sha256: Sequence[str | None], pages: int, send_at: float | None = None) -> None:
         """The documents are valid and have destinations: one queued recipient per number."""
         now = _now()
         with self.transaction() as c:
@@ -237,8 +256,8 @@ class Store:
             for pos, number in enumerate(numbers):
                 cur = c.execute(
                     "INSERT INTO recipients(job_id, position, number, state, attempts, pages,"
-                    " next_action_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (job_id, pos, number, "queued", 0, pages, now, now))
+                    " next_action_at, updated_at, send_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (job_id, pos, number, "queued", 0, pages, now, now, send_at))
                 self._event(c, job_id, "queued", number, recipient_id=int(cur.lastrowid), at=now)
             self._refresh_job_state(c, job_id)
 
@@ -262,40 +281,52 @@ class Store:
     def due_submissions(self, now: float, limit: int) -> list[Recipient]:
         with self._lock:
             rows = self.conn.execute(
-                "SELECT * FROM recipients WHERE state='queued' AND next_action_at<=?"
+                "SELECT * FROM recipients WHERE state IN ('queued','retry_wait') AND next_action_at<=?"
                 " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
         return [_recipient(r) for r in rows]
 
     def next_submission_time(self) -> float | None:
         with self._lock:
             row = self.conn.execute(
-                "SELECT MIN(next_action_at) FROM recipients WHERE state='queued'").fetchone()
+                "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
+            ).fetchone()
         return row[0]
 
     def record_submit_intent(self, recipient_id: int) -> bool:
-        """Commit that the request is about to leave.  False if the recipient is no longer
-        queued (canceled meanwhile), so the caller must not send."""
+        """Commit that the request (fax-send, or fax-resend for a recipient iFax knows) is
+        about to leave.  False if the recipient is no longer waiting (canceled meanwhile),
+        so the caller must not send."""
         with self.transaction() as c:
-            r = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
-            if r is None or r["state"] != "queued":
+            r = c.execute("SELECT job_id, state, ifax_job_id FROM recipients WHERE id=?",
+                          (recipient_id,)).fetchone()
+            if r is None or r["state"] not in ("queued", "retry_wait"):
                 return False
-            self._set_recipient(c, recipient_id, r["job_id"], "submitting")
+            self._set_recipient(c, recipient_id, r["job_id"], "submitting",
+                                f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None)
         return True
 
     def mark_submit_accepted(self, recipient_id: int, ifax_job_id: str, *, next_poll_at: float) -> None:
+        """A new attempt: its give-up clock starts now.  If iFax answered a resend with the
+        same jobId, the old final status must not be read as this attempt's (SPEC 6.2)."""
         now = _now()
         with self.transaction() as c:
-            job_id = self._job_of(c, recipient_id)
-            c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?"
-                      " WHERE id=?", (ifax_job_id, now, recipient_id))
-            self._set_recipient(c, recipient_id, job_id, "sending", f"iFax job {ifax_job_id}",
+            r = c.execute("SELECT job_id, ifax_job_id, call_start FROM recipients WHERE id=?",
+                          (recipient_id,)).fetchone()
+            reused = r["ifax_job_id"] == ifax_job_id
+            c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?,"
+                      " awaiting_fresh=?, stale_call_start=?, last_ok_poll_at=?, sending_seconds=0,"
+                      " transferred_pages=NULL, cost=NULL, code=NULL, message=NULL WHERE id=?",
+                      (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
+                       recipient_id))
+            self._set_recipient(c, recipient_id, r["job_id"], "sending", f"iFax job {ifax_job_id}",
                                 next_action_at=next_poll_at)
 
     def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
-        """The request certainly did not reach iFax: back to the queue, nothing counted."""
+        """The request certainly did not reach iFax: back to waiting, nothing counted."""
         with self.transaction() as c:
-            job_id = self._job_of(c, recipient_id)
-            self._set_recipient(c, recipient_id, job_id, "queued", detail, next_action_at=retry_at)
+            r = c.execute("SELECT job_id, ifax_job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            self._set_recipient(c, recipient_id, r["job_id"], "retry_wait" if r["ifax_job_id"] else "queued",
+                                detail, next_action_at=retry_at)
 
     def mark_submit_refused(self, recipient_id: int, message: str, code: Any = None) -> None:
         with self.transaction() as c:
@@ -304,15 +335,23 @@ class Store:
                       (message, _text(code), recipient_id))
             self._set_recipient(c, recipient_id, job_id, "failed", f"refused by iFax: {message}")
 
-    def mark_submit_uncertain(self, recipient_id: int, detail: str) -> None:
-        """iFax may have accepted the fax: it counts as an attempt and ends failed (6.3)."""
-        message = (f"the outcome of the submission is unknown ({detail}); iFax may have sent it: "
-                   "check the iFax dashboard before sending it again")
+    def mark_submit_uncertain(self, recipient_id: int, detail: str, *, resend: bool = False) -> None:
+        """iFax may have accepted the fax: it counts as an attempt.  With on_uncertain: fail
+        it ends failed, saying so; with resend it is submitted again at once (6.3)."""
         with self.transaction() as c:
-            job_id = self._job_of(c, recipient_id)
+            r = c.execute("SELECT job_id, ifax_job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            if resend:
+                c.execute("UPDATE recipients SET attempts=attempts+1 WHERE id=?", (recipient_id,))
+                self._set_recipient(c, recipient_id, r["job_id"],
+                                    "retry_wait" if r["ifax_job_id"] else "queued",
+                                    f"outcome unknown ({detail}); submitting again (on_uncertain: resend)",
+                                    next_action_at=_now())
+                return
+            message = (f"the outcome of the submission is unknown ({detail}); iFax may have sent it: "
+                       "check the iFax dashboard before sending it again")
             c.execute("UPDATE recipients SET attempts=attempts+1, message=? WHERE id=?",
                       (message, recipient_id))
-            self._set_recipient(c, recipient_id, job_id, "failed", message)
+            self._set_recipient(c, recipient_id, r["job_id"], "failed", message)
 
     # -- polling --------------------------------------------------------------------
 
@@ -329,20 +368,33 @@ class Store:
                 "SELECT MIN(next_action_at) FROM recipients WHERE state='sending'").fetchone()
         return row[0]
 
-    def record_status(self, recipient_id: int, *, final_state: str | None, next_poll_at: float,
+    def record_status(self, recipient_id: int, *, new_state: str | None, next_action_at: float,
                       transferred_pages: int | None, cost: float | None, code: Any,
-                      message: str | None, ifax_status: str) -> None:
-        """Store what a poll read; `final_state` moves the recipient to its end state."""
+                      message: str | None, ifax_status: str, call_start: float | None,
+                      sending_seconds: float, polled_at: float, awaiting_fresh: bool,
+                      given_up: bool = False) -> None:
+        """Store what a successful poll read.  `new_state` (delivered, failed, canceled, or
+        retry_wait for a resend) ends this attempt; None keeps polling."""
         with self.transaction() as c:
             row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
             if row is None or row["state"] != "sending":
                 return
             c.execute("UPDATE recipients SET transferred_pages=?, cost=?, code=?, message=?,"
-                      " next_action_at=?, updated_at=? WHERE id=?",
-                      (transferred_pages, cost, _text(code), message, next_poll_at, _now(), recipient_id))
-            if final_state:
-                detail = f"iFax status {ifax_status}" + (f": {message}" if message else "")
-                self._set_recipient(c, recipient_id, row["job_id"], final_state, detail)
+                      " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
+                      " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=? WHERE id=?",
+                      (transferred_pages, cost, _text(code), message, next_action_at, _now(), call_start,
+                       sending_seconds, polled_at, int(awaiting_fresh), int(given_up), recipient_id))
+            if new_state:
+                detail = message if given_up else (
+                    f"iFax status {ifax_status}" + (f": {message}" if message else ""))
+                self._set_recipient(c, recipient_id, row["job_id"], new_state, detail,
+                                    next_action_at=next_action_at)
+
+    def record_poll_failure(self, recipient_id: int, next_poll_at: float) -> None:
+        """A poll that failed: time until the next good one does not count toward giving up."""
+        with self.transaction() as c:
+            c.execute("UPDATE recipients SET next_action_at=?, last_ok_poll_at=NULL"
+                      " WHERE id=? AND state='sending'", (next_poll_at, recipient_id))
 
     def find_recipient_by_ifax_job(self, ifax_job_id: str) -> Recipient | None:
         with self._lock:
@@ -397,6 +449,11 @@ class Store:
                 "SELECT id FROM jobs WHERE phase='held' AND state='queued' AND NOT EXISTS"
                 " (SELECT 1 FROM recipients WHERE job_id=jobs.id) ORDER BY id")]
         return [self.get_job(i) for i in ids]
+
+    def forget_poll_clocks(self) -> None:
+        """After a restart the time the gateway was down does not count toward giving up."""
+        with self.transaction() as c:
+            c.execute("UPDATE recipients SET last_ok_poll_at=NULL WHERE state='sending'")
 
     def interrupted_submissions(self) -> list[Recipient]:
         """Recipients whose request may have left when the process died (6.3)."""
@@ -533,7 +590,10 @@ def _recipient(r: sqlite3.Row) -> Recipient:
                      attempts=r["attempts"] or 0, ifax_job_id=r["ifax_job_id"], pages=r["pages"],
                      transferred_pages=r["transferred_pages"], cost=r["cost"], code=r["code"],
                      message=r["message"], accepted_at=r["accepted_at"],
-                     next_action_at=r["next_action_at"])
+                     next_action_at=r["next_action_at"], send_at=r["send_at"], call_start=r["call_start"],
+                     stale_call_start=r["stale_call_start"], awaiting_fresh=bool(r["awaiting_fresh"]),
+                     last_ok_poll_at=r["last_ok_poll_at"], sending_seconds=r["sending_seconds"] or 0.0,
+                     given_up=bool(r["given_up"]))
 
 
 def _job(r: sqlite3.Row) -> Job:

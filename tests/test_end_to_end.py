@@ -99,7 +99,7 @@ def test_name_collision_in_sent_takes_lowest_free_suffix(service, spool, simulat
 
 
 def test_failed_fax_goes_to_failed_with_the_api_message(service, spool, simulator):
-    service(defaults={"resend": {"max": 2}})
+    service(defaults={"resend": {"max": 0}})
     folder = spool.folder("+15551230666")
     (folder / "doc.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "failed")
