@@ -7,14 +7,16 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, dump_redacted, load_config
-from gateway.errors import ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
+from gateway.dblock import DatabaseLock
+from gateway.errors import ActionNotAllowed, ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
 from gateway.results import iso, result_document
-from gateway.store import JOB_STATES, Store
+from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
 
 log = logging.getLogger("gateway")
 
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     show = cmd("show", "one job with its recipients, files and events")
     show.add_argument("job", help="job id")
     show.add_argument("--json", action="store_true", help="print JSON")
+    cancel = cmd("cancel", "cancel an active job (carried out by the running daemon)")
+    cancel.add_argument("job", help="job id")
+    resend = cmd("resend", "send a finished, not delivered job again to the recipients that did not "
+                 "get it (carried out by the running daemon)")
+    resend.add_argument("job", help="job id")
     sim = cmd("simulator", "run the iFax-compatible simulator as a standalone server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
@@ -116,6 +123,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _jobs(config, args)
     if command == "show":
         return _show(config, args)
+    if command in ("cancel", "resend"):
+        return _request(config, command, _job_id(args.job))
     raise UsageError(f"unknown command {command}")
 
 
@@ -202,4 +211,38 @@ def _show(config: Config, args: argparse.Namespace) -> int:
         who = f" {e['recipient']}" if e["recipient"] else ""
         print(f"  {e['at']}  {e['state']}{who}" + (f": {e['detail']}" if e["detail"] else ""))
     return 0
+
+
+REQUEST_WAIT = 10.0
+ALLOWED = {"cancel": ACTIVE_ORDER, "resend": ("failed", "canceled")}
+
+
+def _request(config: Config, action: str, job_id: int) -> int:
+    """Record the request and wait for the daemon's outcome (SPEC 2): the API key stays
+    with the service, and the daemon is the only one that changes the job."""
+    if not config.database.exists():
+        raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
+    store = Store(config.database)
+    try:
+        job = store.get_job(job_id)
+        if job.state not in ALLOWED[action]:
+            raise ActionNotAllowed(f"job {job_id} is {job.state}: {action} needs a job that is "
+                                   + " or ".join(ALLOWED[action]))
+        if not DatabaseLock(config.database).held_by_another():
+            raise GatewayError(f"no fax-gateway daemon is running for {config.database}, so nothing was "
+                               f"done: start it (systemctl start fax-gateway) and run {action} again")
+        request_id = store.add_request(job_id, action)
+        deadline = time.monotonic() + REQUEST_WAIT
+        while time.monotonic() < deadline:
+            req = store.get_request(request_id)
+            if req["done_at"] is not None:
+                if req["ok"]:
+                    print(req["outcome"])
+                    return 0
+                raise ActionNotAllowed(req["outcome"])
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise GatewayError(f"the daemon has not finished the {action} of job {job_id} within "
+                       f"{REQUEST_WAIT:.0f} seconds; it carries on: see `fax-gateway show {job_id}`")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from gateway import spool
 from gateway.config import OutboxConfig
 from gateway.doctypes import safe_file_name, sniff
-from gateway.errors import ApiError, AuthFailed, Refused, Rejected, Transient, Uncertain
+from gateway.errors import ApiError, AuthFailed, JobNotFound, Refused, Rejected, Transient, Uncertain
 from gateway.faults import crash_point
 from gateway.ifax import Attachment, IFaxClient
 from gateway.intake import safe_read
 from gateway.metrics import Metrics
 from gateway.results import result_document
-from gateway.store import Job, Recipient, Store
+from gateway.store import ACTIVE_ORDER, Job, Recipient, Store
 from gateway.throttle import Backoff, RateLimiter
 
 log = logging.getLogger("gateway.dispatcher")
@@ -85,6 +85,7 @@ class Dispatcher:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
+                self._handle_requests()
                 self._file_finished()
                 if self.paused_reason:
                     self._probe()
@@ -300,6 +301,89 @@ class Dispatcher:
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
+
+    # -- operator requests ----------------------------------------------------------
+
+    def _handle_requests(self) -> None:
+        for req in self.store.pending_requests():
+            try:
+                job = self.store.get_job(req["job_id"])
+                if req["action"] == "cancel":
+                    self._cancel(req["id"], job)
+                elif req["action"] == "resend":
+                    self._resend(req["id"], job)
+                else:
+                    self.store.finish_request(req["id"], False, f"unknown action {req['action']!r}")
+            except JobNotFound as exc:
+                self.store.finish_request(req["id"], False, str(exc))
+
+    def _cancel(self, request_id: int, job: Job) -> None:
+        """Queued or waiting: canceled here.  Sending: fax-cancel.  Submitting: wait for the
+        answer (the request stays pending), then cancel what iFax accepted."""
+        if job.state not in ACTIVE_ORDER:
+            self.store.finish_request(request_id, False, f"job {job.id} is {job.state}: only a job that is "
+                                      "still queued, waiting or sending can be canceled")
+            return
+        self.store.cancel_waiting(job.id, "canceled by the operator")
+        waiting, refusals = False, []
+        for r in self.store.get_job(job.id).recipients:
+            if r.state == "submitting" or r.id in self._inflight:
+                waiting = True
+            elif r.state == "sending" and r.ifax_job_id:
+                try:
+                    self.client.cancel(r.ifax_job_id)
+                except Refused as exc:  # already final at iFax: the next poll says how it ended
+                    refusals.append(f"{r.number}: {exc.message}")
+                    self.store.poll_now(r.id)
+                except ApiError as exc:
+                    log.warning("job %s: fax-cancel failed, will try again: %s", job.id, exc)
+                    waiting = True
+                else:
+                    crash_point("canceled")
+                    self.store.mark_canceled(r.id, f"canceled by the operator (fax-cancel of iFax job "
+                                             f"{r.ifax_job_id})")
+        if waiting:
+            return
+        if refusals:
+            self.store.finish_request(request_id, False, "iFax refused to cancel: " + "; ".join(refusals))
+        else:
+            self.store.finish_request(request_id, True, f"job {job.id} canceled")
+        self.wake()
+
+    def _resend(self, request_id: int, job: Job) -> None:
+        if job.state == "rejected":
+            self.store.finish_request(request_id, False, f"job {job.id} was rejected and never sent "
+                                      f"({job.reason_code}): fix the document and drop it again")
+            return
+        if job.state not in ("failed", "canceled"):
+            self.store.finish_request(request_id, False, f"job {job.id} is {job.state}: only a finished "
+                                      "job that was not delivered can be sent again")
+            return
+        if job.phase in ("held", "filing"):
+            return  # still being filed: taken back once it is in failed/
+        if job.phase == "filed":
+            assert job.filed_root is not None and job.filed_suffix is not None
+            held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+            paths = spool.filed_paths(Path(job.filed_root), job.rel_dir, job.documents,
+                                      self._bases(job), job.filed_suffix)
+            gone = [str(p) for n, p in zip(job.documents, paths, strict=True)
+                    if not p.exists() and not (held / n).exists()]
+            if gone:
+                self.store.finish_request(request_id, False, "the documents are gone from failed/ ("
+                                          + ", ".join(gone) + "): drop them into the outbox again")
+                return
+            self.store.record_unfiling_intent(job.id)
+        self.resume_unfiling(self.store.get_job(job.id))
+
+    def resume_unfiling(self, job: Job) -> None:
+        """Also run at start-up for a take-back interrupted by a crash."""
+        assert job.filed_root is not None and job.filed_suffix is not None
+        spool.unfile(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir, names=job.names,
+                     bases=self._bases(job), dest_root=Path(job.filed_root), suffix=job.filed_suffix,
+                     result_for=job.primary, crash_hook=crash_point)
+        n = self.store.reopen_job(job.id)
+        log.info("job %s: taken back from failed/, sending again to %d recipient(s)", job.id, n)
+        self.wake()
 
     # -- filing ---------------------------------------------------------------------
 

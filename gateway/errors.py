@@ -41,6 +41,10 @@ class JobNotFound(GatewayError):
     """No job with that id exists in the database."""
 
 
+class ActionNotAllowed(GatewayError):
+    """The job's state does not allow the requested action (cancel, resend)."""
+
+
 
 # Short codes of SPEC 8 and the sentence a person at the scanner reads for each.
 REASONS: dict[str, str] = {

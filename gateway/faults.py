@@ -11,7 +11,7 @@ import os
 import signal
 
 POINTS = ("claim", "claim_partial", "claimed", "submit", "submitted", "resubmit", "resubmitted",
-          "filing")
+          "filing", "unfiling", "canceled")
 
 
 def crash_point(name: str) -> None:

@@ -7,7 +7,6 @@ server.  Signal handlers only set flags; the main thread acts on them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,8 +19,9 @@ from typing import Any
 
 from gateway import spool
 from gateway.config import Config, OutboxConfig
+from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
-from gateway.errors import DaemonRunning, GatewayError, Rejected, UsageError
+from gateway.errors import GatewayError, Rejected, UsageError
 from gateway.faults import crash_point
 from gateway.ifax import IFaxClient
 from gateway.intake import FolderPlanner, Plan, evaluate, file_sha256
@@ -38,34 +38,6 @@ TICK = 0.1  # how often waiting files are looked at: settle times are measured t
 
 class StartupError(GatewayError):
     """The daemon cannot start (a folder, the database, the key); the message says why."""
-
-
-class DatabaseLock:
-    """One daemon per database: an advisory lock on `<database>.lock` that the kernel
-    releases when the process dies, however it dies."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.path = db_path.with_name(db_path.name + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise DaemonRunning(f"database {self.path.with_suffix('')} is in use by another "
-                                f"fax-gateway daemon (process {holder}); stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class Service:
@@ -170,6 +142,8 @@ class Service:
             self.store.mark_submit_uncertain(rec.id, "the gateway stopped while the request was being sent",
                                              resend=self.dispatcher.resend_uncertain(job.outbox))
         self.store.forget_poll_clocks()
+        for job in self.store.jobs_in_phase("unfiling"):
+            self.dispatcher.resume_unfiling(job)
 
     # -- intake ---------------------------------------------------------------------
 

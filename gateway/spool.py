@@ -249,3 +249,36 @@ def remove_job_dir(outbox_path: str | Path, job_id: int) -> None:
             os.rmdir(dirpath)
         except OSError:
             pass
+
+
+def filed_paths(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str],
+                suffix: int) -> list[Path]:
+    return [dest_root / rel_dir / suffixed(n, suffix, bases) for n in names]
+
+
+def unfile(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
+           bases: Sequence[str], dest_root: Path, suffix: int, result_for: str,
+           crash_hook: Any = None) -> list[str]:
+    """Take a finished job's files back from failed/ into .fax-gateway/<job>/ (under their
+    original names) to send them again, and remove its result file.  Safe to repeat.
+    Returns the names found in neither place."""
+    held = job_dir(outbox_path, job_id) / rel_dir
+    make_dirs(held, Path(outbox_path))
+    missing = []
+    for name, filed in zip(names, filed_paths(dest_root, rel_dir, names, bases, suffix), strict=True):
+        src, dst = filed, held / name
+        if os.path.lexists(dst) and not os.path.lexists(src):
+            continue
+        if not os.path.lexists(src):
+            missing.append(name)
+            continue
+        move_file(src, dst)
+        if crash_hook:
+            crash_hook("unfiling")
+    fsync_dir(held)
+    result = dest_root / rel_dir / suffixed(result_name(result_for), suffix, bases)
+    if os.path.lexists(result):
+        os.unlink(result)
+        fsync_dir(result.parent)
+    return missing
+

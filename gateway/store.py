@@ -34,7 +34,7 @@ JOB_FINAL = RECIPIENT_FINAL + ("rejected",)
 
 # Where a job's files are: in the outbox (claiming), in .fax-gateway/<job>/ (held),
 # being moved to sent/ or failed/ (filing), or there with their result file (filed).
-PHASES = ("claiming", "held", "filing", "filed")
+PHASES = ("claiming", "held", "filing", "filed", "unfiling")
 
 
 class StoreError(GatewayError):
@@ -434,6 +434,77 @@ class Store:
             c.execute("UPDATE jobs SET phase='filed' WHERE id=?", (job_id,))
             self._event(c, job_id, "filed")
 
+    # -- operator requests (cancel, resend) -----------------------------------------
+
+    def add_request(self, job_id: int, action: str) -> int:
+        """Recorded by the CLI, carried out by the daemon: the key stays with the service
+        and the two never race on the same job."""
+        with self.transaction() as c:
+            cur = c.execute("INSERT INTO requests(job_id, action, created_at) VALUES (?,?,?)",
+                            (job_id, action, _now()))
+            self._event(c, job_id, f"{action} requested")
+            return int(cur.lastrowid)
+
+    def pending_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.conn.execute("SELECT * FROM requests WHERE done_at IS NULL ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def get_request(self, request_id: int) -> dict[str, Any]:
+        with self._lock:
+            row = self.conn.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        return dict(row)
+
+    def finish_request(self, request_id: int, ok: bool, outcome: str) -> None:
+        with self.transaction() as c:
+            self._finish_request(c, request_id, ok, outcome)
+
+    def _finish_request(self, c: sqlite3.Connection, request_id: int, ok: bool, outcome: str) -> None:
+        c.execute("UPDATE requests SET done_at=?, ok=?, outcome=? WHERE id=? AND done_at IS NULL",
+                  (_now(), int(ok), outcome, request_id))
+
+    def cancel_waiting(self, job_id: int, detail: str) -> None:
+        """Recipients not yet handed to iFax (queued, waiting to resend) end here and now."""
+        with self.transaction() as c:
+            for r in c.execute("SELECT id FROM recipients WHERE job_id=? AND state IN"
+                               " ('queued','retry_wait')", (job_id,)).fetchall():
+                self._set_recipient(c, r["id"], job_id, "canceled", detail)
+
+    def mark_canceled(self, recipient_id: int, detail: str) -> None:
+        """A sending fax that iFax confirmed canceled (fax-cancel)."""
+        with self.transaction() as c:
+            r = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            if r is not None and r["state"] == "sending":
+                c.execute("UPDATE recipients SET given_up=1 WHERE id=?", (recipient_id,))
+                self._set_recipient(c, recipient_id, r["job_id"], "canceled", detail)
+
+    def record_unfiling_intent(self, job_id: int) -> None:
+        """Commit that the job's files are about to be taken back from failed/."""
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET phase='unfiling' WHERE id=? AND phase='filed'", (job_id,))
+            self._event(c, job_id, "unfiling", "documents taken back from failed/ to send again")
+
+    def reopen_job(self, job_id: int) -> int:
+        """The files are back in .fax-gateway/<job>/: every recipient that did not get the
+        fax waits to be sent again (fax-resend where iFax knows it).  Pending resend
+        requests for the job are done in the same transaction.  Returns how many."""
+        now = _now()
+        with self.transaction() as c:
+            rows = c.execute("SELECT id, ifax_job_id FROM recipients WHERE job_id=? AND state IN"
+                             " ('failed','canceled')", (job_id,)).fetchall()
+            c.execute("UPDATE jobs SET phase='held', filed_to=NULL, filed_root=NULL, filed_suffix=NULL,"
+                      " completed_at=NULL, reason=NULL, reason_code=NULL WHERE id=?", (job_id,))
+            for r in rows:
+                c.execute("UPDATE recipients SET given_up=0, awaiting_fresh=0, message=NULL, code=NULL"
+                          " WHERE id=?", (r["id"],))
+                self._set_recipient(c, r["id"], job_id, "retry_wait" if r["ifax_job_id"] else "queued",
+                                    "sent again at the operator's request", next_action_at=now)
+            for q in c.execute("SELECT id FROM requests WHERE job_id=? AND action='resend' AND"
+                               " done_at IS NULL", (job_id,)).fetchall():
+                self._finish_request(c, q["id"], True, f"job {job_id}: sending again to "
+                                     f"{len(rows)} recipient(s)")
+        return len(rows)
+
     # -- recovery -------------------------------------------------------------------
 
     def jobs_in_phase(self, phase: str) -> list[Job]:
@@ -575,6 +646,8 @@ class Store:
                 "SELECT number, state, message FROM recipients WHERE job_id=? AND state!='delivered'",
                 (job_id,))]
             reason = "the fax was not delivered to " + "; ".join(msgs)
+        elif new == "canceled":
+            reason = "the fax was canceled before it was delivered"
         c.execute("UPDATE jobs SET state=?, completed_at=?, reason=?, reason_code=? WHERE id=?",
                   (new, completed, reason, reason_code, job_id))
         if completed:
