@@ -47,11 +47,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
 # in their `defaults.` form and are checked under every outbox as well. Delete an entry
 # in the same change that implements the key.
 NOT_SUPPORTED_YET: set[str] = {
-    "notify.command",
     "retention.sent",
     "retention.jobs",
     "defaults.max_faxes_per_hour",
-    "defaults.delete_after_delivery",
 }
 
 

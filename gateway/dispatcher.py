@@ -301,6 +301,18 @@ class Dispatcher:
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
+            ob = self.outboxes.get(job.outbox)
+            if new_state == "delivered" and ob is not None and ob.delete_after_delivery:
+                self._delete_at_ifax(job.id, rec.all_ifax_job_ids or [rec.ifax_job_id])
+
+    def _delete_at_ifax(self, job_id: int, ifax_job_ids: list[str]) -> None:
+        """delete_after_delivery: best effort.  A refusal is logged; the fax was delivered."""
+        for ifax_id in ifax_job_ids:
+            try:
+                self.client.delete(ifax_id)
+            except ApiError as exc:
+                log.warning("job %s: fax-delete of iFax job %s failed (the fax was delivered): %s",
+                            job_id, ifax_id, exc)
 
     # -- operator requests ----------------------------------------------------------
 

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from gateway.faults import crash_point
 from gateway.ifax import IFaxClient
 from gateway.intake import FolderPlanner, Plan, evaluate, file_sha256
 from gateway.metrics import Metrics
-from gateway.store import SourceFile, Store
+from gateway.notify import Notifier
+from gateway.store import Job, SourceFile, Store
 from gateway.systemd import notify
 from gateway.watcher import Watcher
 from gateway.web import WebServer
@@ -93,7 +95,8 @@ class Service:
                                      max_in_flight=cfg.api.max_in_flight,
                                      requests_per_minute=cfg.api.requests_per_minute,
                                      poll_interval=cfg.poll.interval,
-                                     give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names)
+                                     give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names,
+                                     on_finished=self._notifier())
         self.recover()
         self.watcher = Watcher()
         for ob in cfg.outboxes:
@@ -105,6 +108,17 @@ class Service:
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
                  base_url, " (simulated)" if self.simulate else "", cfg.http.listen)
         notify("READY=1")
+
+    def _notifier(self) -> Callable[[Job, Path | None], None] | None:
+        if not self.config.notify.command:
+            return None
+        notifier = Notifier(self.config.notify.command)
+
+        def finished(job: Job, result_path: Path | None) -> None:
+            if result_path is not None:
+                notifier.job_ended(job_id=job.id, state=job.state, reason_code=job.reason_code,
+                                   outbox=job.outbox, result_path=result_path)
+        return finished
 
     def _api_endpoint(self) -> tuple[str, str]:
         if self.simulate:

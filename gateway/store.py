@@ -73,6 +73,7 @@ class Recipient:
     last_ok_poll_at: float | None = None
     sending_seconds: float = 0.0           # successful-polling time counted for give_up_after
     given_up: bool = False
+    all_ifax_job_ids: list[str] = field(default_factory=list)  # every attempt's, for fax-delete
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Store:
         have = {c.name for c in db["recipients"].columns}
         for name, kind in (("send_at", float), ("call_start", float), ("stale_call_start", float),
                            ("awaiting_fresh", int), ("last_ok_poll_at", float),
-                           ("sending_seconds", float), ("given_up", int)):
+                           ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str)):
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         db["requests"].create({
@@ -310,14 +311,18 @@ class Store:
         same jobId, the old final status must not be read as this attempt's (SPEC 6.2)."""
         now = _now()
         with self.transaction() as c:
-            r = c.execute("SELECT job_id, ifax_job_id, call_start FROM recipients WHERE id=?",
+            r = c.execute("SELECT job_id, ifax_job_id, call_start, ifax_job_ids FROM recipients WHERE id=?",
                           (recipient_id,)).fetchone()
             reused = r["ifax_job_id"] == ifax_job_id
+            ids = json.loads(r["ifax_job_ids"] or "[]")
+            if ifax_job_id not in ids:
+                ids.append(ifax_job_id)
             c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?,"
                       " awaiting_fresh=?, stale_call_start=?, last_ok_poll_at=?, sending_seconds=0,"
-                      " transferred_pages=NULL, cost=NULL, code=NULL, message=NULL WHERE id=?",
+                      " transferred_pages=NULL, cost=NULL, code=NULL, message=NULL, ifax_job_ids=?"
+                      " WHERE id=?",
                       (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
-                       recipient_id))
+                       json.dumps(ids), recipient_id))
             self._set_recipient(c, recipient_id, r["job_id"], "sending", f"iFax job {ifax_job_id}",
                                 next_action_at=next_poll_at)
 
@@ -666,7 +671,7 @@ def _recipient(r: sqlite3.Row) -> Recipient:
                      next_action_at=r["next_action_at"], send_at=r["send_at"], call_start=r["call_start"],
                      stale_call_start=r["stale_call_start"], awaiting_fresh=bool(r["awaiting_fresh"]),
                      last_ok_poll_at=r["last_ok_poll_at"], sending_seconds=r["sending_seconds"] or 0.0,
-                     given_up=bool(r["given_up"]))
+                     given_up=bool(r["given_up"]), all_ifax_job_ids=json.loads(r["ifax_job_ids"] or "[]"))
 
 
 def _job(r: sqlite3.Row) -> Job:
