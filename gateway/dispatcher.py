@@ -57,6 +57,9 @@ class Dispatcher:
         self._running = {"submit": 0, "poll": 0}
         self._thread: threading.Thread | None = None
         self.paused_reason: str | None = None
+        self.paused_outboxes: dict[str, str] = {}  # set by the service: outbox -> why
+        # Asked right before files are written: the periodic check may be a second late.
+        self.folder_problem: Callable[[str], str | None] = lambda outbox: None
         self._next_probe = 0.0
         self._refusals: list[tuple[str, int]] = []  # (message, job id) of consecutive refusals
         self.heartbeat = time.monotonic()
@@ -148,6 +151,9 @@ class Dispatcher:
 
     def _submit(self, rec: Recipient) -> None:
         job = self.store.get_job(rec.job_id)
+        if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
+            self.store.reschedule(rec.id, time.time() + 2.0)
+            return
         try:
             attachments = self._attachments(job)
         except Rejected as exc:
@@ -371,8 +377,9 @@ class Dispatcher:
             self.store.finish_request(request_id, False, f"job {job.id} is {job.state}: only a finished "
                                       "job that was not delivered can be sent again")
             return
-        if job.phase in ("held", "filing"):
-            return  # still being filed: taken back once it is in failed/
+        if job.phase in ("held", "filing") or job.outbox in self.paused_outboxes or \
+                self.folder_problem(job.outbox):
+            return  # still being filed, or its folders are away: taken back later
         if job.phase == "filed":
             assert job.filed_root is not None and job.filed_suffix is not None
             held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
@@ -401,6 +408,8 @@ class Dispatcher:
 
     def _file_finished(self) -> None:
         for job in self.store.jobs_to_file():
+            if job.outbox in self.paused_outboxes or self.folder_problem(job.outbox):
+                continue  # never write into a folder that is missing or an empty mount point
             try:
                 self.file_job(job)
             except Exception as exc:

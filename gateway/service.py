@@ -24,6 +24,7 @@ from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
 from gateway.errors import GatewayError, Rejected, UsageError
 from gateway.faults import crash_point
+from gateway.folders import FolderGuard
 from gateway.ifax import IFaxClient
 from gateway.intake import FolderPlanner, Plan, evaluate, file_sha256
 from gateway.metrics import Metrics
@@ -36,6 +37,7 @@ from gateway.web import WebServer
 log = logging.getLogger("gateway.service")
 
 TICK = 0.1  # how often waiting files are looked at: settle times are measured to this grain
+FOLDER_CHECK = 1.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 
 
 class StartupError(GatewayError):
@@ -57,6 +59,8 @@ class Service:
         self.dispatcher: Dispatcher | None = None
         self.web: WebServer | None = None
         self.planner = FolderPlanner()
+        self.guard = FolderGuard()
+        self.paused: dict[str, str] = {}
         self._lock = DatabaseLock(config.database)
         self._stop = threading.Event()
         self._intake_thread: threading.Thread | None = None
@@ -98,9 +102,11 @@ class Service:
                                      give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names,
                                      on_finished=self._notifier())
         self.recover()
+        self.dispatcher.paused_outboxes = self.paused
+        self.dispatcher.folder_problem = self._folder_problem
         self.watcher = Watcher()
         for ob in cfg.outboxes:
-            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling)
+            self._check_folders(ob)
         _check_inotify_limits(len(cfg.outboxes))
         self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         self._intake_thread.start()
@@ -132,13 +138,34 @@ class Service:
         return self._base_url or self.config.api.base_url, key
 
     def _ensure_folder(self, outbox: str, path: Path) -> None:
-        if path.is_dir():
+        """Missing at start-up: created if its parent exists, else the outbox is paused."""
+        if path.is_dir() or not path.parent.is_dir():
             return
-        if not path.parent.is_dir():
-            raise StartupError(f"outbox {outbox}: folder {path} does not exist, and neither does its "
-                               f"parent {path.parent}; create it (or fix the path in the configuration)")
         spool.make_dirs(path, path.parent)
         log.info("outbox %s: created %s", outbox, path)
+
+    def _folder_problem(self, outbox: str) -> str | None:
+        ob = self.outboxes.get(outbox)
+        return self.guard.problem(ob) if ob is not None else None
+
+    def _check_folders(self, ob: OutboxConfig) -> None:
+        """Pause an outbox whose folders went away, resume it when they are back."""
+        assert self.watcher is not None
+        problem = self.guard.problem(ob)
+        if problem and ob.name not in self.paused:
+            log.error("%s: outbox paused", problem)
+            self.paused[ob.name] = problem
+            self.watcher.remove(ob.name)
+            self.metrics.files_waiting.labels(ob.name).set(0)
+        elif problem:
+            self.paused[ob.name] = problem
+        elif ob.name in self.paused or ob.name not in self.watcher.outboxes or self.guard.replaced(ob.path):
+            if self.paused.pop(ob.name, None):
+                log.info("outbox %s: its folders are back; resuming", ob.name)
+            self.watcher.remove(ob.name)
+            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling)
+            if self.dispatcher:
+                self.dispatcher.wake()
 
     def recover(self) -> None:
         """Put every job interrupted by a crash back where it can be finished (6.3)."""
@@ -163,13 +190,20 @@ class Service:
 
     def _intake_loop(self) -> None:
         assert self.watcher is not None
+        next_check = 0.0
         while not self._stop.is_set():
             self._intake_heartbeat = time.monotonic()
             try:
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + FOLDER_CHECK
+                    for ob in self.outboxes.values():
+                        self._check_folders(ob)
                 self.watcher.drain()
                 self.watcher.tick()
                 now = self.watcher.clock()
                 for name, ob in self.outboxes.items():
+                    if name in self.paused or name not in self.watcher.outboxes:
+                        continue
                     for folder, files in self.watcher.folders(name):
                         if not any(s.settled_at is not None for s in files.values()):
                             continue
@@ -262,6 +296,7 @@ class Service:
             problems.append("the dispatcher is not running")
         elif self.dispatcher.paused_reason:
             problems.append("iFax refuses the account: " + self.dispatcher.paused_reason)
+        problems.extend(self.paused.values())
         try:
             if self.store is None:
                 raise GatewayError("no database")

@@ -407,14 +407,13 @@ class Store:
                                     (ifax_job_id,)).fetchone()
         return _recipient(row) if row else None
 
-    def reschedule_poll(self, recipient_id: int, at: float) -> None:
-        """When to ask again; not a state change, so no event."""
+    def reschedule(self, recipient_id: int, at: float) -> None:
+        """When to look at a recipient again; not a state change, so no event."""
         with self.transaction() as c:
-            c.execute("UPDATE recipients SET next_action_at=? WHERE id=? AND state='sending'",
-                      (at, recipient_id))
+            c.execute("UPDATE recipients SET next_action_at=? WHERE id=?", (at, recipient_id))
 
     def poll_now(self, recipient_id: int) -> None:
-        self.reschedule_poll(recipient_id, _now())
+        self.reschedule(recipient_id, _now())
 
     # -- filing ---------------------------------------------------------------------
 

@@ -124,6 +124,14 @@ class Watcher:
         wo.observer = observer
         self.rescan(wo)  # files already present at start-up are taken too
 
+    def remove(self, name: str) -> None:
+        """Stop watching an outbox (paused); its waiting files are forgotten and found
+        again by the start-up scan of `add` when it comes back."""
+        wo = self.outboxes.pop(name, None)
+        if wo is not None and wo.observer is not None:
+            wo.observer.stop()
+            wo.observer.join(timeout=5)
+
     def stop(self) -> None:
         for wo in self.outboxes.values():
             if wo.observer is not None:
