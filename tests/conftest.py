@@ -166,8 +166,10 @@ def service(make_config: Callable[..., Path]) -> Iterator[Callable[..., Service]
 class Daemon:
     """A `fax-gateway run` process."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.prefix = prefix  # e.g. setpriv, to run the daemon with fewer privileges
         self.env = {**os.environ, **(env or {})}
         self.args = args
         self.proc: subprocess.Popen | None = None
@@ -181,8 +183,8 @@ class Daemon:
         if crash_at:
             env["FAX_GATEWAY_CRASH_AT"] = crash_at
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config),
-                                      *self.args], stdout=out, stderr=subprocess.STDOUT, env=env,
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "gateway", "run", "-c",
+                                      str(self.config), *self.args], stdout=out, stderr=subprocess.STDOUT, env=env,
                                      cwd=REPO)
         out.close()
         if wait_healthy:
@@ -221,8 +223,8 @@ def daemon(make_config: Callable[..., Path]) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
 
     def make(config_path: Path | None = None, env: dict[str, str] | None = None,
-             args: tuple[str, ...] = (), **overrides: Any) -> Daemon:
-        d = Daemon(config_path or make_config(**overrides), env, args)
+             args: tuple[str, ...] = (), prefix: tuple[str, ...] = (), **overrides: Any) -> Daemon:
+        d = Daemon(config_path or make_config(**overrides), env, args, prefix)
         made.append(d)
         return d
 

@@ -145,3 +145,36 @@ def test_links_and_fifos_are_never_opened(service, spool, simulator, tmp_path, k
     if kind == "fifo":
         assert result["sha256"] == [None]
     assert simulator.requests("fax-send") == []
+
+
+def _without_root_file_access():
+    """Root reads every file; without these two capabilities it obeys file modes like the
+    unprivileged service user does."""
+    import shutil
+    if os.geteuid() != 0:
+        return ()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is needed to drop root's file-access override")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+def test_unreadable_file_is_rejected_and_one_made_readable_is_sent(daemon, spool, simulator):
+    d = daemon(prefix=_without_root_file_access()).start()
+    folder = spool.folder("+15551230412")
+    locked, late = folder / "locked.pdf", folder / "late.pdf"
+    for path in (locked, late):
+        path.write_bytes(make_pdf(1, text=path.name))
+        path.chmod(0)
+    import time
+    time.sleep(0.8)  # the print driver's delay before it sets the final permissions
+    assert late.exists() and simulator.requests("fax-send") == []
+    late.chmod(0o644)
+    [sent] = spool.wait_results(1, "sent")
+    assert sent["files"] == ["late.pdf"]
+    [rejected] = spool.wait_results(1, "failed")  # after sidecar_wait (1.5 s)
+    assert rejected["files"] == ["locked.pdf"]
+    assert rejected["reason_code"] == "unreadable"
+    assert "umask or group" in rejected["reason"]
+    assert rejected["sha256"] == [None]
+    assert len(simulator.requests("fax-send")) == 1
+    d.terminate()
