@@ -184,8 +184,8 @@ class Daemon:
             env["FAX_GATEWAY_CRASH_AT"] = crash_at
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "gateway", "run", "-c",
-                                      str(self.config), *self.args], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=REPO)
+                                      str(self.config), *self.args],
+                                     stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         out.close()
         if wait_healthy:
             wait_for(self.healthy, 20, "the daemon's /healthz")
