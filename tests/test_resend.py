@@ -151,3 +151,19 @@ def test_sigkill_around_a_resend_never_resends_twice(daemon, spool, simulator, p
     assert "iFax may have sent it" in r["message"] and r["attempts"] == 2
 
 
+
+
+def test_give_up_counts_from_send_at_when_it_is_later(service, spool, simulator):
+    import time
+    from datetime import datetime, timezone
+    service(extra={"poll": {"interval": "0.2s", "give_up_after": "1s"}})
+    send_at = time.time() + 3
+    stamp = datetime.fromtimestamp(send_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (spool.outbox / "later.pdf.yaml").write_text(f"to: '+15551230888'\nsend_at: '{stamp}'\n")
+    (spool.outbox / "later.pdf").write_bytes(make_pdf(1))
+    [result] = spool.wait_results(1, "failed", timeout=20)
+    assert "gave up" in result["recipients"][0]["message"]
+    [cancel] = simulator.requests("fax-cancel")
+    whole_second = int(send_at)  # the sidecar's time has whole seconds
+    assert cancel["time"] >= whole_second + 1.0
+    assert simulator.requests("fax-send")[0]["body"]["send_at"].startswith(stamp[:19])
