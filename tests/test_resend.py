@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+from datetime import UTC
 
 import pytest
 from conftest import make_pdf, wait_for
@@ -155,10 +156,10 @@ def test_sigkill_around_a_resend_never_resends_twice(daemon, spool, simulator, p
 
 def test_give_up_counts_from_send_at_when_it_is_later(service, spool, simulator):
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
     service(extra={"poll": {"interval": "0.2s", "give_up_after": "1s"}})
     send_at = time.time() + 3
-    stamp = datetime.fromtimestamp(send_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.fromtimestamp(send_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     (spool.outbox / "later.pdf.yaml").write_text(f"to: '+15551230888'\nsend_at: '{stamp}'\n")
     (spool.outbox / "later.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "failed", timeout=20)
