@@ -276,9 +276,9 @@ class Dispatcher:
             counted_from = max(rec.last_ok_poll_at, rec.send_at or 0.0)
             seconds += max(0.0, now - counted_from)
         new_state, next_at, message, given_up = final, now + self.poll_interval, st.message, False
-        if final == "failed":
-            job = self.store.get_job(rec.job_id)
-            ob = self.outboxes.get(job.outbox)
+        job = self.store.get_job(rec.job_id) if final else None
+        ob = self.outboxes.get(job.outbox) if job else None
+        if job and final == "failed":
             if ob is not None and rec.attempts - 1 < ob.resend.max:
                 new_state, next_at = "retry_wait", now + ob.resend.delay
                 log.info("job %s: fax to %s failed (%s); resending in %.0fs", job.id, rec.number,
@@ -299,7 +299,7 @@ class Dispatcher:
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
         if new_state in ("delivered", "failed", "canceled"):
-            job = self.store.get_job(rec.job_id)
+            job = job or self.store.get_job(rec.job_id)
             if new_state == "delivered":
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
             if st.cost:
@@ -307,7 +307,6 @@ class Dispatcher:
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
-            ob = self.outboxes.get(job.outbox)
             if new_state == "delivered" and ob is not None and ob.delete_after_delivery:
                 self._delete_at_ifax(job.id, rec.all_ifax_job_ids or [rec.ifax_job_id])
 

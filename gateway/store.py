@@ -479,7 +479,6 @@ class Store:
         with self.transaction() as c:
             r = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
             if r is not None and r["state"] == "sending":
-                c.execute("UPDATE recipients SET given_up=1 WHERE id=?", (recipient_id,))
                 self._set_recipient(c, recipient_id, r["job_id"], "canceled", detail)
 
     def record_unfiling_intent(self, job_id: int) -> None:
