@@ -16,6 +16,10 @@ from gateway.errors import Rejected
 _DIGITS = frozenset("0123456789")
 _SEPARATORS = frozenset(" -().")
 _NUMBER_CHARS = _DIGITS | _SEPARATORS | {"+"}
+# E.164 allows 15 digits; 20 leaves room for 00/011 and a trunk 0 in parentheses (SPEC 4.5).
+MAX_DIGITS = 20
+# How much of a refused number a reason quotes: a folder name can be hundreds of digits long.
+_SHOWN_CHARS = 40
 
 _WHY_NOT_POSSIBLE = {
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "it is local-only: add the area code",
@@ -58,6 +62,9 @@ def normalize(raw: str, country: str) -> str:
     digits = "".join(c for c in text if c in _DIGITS)
     if not digits:
         raise _invalid(raw, "it has no digits")
+    if len(digits) > MAX_DIGITS:
+        # Refused here, not left to phonenumbers, whose answer for such input is not ours to rely on.
+        raise _invalid(raw, f"it has {len(digits)} digits; a fax number has at most {MAX_DIGITS}")
     if text.startswith("+"):
         return _format(_international(raw, digits))
     if digits.startswith("00"):
@@ -85,8 +92,17 @@ def _digits_of(text: str) -> str:
 
 
 def _invalid(raw: str, why: str) -> Rejected:
-    shown = raw.strip() or '""'
-    return Rejected("invalid_number", f"{shown} is not a fax number: {why}")
+    return Rejected("invalid_number", f"{_shown(raw)} is not a fax number: {why}")
+
+
+def _shown(raw: str) -> str:
+    """The number as written, but short and without anything that would not print in a log or terminal."""
+    text = raw.strip() or '""'
+    if len(text) > _SHOWN_CHARS:
+        text = f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _format(number: PhoneNumber) -> str:

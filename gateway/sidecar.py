@@ -4,6 +4,10 @@ Sidecars are written by hand or by `echo` at a scanner, so parsing is lenient ab
 form (a bare number, a list, a BOM, `quality: hd`) and strict about meaning: anything
 that could change where a fax goes or what it holds is refused with a reason that
 names the file and the problem, never guessed or silently dropped.
+
+Whoever writes to an outbox is untrusted (SPEC 4.5), so nothing a sidecar holds may
+raise anything but `Rejected("bad_sidecar")`, take more than a moment, or reach a
+reason, a log line or the fax itself as a control character or a lone surrogate.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import codecs
 import difflib
 import json
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import yaml
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
 
 from gateway.errors import Rejected
@@ -25,6 +31,11 @@ SIDECAR_EXTENSIONS = (".yaml", ".yml", ".json")
 MAX_SIDECAR_BYTES = 64 * 1024
 RESULT_SUFFIX = ".result.json"
 QUALITIES = ("Low", "Standard", "HD")
+MAX_NUMBER_DIGITS = 20
+# Ten years, counting the leap days a decade can hold; further off is a typo, not a plan.
+SEND_AT_RANGE = timedelta(days=3653)
+# How much of a refused value a reason quotes: enough to find it, not enough to flood a log.
+_SHOWN_CHARS = 40
 
 _TEXT_KEYS = ("subject", "from_name", "to_name", "message", "caller_id", "reference")
 KNOWN_KEYS = ("to", "files", "subject", "from_name", "to_name", "message", "caller_id", "quality", "send_at",
@@ -99,8 +110,11 @@ def documents_for_sidecar(sidecar_name: str, names: Iterable[str]) -> list[str]:
     )
 
 
-def parse_sidecar(data: bytes, name: str) -> Sidecar:
-    """Read a sidecar's bytes; `name` picks the format (.json or YAML) and is named in every error."""
+def parse_sidecar(data: bytes, name: str, *, now: datetime | None = None) -> Sidecar:
+    """Read a sidecar's bytes; `name` picks the format (.json or YAML) and is named in every error.
+
+    `now` is what `send_at` is held against, given so tests need not depend on the clock.
+    """
     if len(data) > MAX_SIDECAR_BYTES:
         raise _bad(name, f"it is larger than 64 KiB ({len(data)} bytes); a sidecar holds only numbers "
                          "and options")
@@ -111,7 +125,7 @@ def parse_sidecar(data: bytes, name: str) -> Sidecar:
     if content is None:
         raise _bad(name, "it is empty: write the fax number in it")
     if isinstance(content, dict):
-        return _from_mapping(content, name)
+        return _from_mapping(content, name, now or datetime.now(UTC))
     if isinstance(content, list):
         if not content:
             raise _bad(name, "it is an empty list: write at least one fax number in it")
@@ -120,7 +134,36 @@ def parse_sidecar(data: bytes, name: str) -> Sidecar:
 
 
 def _bad(name: str, problem: str) -> Rejected:
-    return Rejected("bad_sidecar", f"{name}: {problem}")
+    # Values are quoted with `_show` already; escaping the whole reason as well keeps the
+    # file's own name, or any wording a parser quoted, from carrying a control character.
+    return Rejected("bad_sidecar", _escaped(f"{name}: {problem}"))
+
+
+def _escaped(text: str) -> str:
+    """Reasons reach logs, result files and terminals, and a file's name may hold any byte.
+
+    Undecodable bytes are written `\\xNN` as SPEC 4.5 writes names, anything else that
+    does not print as its Python escape. Printable text, backslashes included, is left
+    alone, so an edge that escapes the reason again changes nothing.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xdc00:02x}")
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
+def _show(value: str) -> str:
+    """A value as a reason quotes it: escaped like `repr`, and cut short when long."""
+    if len(value) > _SHOWN_CHARS:
+        return f"{value[:_SHOWN_CHARS]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -130,7 +173,9 @@ def _decode(data: bytes, name: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise _bad(name, f"it is not UTF-8 text (bad byte at offset {exc.start}): save it as UTF-8") from None
+        what = "UTF-16" if encoding == "utf-16" else "UTF-8"
+        raise _bad(name, f"it is not {what} text (bad byte at offset {exc.start}): "
+                         "save it as UTF-8") from None
 
 
 class _SidecarYAMLError(yaml.MarkedYAMLError):
@@ -142,7 +187,18 @@ class _Loader(yaml.BaseLoader):
 
     Only unquoted nulls become None, and a repeated key is an error instead of the
     last one silently winning (two `to:` lines must not fax just one of them).
+    Anchors and aliases are refused: nobody needs them to write a number, and an alias
+    repeats a value without its bytes, so a small file could make every check below
+    walk megabytes ("billion laughs"); without them the work is bounded by the 64 KiB.
     """
+
+    def compose_node(self, parent: Node | None, index: object) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _SidecarYAMLError(problem="YAML anchors (&) and aliases (*) are not allowed in a sidecar: "
+                                            "write each value out, in quotes if it begins with & or *",
+                                    problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_scalar(self, node: ScalarNode) -> str | None:
         value = super().construct_scalar(node)
@@ -160,7 +216,7 @@ class _Loader(yaml.BaseLoader):
                 raise _SidecarYAMLError(problem="a key must be a plain name",
                                         problem_mark=key_node.start_mark)
             if key in mapping:
-                raise _SidecarYAMLError(problem=f"{key!r} is written twice",
+                raise _SidecarYAMLError(problem=f"{_show(key)} is written twice",
                                         problem_mark=key_node.start_mark)
             mapping[key] = self.construct_object(value_node, deep=deep)
         return mapping
@@ -203,6 +259,14 @@ class _DuplicateKey(ValueError):
     pass
 
 
+class _JsonDigits(str):
+    """A JSON whole number kept as the digits it was written with.
+
+    Numbers are text to a sidecar anyway, and `int()` refuses more than 4300 digits
+    with a ValueError that is no sidecar's business.
+    """
+
+
 def _json_object(pairs: list[tuple[str, object]]) -> dict:
     mapping: dict = {}
     for key, value in pairs:
@@ -214,9 +278,9 @@ def _json_object(pairs: list[tuple[str, object]]) -> dict:
 
 def _load_json(text: str, name: str) -> object:
     try:
-        return json.loads(text, object_pairs_hook=_json_object)
+        return json.loads(text, object_pairs_hook=_json_object, parse_int=_JsonDigits)
     except _DuplicateKey as exc:
-        raise _bad(name, f"{str(exc)!r} is written twice") from None
+        raise _bad(name, f"{_show(exc.args[0])} is written twice") from None
     except json.JSONDecodeError as exc:
         hint = ""
         if set(text.strip()) <= set("0123456789+-(). "):
@@ -239,28 +303,70 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _text(value: object, name: str, what: str) -> str | None:
+def _text(value: object, name: str, what: str, *, lines: bool = False) -> str | None:
     """A text value, or None for an empty one; whole JSON numbers count as their digits."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     if not isinstance(value, str):
         raise _bad(name, f"{what} must be text, not {_kind(value)}; write it in quotes")
-    return value if value.strip() else None
+    text = _usable_text(str(value), name, what, lines=lines)
+    return text if text.strip() else None
+
+
+def _usable_text(text: str, name: str, what: str, *, lines: bool) -> str:
+    """Refuse what is not text a person wrote (SPEC 4.5): it would reach logs, the API and the fax.
+
+    JSON's `\\u` and YAML's `\\x`/`\\e` escapes can write any code point, so a lone
+    surrogate (which cannot be encoded to send) or a control character (which can
+    rewrite a terminal or forge a log line) gets past both parsers. Only `message`
+    (`lines`) may hold line breaks and tabs; elsewhere the line break that YAML's `|`
+    and `>` leave at the end is dropped rather than refused. Windows line ends count
+    as one line break, and a surrogate pair written as two escapes as its character.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if not lines:
+        text = text.rstrip("\n")
+    if text.isprintable():
+        return text
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        try:
+            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            raise _bad(name, f"{what} holds a lone surrogate (half of a character, such as the escape "
+                             "\\ud800), which is not Unicode text") from None
+    for ch in text:
+        if ch in "\n\u2028\u2029":
+            if not lines:
+                raise _bad(name, f"{what} holds a line break: only 'message' may have several lines")
+        elif ch == "\t":
+            if not lines:
+                raise _bad(name, f"{what} holds a tab: only 'message' may hold tabs")
+        elif unicodedata.category(ch) == "Cc":
+            raise _bad(name, f"{what} holds the control character {ch!r}: remove it")
+    return text
 
 
 def _number(value: object, name: str, what: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-        raise _bad(name, f"{what} is the negative number {value}, not a fax number")
+    if isinstance(value, _JsonDigits) and value.startswith("-"):
+        raise _bad(name, f"{what} is a negative number, not a fax number")
     text = _text(value, name, what)
     if text is None:
         raise _bad(name, f"{what} is empty: write a fax number there")
     text = text.strip()
     if "," in text or ";" in text:
-        raise _bad(name, f"{what} holds several numbers in one ({text}); write each number as its own "
-                         "list entry")
+        raise _bad(name, f"{what} holds several numbers in one ({_show(text)}); write each number as its "
+                         "own list entry")
+    _check_digits(text, name, what)
     return text
+
+
+def _check_digits(text: str, name: str, what: str) -> None:
+    # E.164 allows 15 digits; 20 leaves room for 00/011 and a trunk 0 in parentheses. Longer
+    # is no number, and phonenumbers and int() should never see thousands of digits.
+    digits = sum(ch.isdecimal() for ch in text)
+    if digits > MAX_NUMBER_DIGITS:
+        raise _bad(name, f"{what} has {digits} digits; a fax number has at most {MAX_NUMBER_DIGITS}")
 
 
 def _suggest(key: str) -> str:
@@ -276,25 +382,27 @@ def _suggest(key: str) -> str:
     return squashed.get(simple.replace("_", ""), "")
 
 
-def _from_mapping(content: dict, name: str) -> Sidecar:
+def _from_mapping(content: dict, name: str, now: datetime) -> Sidecar:
     for key in content:
         if not isinstance(key, str):
-            raise _bad(name, f"the key {key!r} is not a name; the known keys are {', '.join(KNOWN_KEYS)}")
+            raise _bad(name, f"a key is {_kind(key)}, not a name; the known keys are {', '.join(KNOWN_KEYS)}")
+        _usable_text(key, name, f"the key {_show(key)}", lines=False)
         if key not in KNOWN_KEYS:
             suggestion = _suggest(key)
             if suggestion:
-                raise _bad(name, f"unknown key {key!r}: did you mean {suggestion!r}?")
-            raise _bad(name, f"unknown key {key!r}; the known keys are {', '.join(KNOWN_KEYS)}")
+                raise _bad(name, f"unknown key {_show(key)}: did you mean {suggestion!r}?")
+            raise _bad(name, f"unknown key {_show(key)}; the known keys are {', '.join(KNOWN_KEYS)}")
     if not content:
         raise _bad(name, "it has no keys: write the fax number after 'to:'")
-    options = {key: _text(content.get(key), name, f"'{key}'") for key in _TEXT_KEYS}
+    options = {key: _text(content.get(key), name, f"'{key}'", lines=key == "message") for key in _TEXT_KEYS}
     if options["caller_id"] is not None:
         options["caller_id"] = options["caller_id"].strip()
+        _check_digits(options["caller_id"], name, "'caller_id'")
     return Sidecar(
         to=_recipients(content, name),
         files=_files(content.get("files"), name),
         quality=_quality(content.get("quality"), name),
-        send_at=_send_at(content.get("send_at"), name),
+        send_at=_send_at(content.get("send_at"), name, now),
         **options,
     )
 
@@ -326,9 +434,9 @@ def _files(value: object, name: str) -> tuple[str, ...]:
             raise _bad(name, f"entry {i} of 'files' is empty: write a file name there")
         problem = _file_name_problem(file)
         if problem:
-            raise _bad(name, f"{file!r} in 'files' {problem}")
+            raise _bad(name, f"{_show(file)} in 'files' {problem}")
         if file in files:
-            raise _bad(name, f"{file!r} is listed twice in 'files'")
+            raise _bad(name, f"{_show(file)} is listed twice in 'files'")
         files.append(file)
     return tuple(files)
 
@@ -356,23 +464,34 @@ def _quality(value: object, name: str) -> str | None:
     for quality in QUALITIES:
         if text.strip().lower() == quality.lower():
             return quality
-    raise _bad(name, f"'quality' must be Low, Standard or HD, not {text!r}")
+    raise _bad(name, f"'quality' must be Low, Standard or HD, not {_show(text)}")
 
 
-def _send_at(value: object, name: str) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _send_at(value: object, name: str, now: datetime) -> datetime | None:
+    """The time as UTC; one in the past means "now", but not one from another decade.
+
+    Ten years either way (SPEC 4.5) catches a mistyped year, and is checked before the
+    conversion to UTC, which overflows for times at the ends of the calendar.
+    """
+    if isinstance(value, _JsonDigits):
         raise _bad(name, "'send_at' must be an ISO 8601 time in quotes, e.g. \"2026-12-01T08:00:00Z\"")
     text = _text(value, name, "'send_at'")
     if text is None:
         return None
+    text = text.strip()
     try:
-        when = datetime.fromisoformat(text.strip())
+        when = datetime.fromisoformat(text)
     except ValueError:
         raise _bad(name, f"'send_at' is not an ISO 8601 time such as 2026-12-01T08:00:00Z: "
-                         f"{text!r}") from None
-    if len(text.strip()) <= len("2026-12-01"):
-        raise _bad(name, f"'send_at' {text!r} is a date without a time: write e.g. 2026-12-01T08:00:00Z")
+                         f"{_show(text)}") from None
+    if len(text) <= len("2026-12-01"):
+        raise _bad(name, f"'send_at' {_show(text)} is a date without a time: write e.g. 2026-12-01T08:00:00Z")
     if when.tzinfo is None or when.utcoffset() is None:
-        raise _bad(name, f"'send_at' {text!r} has no UTC offset: add Z for UTC or the offset, "
+        raise _bad(name, f"'send_at' {_show(text)} has no UTC offset: add Z for UTC or the offset, "
                          "e.g. 2026-12-01T08:00:00+01:00")
+    ahead = when - now  # a difference of aware times, which cannot overflow as a datetime would
+    if ahead > SEND_AT_RANGE:
+        raise _bad(name, f"'send_at' {_show(text)} is more than ten years from now")
+    if -ahead > SEND_AT_RANGE:
+        raise _bad(name, f"'send_at' {_show(text)} is more than ten years in the past")
     return when.astimezone(UTC)

@@ -143,3 +143,27 @@ def test_prefixes_written_with_spaces_still_match() -> None:
     with pytest.raises(Rejected):
         check_allowed("+19005551234", [], ["+1 900"])
     check_allowed("+442079460958", ["+44 20"], [])
+
+
+@pytest.mark.parametrize("raw", ["1" * 300, "+" + "1" * 300, "00" + "4" * 19, "+1 555 123 4567 8901 2345 67",
+                                 "1" * 5000])
+def test_number_of_more_than_20_digits_is_refused_with_a_short_reason(raw: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        normalize(raw, "US")
+    assert caught.value.reason_code == "invalid_number"
+    assert "a fax number has at most 20" in caught.value.reason
+    assert len(caught.value.reason) < 250
+
+
+def test_long_number_is_quoted_only_in_part() -> None:
+    with pytest.raises(Rejected) as caught:
+        normalize("1" * 300, "US")
+    assert f"({'1' * 40}... (300 characters) is not a fax number: it has 300 digits" in caught.value.reason
+
+
+def test_number_with_a_control_character_is_quoted_escaped() -> None:
+    with pytest.raises(Rejected) as caught:
+        normalize("+1555\x1b[2;", "US")
+    assert caught.value.reason_code == "invalid_number"
+    assert "+1555\\x1b[2; is not a fax number: it has the character '\\x1b'" in caught.value.reason
+    assert caught.value.reason.isprintable()

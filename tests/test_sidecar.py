@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -452,3 +454,215 @@ def test_reason_reads_as_one_sentence_for_the_result_file() -> None:
         "the sidecar file could not be used: fix it and drop the documents again "
         "(invoice.pdf.yaml: unknown key 'qualty': did you mean 'quality'?)"
     )
+
+
+# Hostile content (SPEC 4.5)
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+_LAUGHS = b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+) + b"to: *i\n"
+
+HOSTILE = [
+    # Lone surrogates and control characters, by escape, in values and keys
+    ("scan.yaml", b'to: "\\ud800"\n'),
+    ("scan.yaml", b'to: "+1555\\udc80"\n'),
+    ("scan.yaml", b'subject: "\\e[2J"\n'),
+    ("scan.yaml", b'subject: "\\a\\b"\n'),
+    ("scan.yaml", b'subject: "a\\Nb"\n'),
+    ("scan.yaml", b'subject: "a\\Lb"\n'),
+    ("scan.yaml", b'subject: "a\\tb"\n'),
+    ("scan.yaml", b'subject: "a\\rb"\n'),
+    ("scan.yaml", b'subject: |\n  two\n  lines\n'),
+    ("scan.yaml", b'message: "bell \\a"\n'),
+    ("scan.yaml", b'message: "half \\ud83d"\n'),
+    ("scan.yaml", b'to: "\\0"\n'),
+    ("scan.yaml", b'files: ["a\\x1b.pdf"]\n'),
+    ("scan.yaml", b'quality: "\\x1bHD"\n'),
+    ("scan.yaml", b'send_at: "2026-12-01T08:00:00Z\\x7f"\n'),
+    ("scan.yaml", b'"\\ud800": x\n'),
+    ("scan.yaml", b'"\\e[2J": x\n'),
+    ("scan.yaml", b'"\\e": 1\n"\\e": 2\n'),
+    ("scan.yaml", b"- +15551234567\n- \"\\x9b\"\n"),
+    ("scan.json", b'{"to": "\\ud800"}'),
+    ("scan.json", b'{"to": ["\\udfff\\ud800"]}'),
+    ("scan.json", b'{"subject": "\\u0007"}'),
+    ("scan.json", b'{"subject": "\\u001b[2J"}'),
+    ("scan.json", b'{"subject": "\xc2\x85"}'),
+    ("scan.json", b'{"to_name": "a\\nb"}'),
+    ("scan.json", b'{"message": "\\u0000"}'),
+    ("scan.json", b'{"reference": "\\r"}'),
+    ("scan.json", b'{"\\ud800x": 1}'),
+    ("scan.json", b'{"to\\u001b": 1}'),
+    ("scan.json", b'{"a\\u001b": 1, "a\\u001b": 2}'),
+    ("scan.json", b'"\\ud800"'),
+    ("scan.json", b'["+15551234567", "\\u001b"]'),
+    ("scan.yaml", codecs.BOM_UTF16_LE + b"\x00\xd8"),
+    # Numbers of more than 20 digits, however written
+    ("scan.json", b'{"to": ' + b"1" * 5000 + b"}"),
+    ("scan.json", b'{"to": -' + b"1" * 5000 + b"}"),
+    ("scan.json", b'{"to": [' + b"9" * 4301 + b"]}"),
+    ("scan.json", b"1" * 5000),
+    ("scan.json", b'{"send_at": ' + b"1" * 5000 + b"}"),
+    ("scan.json", b'{"to": "' + b"1" * 25 + b'"}'),
+    ("scan.yaml", b"to: " + b"1" * 5000 + b"\n"),
+    ("scan.yaml", b'to: "+1 555 123 4567 8901 2345 678"\n'),
+    ("scan.yaml", b"- " + b"0" * 21 + b"\n"),
+    ("scan.yaml", b"caller_id: " + b"5" * 21 + b"\n"),
+    # Floats, constants and other numbers that are no text
+    ("scan.json", b'{"to": 1e999}'),
+    ("scan.json", b'{"to": -1e999}'),
+    ("scan.json", b'{"reference": 1' + b"0" * 5000 + b'.5}'),
+    ("scan.json", b'{"to": NaN}'),
+    ("scan.json", b'{"subject": Infinity}'),
+    ("scan.json", b"-Infinity"),
+    # send_at outside ten years, and at the ends of the calendar
+    ("scan.yaml", b"send_at: 9999-12-31T23:59:59-14:00\n"),
+    ("scan.yaml", b"send_at: 0001-01-01T00:00:00+14:00\n"),
+    ("scan.yaml", b"send_at: 9999-12-31T23:59:59.999999Z\n"),
+    ("scan.yaml", b"send_at: 2037-01-01T00:00:00Z\n"),
+    ("scan.yaml", b"send_at: 2016-01-01T00:00:00Z\n"),
+    ("scan.json", b'{"send_at": "0001-01-01T00:00:00-23:59"}'),
+    # Anchors, aliases and nesting
+    ("scan.yaml", _LAUGHS),
+    ("scan.yaml", b"to: &n +15551234567\nsubject: *n\n"),
+    ("scan.yaml", b"to: &n +15551234567\n"),
+    ("scan.yaml", b"to: *undefined\n"),
+    ("scan.yaml", b"&a [*a]\n"),
+    ("scan.yaml", b"- " * 20_000 + b"x\n"),
+    ("scan.yaml", b"{a: " * 10_000),
+    ("scan.yaml", b"[" * 30_000 + b"]" * 30_000),
+    ("scan.json", b'{"a": ' * 10_000),
+    ("scan.json", b"[" * 30_000 + b"]" * 30_000),
+    # Big values, quoted in reasons only in part
+    ("scan.yaml", b"k" * 60_000 + b": 1\n"),
+    ("scan.yaml", b"k" * 1000 + b": 1\n"),
+    ("scan.yaml", b'quality: "' + b"\\e" * 20_000 + b'"\n'),
+    ("scan.json", b'{"files": ["' + b"../" * 20_000 + b'"]}'),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), HOSTILE, ids=[f"{i}-{n}" for i, (n, _) in enumerate(HOSTILE)])
+def test_hostile_sidecar_is_refused_as_bad_sidecar_and_nothing_else(name: str, data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(Rejected) as caught:
+        parse_sidecar(data, name, now=NOW)
+    assert time.monotonic() - started < 2
+    assert caught.value.reason_code == "bad_sidecar"
+    reason = caught.value.reason
+    assert f"({name}: " in reason
+    assert reason.isprintable(), reason  # no newline, ESC or surrogate from the file reaches the reason
+    assert len(reason) < 400
+    reason.encode("utf-8")
+
+
+def test_lone_surrogate_is_refused_naming_the_key() -> None:
+    assert "'to' holds a lone surrogate" in rejected(b'to: "\\ud800"\n')
+    assert "'subject' holds a lone surrogate" in rejected(b'{"subject": "a\\udc00"}', "scan.json")
+
+
+def test_surrogate_pair_written_as_two_escapes_is_its_character() -> None:
+    assert parse_sidecar(b'subject: "\\ud83d\\ude00"\n', "scan.yaml").subject == "\U0001f600"
+    assert parse_sidecar(b'{"subject": "\\ud83d\\ude00"}', "scan.json").subject == "\U0001f600"
+
+
+def test_control_character_is_refused_naming_the_key_and_escaped() -> None:
+    reason = rejected(b'{"to": "+15551234567", "subject": "\\u001b[2J"}', "scan.json")
+    assert "'subject' holds the control character '\\x1b'" in reason
+    assert "\x1b" not in reason
+    assert "entry 2 of 'to' holds the control character '\\x07'" in rejected(b'to: [+1555, "\\a"]\n')
+
+
+def test_key_with_a_surrogate_or_control_character_is_named_escaped() -> None:
+    assert "the key '\\ud800x' holds a lone surrogate" in rejected(b'{"\\ud800x": 1}', "scan.json")
+    assert "the key 'to\\x1b' holds the control character" in rejected(b'"to\\e": +15551234567\n')
+
+
+def test_message_may_hold_line_breaks_and_tabs() -> None:
+    sidecar = parse_sidecar(b'{"message": "Dear Dr Smith,\\r\\n\\tresults attached.\\n"}', "scan.json")
+    assert sidecar.message == "Dear Dr Smith,\n\tresults attached.\n"
+
+
+def test_other_text_may_not_hold_line_breaks_or_tabs() -> None:
+    assert "'subject' holds a line break: only 'message'" in rejected(b'subject: "a\\nb"\n')
+    assert "'from_name' holds a tab" in rejected(b'from_name: "a\\tb"\n')
+    assert "'to_name' holds a line break" in rejected(b'to_name: "a\\Lb"\n')
+    assert "the control character '\\r'" in rejected(b'{"message": "a\\rb"}', "scan.json")
+
+
+def test_line_break_that_yaml_leaves_at_the_end_is_dropped() -> None:
+    sidecar = parse_sidecar(b"subject: >\n  Lab results\n  for May\n", "scan.yaml")
+    assert sidecar.subject == "Lab results for May"
+
+
+def test_number_of_more_than_20_digits_is_refused() -> None:
+    assert "'to' has 25 digits; a fax number has at most 20" in rejected(f'to: "{"1" * 25}"\n'.encode())
+    assert "'to' has 5000 digits" in rejected(b'{"to": ' + b"1" * 5000 + b"}", "scan.json")
+    assert "entry 1 of the list has 21 digits" in rejected(b"- " + b"0" * 21 + b"\n")
+    assert "'caller_id' has 21 digits" in rejected(b"caller_id: " + b"5" * 21 + b"\n")
+
+
+def test_number_of_20_digits_is_left_to_normalisation() -> None:
+    assert parse_sidecar(b"to: 0011 49 30 1234567 00000\n", "scan.yaml").to == ("0011 49 30 1234567 00000",)
+
+
+def test_json_whole_number_of_any_size_does_not_crash() -> None:
+    assert "negative" in rejected(b'{"to": -' + b"1" * 5000 + b"}", "scan.json")
+    assert "must be an ISO 8601 time in quotes" in rejected(b'{"send_at": ' + b"1" * 5000 + b"}", "scan.json")
+    assert parse_sidecar(b'{"to": "+1555", "reference": ' + b"7" * 5000 + b"}", "scan.json").reference == (
+        "7" * 5000)
+
+
+def test_json_infinite_or_nan_number_is_refused() -> None:
+    assert "must be text, not a decimal number" in rejected(b'{"to": 1e999}', "scan.json")
+    assert "must be text, not a decimal number" in rejected(b'{"subject": NaN}', "scan.json")
+
+
+@pytest.mark.parametrize("written", [
+    "2036-11-30T12:00:00Z", "2016-12-02T12:00:00Z", "2026-12-01T11:00:00Z", "2026-12-02T00:00:00+14:00",
+])
+def test_send_at_within_ten_years_is_read(written: str) -> None:
+    assert parse_sidecar(f"send_at: {written}\n".encode(), "scan.yaml", now=NOW).send_at is not None
+
+
+@pytest.mark.parametrize(("written", "why"), [
+    ("2036-12-03T12:00:00Z", "more than ten years from now"),
+    ("9999-12-31T23:59:59-14:00", "more than ten years from now"),
+    ("2016-11-29T12:00:00Z", "more than ten years in the past"),
+    ("0001-01-01T00:00:00+14:00", "more than ten years in the past"),
+])
+def test_send_at_beyond_ten_years_is_refused(written: str, why: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_sidecar(f"send_at: {written}\n".encode(), "scan.yaml", now=NOW)
+    assert caught.value.reason_code == "bad_sidecar"
+    assert f"'send_at' '{written}' is {why}" in caught.value.reason
+
+
+def test_yaml_anchors_and_aliases_are_refused_saying_so() -> None:
+    reason = rejected(b"to: &n +15551234567\nsubject: *n\n")
+    assert "line 1" in reason
+    assert "anchors (&) and aliases (*) are not allowed" in reason
+    assert "aliases" in rejected(_LAUGHS)
+
+
+def test_value_that_begins_with_a_star_may_be_quoted() -> None:
+    assert parse_sidecar(b'subject: "*urgent*"\n', "scan.yaml").subject == "*urgent*"
+
+
+def test_long_value_is_quoted_only_in_part() -> None:
+    reason = rejected(b"quality: " + b"h" * 1000 + b"\n")
+    assert f"not {'h' * 40!r}... (1000 characters)" in reason
+    assert "h" * 41 not in reason
+
+
+def test_several_numbers_reason_quotes_the_text_escaped() -> None:
+    assert "several numbers in one ('+15551234567, +15557654321')" in rejected(
+        b"to: +15551234567, +15557654321\n")
+
+
+def test_file_name_that_does_not_print_is_escaped_in_the_reason() -> None:
+    name = "scan\x1b[2J\udcff.yaml"
+    with pytest.raises(Rejected) as caught:
+        parse_sidecar(b"qualty: HD\n", name)
+    assert "(scan\\x1b[2J\\xff.yaml: unknown key 'qualty'" in caught.value.reason
+    assert caught.value.reason.isprintable()
