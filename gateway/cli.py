@@ -15,27 +15,57 @@ from gateway import __version__
 from gateway.config import Config, dump_redacted, load_config
 from gateway.dblock import DatabaseLock
 from gateway.errors import ActionNotAllowed, ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
+from gateway.names import shown
 from gateway.results import iso, result_document
 from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
 
 log = logging.getLogger("gateway")
 
 
-class _JsonFormatter(logging.Formatter):
+def _one_line(record: logging.LogRecord, debug: bool) -> tuple[str, str | None]:
+    """The message with every control character and undecodable byte escaped, so that no
+    file name can forge a log line (SPEC 4.5); a traceback only at debug level, else the
+    exception's one-line summary."""
+    message = shown(record.getMessage())
+    trace = None
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        if debug:
+            trace = "".join(logging.Formatter().formatException(record.exc_info))
+        elif type(exc).__name__ not in message:
+            message += f" ({type(exc).__name__}: {shown(str(exc))[:200]})"
+    return message, trace
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self, debug: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.debug = debug
+
     def format(self, record: logging.LogRecord) -> str:
+        message, trace = _one_line(record, self.debug)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        return line + ("\n" + trace if trace else "")
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message, trace = _one_line(record, self.debug)
         doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-               "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+               "logger": record.name, "message": message}
+        if trace:
+            doc["exception"] = trace
+        return json.dumps(doc, ensure_ascii=True)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    debug = level.lower() == "debug"
+    handler.setFormatter(_JsonFormatter(debug) if fmt == "json" else _TextFormatter(debug))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -62,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     jobs = cmd("jobs", "list jobs, newest first")
     jobs.add_argument("--state", help="only jobs in this state: " + ", ".join(JOB_STATES))
     jobs.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    jobs.add_argument("--blocked", action="store_true",
+                      help="list blocked items (what the gateway cannot act on yet, and what to fix) instead")
     jobs.add_argument("--json", action="store_true", help="print a JSON array")
     show = cmd("show", "one job with its recipients, files and events")
     show.add_argument("job", help="job id")
@@ -157,6 +189,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(f"unknown state {args.state!r}: use one of " + ", ".join(JOB_STATES))
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if args.blocked:
+        return _blocked(config, args)
     if not config.database.exists():
         jobs = []
     else:
@@ -175,7 +209,28 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     for j in jobs:
         to = ",".join(r.number for r in j.recipients) or "-"
         print(f"{j.id:>6}  {j.state:<10}  {j.outbox:<12}  {iso(j.created_at):<20}  {to:<16}  "
-              f"{', '.join(j.names)}")
+              f"{shown(', '.join(j.names))}")
+    return 0
+
+
+def _blocked(config: Config, args: argparse.Namespace) -> int:
+    """The daemon's own rows (SPEC 4.5): the same set /healthz and fax_gateway_blocked show."""
+    items = []
+    if config.database.exists():
+        store = Store(config.database, readonly=True)
+        try:
+            items = store.list_blocked(limit=args.limit)
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps([{"outbox": b.outbox, "stage": b.stage, "item": b.item, "reason": b.reason,
+                           "since": iso(b.since), "job": b.job_id} for b in items], indent=2))
+        return 0
+    if not items:
+        print("nothing is blocked")
+        return 0
+    for b in items:
+        print(f"{b.outbox} ({b.stage}, since {iso(b.since)}): {b.item}\n    {b.reason}")
     return 0
 
 
@@ -197,8 +252,8 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     print(f"job {job.id}: {job.state}" + (" (simulated)" if job.simulated else ""))
     if job.reason:
         print(f"reason: {job.reason} [{job.reason_code or '-'}]")
-    print(f"outbox: {job.outbox}   folder: {job.rel_dir or '.'}")
-    print(f"files: {', '.join(job.names)}")
+    print(f"outbox: {job.outbox}   folder: {shown(job.rel_dir) or '.'}")
+    print(f"files: {shown(', '.join(job.names))}")
     if job.filed_to:
         print(f"filed in: {job.filed_root}")
     print(f"created: {iso(job.created_at)}   completed: {iso(job.completed_at) or '-'}")

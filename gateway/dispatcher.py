@@ -1,10 +1,10 @@
-"""The sending state machine: submit queued recipients, poll those sending, file jobs
-whose recipients all have a final status (SPEC 6).
+"""Stage 2, sending: submit queued recipients, poll those sending, resend, cancel (SPEC 6).
 
-One scheduler thread decides what to start; a pool of `max_in_flight` worker threads
-makes the HTTP calls (threads, because a blocking pooled client is the cheapest way to
-keep a handful of requests in flight).  Every step commits its intent in the store
-before its side effect, so a restart can tell what may have happened.
+One scheduler thread (the stage's loop) decides what to start; a pool of
+`max_in_flight` worker threads makes the HTTP calls (threads, because a blocking pooled
+client is the cheapest way to keep a handful of requests in flight).  Every step
+commits its intent in the store before its side effect, so a restart can tell what may
+have happened.  Filing is the next stage's work (`filing.py`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,23 @@ from pathlib import Path
 from gateway import spool
 from gateway.config import OutboxConfig
 from gateway.doctypes import safe_file_name, sniff
-from gateway.errors import ApiError, AuthFailed, JobNotFound, Refused, Rejected, Transient, Uncertain
+from gateway.errors import (
+    ApiError,
+    AuthFailed,
+    JobNotFound,
+    Refused,
+    Rejected,
+    RequestNotEncodable,
+    Transient,
+    Uncertain,
+)
 from gateway.faults import crash_point
+from gateway.filing import bases
 from gateway.ifax import Attachment, IFaxClient
-from gateway.intake import safe_read
+from gateway.judge import safe_read
 from gateway.metrics import Metrics
-from gateway.results import result_document
-from gateway.store import ACTIVE_ORDER, Job, Recipient, Store
+from gateway.stage import Stage
+from gateway.store import ACTIVE_ORDER, Job, JobState, Phase, Recipient, Store
 from gateway.throttle import Backoff, RateLimiter
 
 log = logging.getLogger("gateway.dispatcher")
@@ -34,11 +44,15 @@ PROBE_INTERVAL = 60.0
 SAME_REFUSALS_TO_PAUSE = 3
 
 
-class Dispatcher:
+class Dispatcher(Stage):
+    name = "dispatcher"
+
     def __init__(self, store: Store, client: IFaxClient, *, outboxes: Mapping[str, OutboxConfig],
                  metrics: Metrics, max_in_flight: int, requests_per_minute: int,
                  poll_interval: float, give_up_after: float = 6 * 3600, file_names: bool = True,
-                 on_finished: Callable[[Job, Path | None], None] | None = None) -> None:
+                 on_unfile: Callable[[], None] = lambda: None,
+                 on_final: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self.store, self.client, self.metrics = store, client, metrics
         self.outboxes = dict(outboxes)
         self.max_in_flight = max_in_flight
@@ -46,59 +60,50 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.give_up_after = give_up_after
         self.file_names = file_names
-        self.on_finished = on_finished
+        self.on_unfile = on_unfile  # the filing stage takes documents back for a resend
+        self.on_final = on_final    # a job may have ended: the filing stage looks now
         self.limiter = RateLimiter(requests_per_minute)
         self.backoff = Backoff()
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._running = {"submit": 0, "poll": 0}
-        self._thread: threading.Thread | None = None
         self.paused_reason: str | None = None
         self.paused_outboxes: dict[str, str] = {}  # set by the service: outbox -> why
         # Asked right before files are written: the periodic check may be a second late.
         self.folder_problem: Callable[[str], str | None] = lambda outbox: None
         self._next_probe = 0.0
         self._refusals: list[tuple[str, int]] = []  # (message, job id) of consecutive refusals
-        self.heartbeat = time.monotonic()
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- the stage ------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float) -> None:
-        """No new request starts; requests under way finish (or time out) before we return."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
+    def initialize(self) -> None:
+        """A submission whose request may have left when the process died is uncertain
+        (6.3); the time the gateway was down does not count toward giving up."""
+        for rec in self.store.interrupted_submissions():
             try:
-                self._handle_requests()
-                self._file_finished()
-                if self.paused_reason:
-                    self._probe()
-                else:
-                    self._start_submissions()
-                self._start_polls()
-            except Exception:  # the loop never dies on one bad job
-                log.exception("dispatcher step failed; carrying on")
-            self._wake.wait(self._sleep_time())
-            self._wake.clear()
+                log.error("job %s: the gateway stopped while sending to %s", rec.job_id, rec.number)
+                job = self.store.get_job(rec.job_id)
+                self.store.mark_submit_uncertain(
+                    rec.id, "the gateway stopped while the request was being sent",
+                    resend=self.resend_uncertain(job.outbox))
+            except Exception as exc:
+                self.problems.problem(("recover", rec.id), "job %s: recovery failed: %s", rec.job_id, exc,
+                                      exc=exc)
+        self.store.forget_poll_clocks()
+
+    def turn(self) -> float:
+        self._handle_requests()
+        if self.paused_reason:
+            self._probe()
+        else:
+            self._start_submissions()
+        self._start_polls()
+        return self._sleep_time()
+
+    def shutdown(self) -> None:
+        """No new request starts; requests under way finish (or time out) first."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _sleep_time(self) -> float:
         now = time.time()
@@ -133,20 +138,30 @@ class Dispatcher:
     def _run(self, fn: Callable[[Recipient], None], rec: Recipient, kind: str) -> None:
         try:
             fn(rec)
-        except Exception:
-            log.exception("job %s: %s failed unexpectedly", rec.job_id, kind)
+        except Exception as exc:
+            # Never spin on one recipient: it is looked at again after a pause.
+            self.problems.problem((kind, rec.id), "job %s: %s failed unexpectedly: %s: %s", rec.job_id, kind,
+                                  type(exc).__name__, exc, exc=exc)
+            try:
+                self.store.reschedule(rec.id, time.time() + 60.0)
+            except Exception:
+                pass
+        else:
+            self.problems.clear((kind, rec.id))
         finally:
             with self._lock:
                 self._inflight.discard(rec.id)
                 self._running[kind] -= 1
             self._wake.set()
+            self.on_final()
 
     def _attachments(self, job: Job) -> list[Attachment]:
         held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
         out = []
-        for name in job.documents:
+        for i, name in enumerate(job.documents):
             data = safe_read(held / name)
-            out.append(Attachment(safe_file_name(name, sniff(data[:16]) or "pdf"), data))
+            kind = job.kinds[i] if i < len(job.kinds) else sniff(data[:16]) or "pdf"  # as judged
+            out.append(Attachment(safe_file_name(name, kind), data))
         return out
 
     def _submit(self, rec: Recipient) -> None:
@@ -160,19 +175,24 @@ class Dispatcher:
             self.store.mark_submit_refused(rec.id, f"the claimed document could not be read: {exc.reason}")
             return
         options = {k: v for k, v in job.options.items() if k != "reference"}
+        resend = bool(rec.ifax_job_id)
+        try:  # encoded before the intent: a request that cannot be encoded never left (SPEC 4.5)
+            if resend:  # iFax knows this fax: resend it under its jobId (SPEC 6.2)
+                request = self.client.resend_request(rec.ifax_job_id, attachments)
+            else:
+                request = self.client.send_request(rec.number, attachments, **options)
+        except RequestNotEncodable as exc:
+            self.store.mark_submit_refused(rec.id, f"the request could not be built: {exc}")
+            return
         if not self.limiter.acquire(self._stop):
             return
         if self._stop.is_set() or self.paused_reason or self.backoff.remaining() > 0:
             return  # still queued: nothing was committed
         if not self.store.record_submit_intent(rec.id):
             return
-        resend = bool(rec.ifax_job_id)
         crash_point("resubmit" if resend else "submit")
         try:
-            if resend:  # iFax knows this fax: resend it under its jobId (SPEC 6.2)
-                ifax_id = self.client.resend(rec.ifax_job_id, attachments)
-            else:
-                ifax_id = self.client.send(rec.number, attachments, **options)
+            ifax_id = self.client.submit(request)
         except Transient as exc:
             delay = self.backoff.failure(exc.retry_after)
             log.warning("job %s: iFax not reachable, retrying in %.1fs: %s", job.id, delay, exc)
@@ -269,22 +289,23 @@ class Dispatcher:
             new_call = st.call_start is not None and st.call_start != rec.stale_call_start
             if st.status == "sending" or new_call:
                 awaiting_fresh = False
-            elif final == "failed":
+            elif final == JobState.FAILED:
                 final = None
         seconds = rec.sending_seconds
         if rec.last_ok_poll_at is not None:  # only time between two good polls counts (6.2)
             counted_from = max(rec.last_ok_poll_at, rec.send_at or 0.0)
             seconds += max(0.0, now - counted_from)
-        new_state, next_at, message, given_up = final, now + self.poll_interval, st.message, False
+        new_state = JobState(final) if final else None
+        next_at, message, given_up = now + self.poll_interval, st.message, False
         job = self.store.get_job(rec.job_id) if final else None
         ob = self.outboxes.get(job.outbox) if job else None
-        if job and final == "failed":
+        if job and new_state == JobState.FAILED:
             if ob is not None and rec.attempts - 1 < ob.resend.max:
-                new_state, next_at = "retry_wait", now + ob.resend.delay
+                new_state, next_at = JobState.RETRY_WAIT, now + ob.resend.delay
                 log.info("job %s: fax to %s failed (%s); resending in %.0fs", job.id, rec.number,
                          st.message, ob.resend.delay)
         elif final is None and seconds >= self.give_up_after:
-            new_state, given_up = "failed", True
+            new_state, given_up = JobState.FAILED, True
             message = (f"iFax gave no final status after {_human(self.give_up_after)} of polling, so "
                        "the gateway gave up and canceled it; it may have been sent: check the iFax "
                        "dashboard before sending it again")
@@ -298,16 +319,16 @@ class Dispatcher:
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
-        if new_state in ("delivered", "failed", "canceled"):
+        if new_state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
             job = job or self.store.get_job(rec.job_id)
-            if new_state == "delivered":
+            if new_state == JobState.DELIVERED:
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
             if st.cost:
                 self.metrics.cost.labels(job.outbox).inc(st.cost)
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
-            if new_state == "delivered" and ob is not None and ob.delete_after_delivery:
+            if new_state == JobState.DELIVERED and ob is not None and ob.delete_after_delivery:
                 self._delete_at_ifax(job.id, rec.all_ifax_job_ids or [rec.ifax_job_id])
 
     def _delete_at_ifax(self, job_id: int, ifax_job_ids: list[str]) -> None:
@@ -333,6 +354,7 @@ class Dispatcher:
                     self.store.finish_request(req["id"], False, f"unknown action {req['action']!r}")
             except JobNotFound as exc:
                 self.store.finish_request(req["id"], False, str(exc))
+            self.on_final()
 
     def _cancel(self, request_id: int, job: Job) -> None:
         """Queued or waiting: canceled here.  Sending: fax-cancel.  Submitting: wait for the
@@ -368,22 +390,22 @@ class Dispatcher:
         self.wake()
 
     def _resend(self, request_id: int, job: Job) -> None:
-        if job.state == "rejected":
+        if job.state == JobState.REJECTED:
             self.store.finish_request(request_id, False, f"job {job.id} was rejected and never sent "
                                       f"({job.reason_code}): fix the document and drop it again")
             return
-        if job.state not in ("failed", "canceled"):
+        if job.state not in (JobState.FAILED, JobState.CANCELED):
             self.store.finish_request(request_id, False, f"job {job.id} is {job.state}: only a finished "
                                       "job that was not delivered can be sent again")
             return
-        if job.phase in ("held", "filing") or job.outbox in self.paused_outboxes or \
+        if job.phase in (Phase.HELD, Phase.FILING) or job.outbox in self.paused_outboxes or \
                 self.folder_problem(job.outbox):
             return  # still being filed, or its folders are away: taken back later
-        if job.phase == "filed":
+        if job.phase == Phase.FILED:
             assert job.filed_root is not None and job.filed_suffix is not None
             held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
-            paths = spool.filed_paths(Path(job.filed_root), job.rel_dir, job.documents,
-                                      self._bases(job), job.filed_suffix)
+            paths = spool.filed_paths(Path(job.filed_root), job.rel_dir, job.documents, bases(job),
+                                      job.filed_suffix)
             gone = [str(p) for n, p in zip(job.documents, paths, strict=True)
                     if not p.exists() and not (held / n).exists()]
             if gone:
@@ -391,64 +413,7 @@ class Dispatcher:
                                           + ", ".join(gone) + "): drop them into the outbox again")
                 return
             self.store.record_unfiling_intent(job.id)
-        self.resume_unfiling(self.store.get_job(job.id))
-
-    def resume_unfiling(self, job: Job) -> None:
-        """Also run at start-up for a take-back interrupted by a crash."""
-        assert job.filed_root is not None and job.filed_suffix is not None
-        spool.unfile(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir, names=job.names,
-                     bases=self._bases(job), dest_root=Path(job.filed_root), suffix=job.filed_suffix,
-                     result_for=job.primary, crash_hook=crash_point)
-        n = self.store.reopen_job(job.id)
-        log.info("job %s: taken back from failed/, sending again to %d recipient(s)", job.id, n)
-        self.wake()
-
-    # -- filing ---------------------------------------------------------------------
-
-    def _file_finished(self) -> None:
-        for job in self.store.jobs_to_file():
-            if job.outbox in self.paused_outboxes or self.folder_problem(job.outbox):
-                continue  # never write into a folder that is missing or an empty mount point
-            try:
-                self.file_job(job)
-            except Exception as exc:
-                log.error("job %s: cannot file its documents yet: %s", job.id, exc)
-
-    def file_job(self, job: Job) -> None:
-        outbox = self.outboxes.get(job.outbox)
-        first_time = job.phase == "held"
-        if first_time:
-            if outbox is None:
-                return
-            filed_to = "sent" if job.state == "delivered" else "failed"
-            root = outbox.sent if filed_to == "sent" else outbox.failed
-            names = job.names + [spool.result_name(job.primary)]
-            suffix = spool.choose_suffix(root / job.rel_dir, names, self._bases(job))
-            self.store.record_filing_intent(job.id, filed_to, str(root), suffix)
-            job = self.store.get_job(job.id)
-        assert job.filed_root is not None and job.filed_suffix is not None
-        bases = self._bases(job)
-        filed = [spool.suffixed(n, job.filed_suffix, bases) for n in job.names]
-        spool.file_job(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir,
-                       names=job.names, bases=bases, dest_root=Path(job.filed_root),
-                       suffix=job.filed_suffix, result_for=job.primary,
-                       result=result_document(job, filed), crash_hook=crash_point)
-        self.store.mark_filed(job.id)
-        if first_time:
-            if job.state == "rejected":
-                self.metrics.files_rejected.labels(job.outbox, job.reason_code or "unknown").inc()
-            else:
-                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
-        what = ", ".join(job.names) if self.file_names else f"{len(job.names)} file(s)"
-        log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
-        if self.on_finished:
-            result_path = (Path(job.filed_root) / job.rel_dir /
-                           spool.suffixed(spool.result_name(job.primary), job.filed_suffix, bases))
-            self.on_finished(job, result_path)
-
-    @staticmethod
-    def _bases(job: Job) -> list[str]:
-        return job.documents + ([job.sidecar] if job.sidecar else [])
+        self.on_unfile()  # the filing stage takes them back and reopens the job
 
 
 def _human(seconds: float) -> str:

@@ -45,6 +45,21 @@ class ActionNotAllowed(GatewayError):
     """The job's state does not allow the requested action (cancel, resend)."""
 
 
+class StartupError(GatewayError):
+    """The daemon cannot start (a folder, the database, the key); the message says why."""
+
+
+class StoreError(GatewayError):
+    """The database cannot be opened or has an unexpected shape."""
+
+
+class InvalidTransition(StoreError):
+    """A job or recipient was asked to change to a state its current state cannot lead to."""
+
+
+class SpoolError(GatewayError):
+    """A file move could not be completed; the job stays where it is and is tried again."""
+
 
 # Short codes of SPEC 8 and the sentence a person at the scanner reads for each.
 REASONS: dict[str, str] = {
@@ -83,6 +98,10 @@ class ApiError(GatewayError):
         self.endpoint, self.http_status, self.code = endpoint, http_status, code
         self.message = message
         super().__init__(message)
+
+
+class RequestNotEncodable(ApiError):
+    """The request could not be built (text that is not valid Unicode): it never left."""
 
 
 class Transient(ApiError):

@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("claim", "claim_partial", "claimed", "submit", "submitted", "resubmit", "resubmitted",
-          "filing", "unfiling", "canceled")
-
 
 def crash_point(name: str) -> None:
     if os.environ.get("FAX_GATEWAY_CRASH_AT") == name:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import ApiError, AuthFailed, Refused, Transient, Uncertain
+from gateway.errors import ApiError, AuthFailed, Refused, RequestNotEncodable, Transient, Uncertain
 
 log = logging.getLogger("gateway.ifax")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -35,6 +36,15 @@ Observer = Callable[[str, str, float], None]  # (endpoint, outcome, seconds)
 class Attachment:
     file_name: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request already encoded to bytes, so that one that cannot be encoded fails
+    before anything is committed as sent (SPEC 4.5)."""
+
+    endpoint: str
+    content: bytes
 
 
 @dataclass(frozen=True)
@@ -126,11 +136,9 @@ class IFaxClient:
     """Thread-safe; one pooled connection per concurrent request (`max_in_flight`)."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float, max_in_flight: int,
-                 observer: Observer | None = None,
-                 before_request: Callable[[str], None] | None = None) -> None:
+                 observer: Observer | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._observer = observer
-        self._before_request = before_request
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_in_flight,
@@ -147,14 +155,23 @@ class IFaxClient:
 
     # -- endpoints ------------------------------------------------------------------
 
-    def send(self, number: str, attachments: Sequence[Attachment], **options: Any) -> str:
+    def send_request(self, number: str, attachments: Sequence[Attachment], **options: Any) -> PreparedRequest:
         body: dict[str, Any] = {"faxNumber": number, "faxData": _fax_data(attachments)}
         body.update({k: v for k, v in options.items() if v is not None})
-        return self._job_id(self._call("fax-send", body))
+        return _prepare("fax-send", body)
+
+    def resend_request(self, job_id: str, attachments: Sequence[Attachment]) -> PreparedRequest:
+        return _prepare("fax-resend", {"jobId": job_id_value(job_id), "faxData": _fax_data(attachments)})
+
+    def submit(self, request: PreparedRequest) -> str:
+        """fax-send or fax-resend; returns the jobId iFax gave the fax."""
+        return self._job_id(self._call(request.endpoint, request.content))
+
+    def send(self, number: str, attachments: Sequence[Attachment], **options: Any) -> str:
+        return self.submit(self.send_request(number, attachments, **options))
 
     def resend(self, job_id: str, attachments: Sequence[Attachment]) -> str:
-        body = {"jobId": job_id_value(job_id), "faxData": _fax_data(attachments)}
-        return self._job_id(self._call("fax-resend", body))
+        return self.submit(self.resend_request(job_id, attachments))
 
     def status(self, job_id: str) -> FaxStatus:
         body = self._call("fax-status", {"jobId": job_id_value(job_id)})
@@ -178,9 +195,7 @@ class IFaxClient:
             raise Uncertain("iFax answered success without a jobId", endpoint="")
         return str(job_id).strip()
 
-    def _call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._before_request:
-            self._before_request(endpoint)
+    def _call(self, endpoint: str, body: dict[str, Any] | bytes) -> dict[str, Any]:
         started = time.monotonic()
         outcome = "transport_error"
         try:
@@ -196,10 +211,11 @@ class IFaxClient:
             if self._observer:
                 self._observer(endpoint, outcome, time.monotonic() - started)
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, endpoint: str, body: dict[str, Any] | bytes) -> httpx.Response:
         url = f"{self.base_url}/customer/{endpoint}"
+        content = body if isinstance(body, bytes) else _prepare(endpoint, body).content
         try:
-            return self._http.post(url, json=body)
+            return self._http.post(url, content=content)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise Transient(f"cannot connect to {self.base_url}: {_describe(exc)}",
                             endpoint=endpoint) from None
@@ -238,6 +254,15 @@ class IFaxClient:
             raise Refused(_message(body), endpoint=endpoint, http_status=code,
                           code=body.get("code", data.get("code") if isinstance(data, dict) else None))
         return body
+
+
+def _prepare(endpoint: str, body: dict[str, Any]) -> PreparedRequest:
+    try:
+        content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        raise RequestNotEncodable(f"the {endpoint} request cannot be encoded: {type(exc).__name__}",
+                                  endpoint=endpoint) from None
+    return PreparedRequest(endpoint, content)
 
 
 def _fax_data(attachments: Sequence[Attachment]) -> list[dict[str, str]]:

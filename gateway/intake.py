@@ -1,243 +1,361 @@
-"""From settled files to jobs (SPEC 4.1-4.3).
+"""Stage 1, intake: from files seen in the outboxes to judged jobs (SPEC 4.1-4.5).
 
-Two steps, with the claim between them:
-- `plan_folder` groups a folder's settled files with their sidecars and decides *when*
-  a group may be taken (everything it needs has settled, or waiting is over);
-- `evaluate` judges the claimed, now immutable, files: destination, document type,
-  size and pages.  It reads only what lies in `.fax-gateway/<job>/`, so it can run again
-  after a crash with the same answer.
+Each turn: drain the watcher's events, let settle deadlines and rescans that are due
+run, plan the folders that changed (`planner.plan_folder`), claim each group (commit
+the intent, rename into the job's private folder) and judge it (`judge.evaluate`).
+A turn does at most about `SLICE` seconds of work, so a burst of thousands of files
+never starves the heartbeat; the rest waits for the next turn.
+
+One item never stops the rest: a group whose claim fails is undone (no job row, no
+folder left behind) and becomes *blocked* with a backoff; a job whose judging raises
+something unexpected is blocked and judged again later.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
 import stat
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from gateway import numbers
+from gateway import spool
+from gateway.blocking import BlockedItems
 from gateway.config import OutboxConfig
-from gateway.doctypes import inspect_document
 from gateway.errors import Rejected
-from gateway.sidecar import (
-    MAX_SIDECAR_BYTES,
-    Sidecar,
-    documents_for_sidecar,
-    is_sidecar_name,
-    parse_sidecar,
-    sidecar_candidates,
-)
-from gateway.store import Job
-from gateway.watcher import Seen
+from gateway.faults import crash_point
+from gateway.folders import FolderGuard
+from gateway.judge import evaluate, file_sha256, has_destination_without_sidecar, read_sidecar
+from gateway.metrics import Metrics
+from gateway.names import shown
+from gateway.planner import Plan, plan_folder
+from gateway.sidecar import Sidecar, is_sidecar_name
+from gateway.stage import Stage
+from gateway.store import Job, Phase, SourceFile, Store
+from gateway.watcher import Seen, Watcher
+
+TICK = 0.1          # how often the watcher's events and deadlines are looked at
+SLICE = 0.5         # the most work one turn does before the heartbeat beats again
+FOLDER_CHECK = 1.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 
 
-@dataclass
-class Plan:
-    """A group of files to claim as one job."""
-
-    rel_dir: str
-    documents: list[str]
-    sidecar: str | None
-    extras: list[str] = field(default_factory=list)  # e.g. the second of two duplicated sidecars
-    rejection: Rejected | None = None
-    settled_at: float | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return self.documents + ([self.sidecar] if self.sidecar else []) + self.extras
-
-    @property
-    def primary(self) -> str:
-        """The name the result file is named after (SPEC 4.4)."""
-        if self.sidecar:
-            own = documents_for_sidecar(self.sidecar, self.documents)
-            if own:
-                return own[0]
-        return self.documents[0] if self.documents else (self.sidecar or self.extras[0])
+def claim_problem(exc: OSError, folder: Path) -> str:
+    """A sentence saying what to fix, for the errors a claim meets in real outboxes."""
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"the gateway's user may not move files out of {shown(folder)}: give the gateway's group "
+                "write permission on that folder (see the README, 'Folder layout')")
+    if code == errno.ENAMETOOLONG:
+        return "the name or path is too long to move into the gateway's private folder: shorten it"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the filesystem is full: free some space; the file is taken once there is room"
+    if code == errno.EROFS:
+        return "the filesystem is read-only: remount it read-write"
+    if code in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
+        return f"a file or folder is in the way ({exc.strerror}): remove or rename it"
+    return f"it could not be moved ({exc.strerror or exc})"
 
 
-@dataclass
-class Accepted:
-    numbers: list[str]
-    options: dict[str, Any]
-    sha256: list[str | None]
-    pages: int
-    kinds: list[str]
+class Intake(Stage):
+    name = "intake"
 
+    def __init__(self, store: Store, outboxes: Mapping[str, OutboxConfig], metrics: Metrics, *,
+                 simulate: bool, file_names: bool, paused: dict[str, str],
+                 on_judged: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.store, self.outboxes, self.metrics = store, dict(outboxes), metrics
+        self.simulate, self.file_names = simulate, file_names
+        self.paused = paused  # shared with the other stages and /healthz: outbox -> why
+        self.on_judged = on_judged
+        self.watcher = Watcher()
+        self.guard = FolderGuard()
+        self._sidecars: dict[tuple[str, tuple], Sidecar | Rejected] = {}
+        self._wake_at: dict[tuple[str, str], float] = {}  # (outbox, folder) -> plan again then
+        # Folders waiting to be planned, per outbox, in turn order: a folder whose work did
+        # not fit in a turn goes to the back, so a burst in one never starves the others.
+        self._pending: dict[str, dict[str, None]] = {}
+        self._turns = 0
+        self._next_folder_check = 0.0
+        cap = self._rescan_of
+        self.blocked_claims = BlockedItems(store, "claim", self.log, cap)
+        self.blocked_jobs = BlockedItems(store, "intake", self.log, cap)
+        self._unfinished: dict[int, str] = {}  # job -> outbox: claims or judging to try again
+        self._stuck: dict[tuple[str, str, str], int] = {}  # a group whose failed claim is not undone yet
 
-def safe_read(path: Path, limit: int | None = None) -> bytes:
-    """Open only regular files with one link, without following links or blocking on a
-    FIFO, and check after opening that the file is the one that was looked at."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise Rejected("unreadable", f"{path.name} disappeared before it could be read") from None
-    describe_unsafe(path.name, st)
-    if limit is not None and st.st_size > limit:
-        raise Rejected("too_large", f"{path.name} is {st.st_size} bytes, the limit is {limit}")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except PermissionError:
-        raise Rejected("unreadable", f"{path.name}: permission denied; the writer's umask or group "
-                       "probably leaves the file unreadable to the gateway's user") from None
-    except OSError as exc:
-        raise Rejected("unsafe_file", f"{path.name} could not be opened safely ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st2 = os.fstat(f.fileno())
-        if (st2.st_ino, st2.st_dev) != (st.st_ino, st.st_dev) or not stat.S_ISREG(st2.st_mode):
-            raise Rejected("unsafe_file", f"{path.name} was replaced while it was opened")
-        return f.read() if limit is None else f.read(limit + 1)
+    def _rescan_of(self, outbox: str) -> float:
+        ob = self.outboxes.get(outbox)
+        return ob.rescan if ob else 60.0
 
+    # -- the stage ------------------------------------------------------------------
 
-def describe_unsafe(name: str, st: os.stat_result) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        raise Rejected("unsafe_file", f"{name} is a symbolic link")
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else
-                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
-        raise Rejected("unsafe_file", f"{name} is {kind}")
-    if st.st_nlink > 1:
-        raise Rejected("unsafe_file", f"{name} is a hard link ({st.st_nlink} names for one file)")
+    def start_watching(self) -> None:
+        """Before READY: the watchers run (or the outbox is paused, saying why)."""
+        for ob in self.outboxes.values():
+            self._check_folders(ob)
 
+    def initialize(self) -> None:
+        """Claims interrupted by a crash are finished (or undone), and claimed jobs that
+        were never judged are judged: each on its own, so one bad job never stops the rest."""
+        for job_id in self.store.job_ids_in_phase(Phase.CLAIMING):
+            self._unfinished[job_id] = ""
+        for job_id in self.store.held_job_ids_without_recipients():
+            self._unfinished[job_id] = ""
 
-def read_sidecar(path: Path) -> Sidecar:
-    try:
-        data = safe_read(path, MAX_SIDECAR_BYTES)
-    except Rejected as exc:
-        if exc.reason_code == "too_large":
-            raise Rejected("bad_sidecar", f"{path.name} is larger than 64 KiB") from None
-        raise Rejected("bad_sidecar", f"{path.name}: {exc.reason}") from None
-    return parse_sidecar(data, path.name)
+    def turn(self) -> float:
+        end = time.monotonic() + SLICE
+        now = time.monotonic()
+        if now >= self._next_folder_check:
+            self._next_folder_check = now + FOLDER_CHECK
+            for ob in self.outboxes.values():
+                self._check_folders(ob)
+        self.watcher.drain()
+        self.watcher.tick(budget=SLICE / 2)
+        more = self._retry_unfinished(end)
+        names = list(self.outboxes)
+        self._turns += 1
+        start = self._turns % len(names) if names else 0
+        for name in names[start:] + names[:start]:  # each outbox goes first in turn
+            ob = self.outboxes[name]
+            if name in self.paused or name not in self.watcher.outboxes:
+                continue
+            more |= self._plan_outbox(ob, end)
+            self.metrics.files_waiting.labels(name).set(self.watcher.waiting(name))
+            self.metrics.files_waiting_long.labels(name).set(self.watcher.long_waiting(name))
+        return 0.0 if more else TICK
 
+    def shutdown(self) -> None:
+        self.watcher.stop()
 
-def number_folder(rel_dir: str) -> str | None:
-    """The nearest folder between the document and the outbox root named like a number."""
-    for part in reversed([p for p in rel_dir.split(os.sep) if p]):
-        if numbers.is_number_folder(part):
-            return part
-    return None
+    # -- planning and claiming ------------------------------------------------------
 
+    def _plan_outbox(self, ob: OutboxConfig, end: float) -> bool:
+        """Plan the folders that changed or whose wait is over; True if time ran out."""
+        now = self.watcher.clock()
+        pending = self._pending.setdefault(ob.name, {})
+        for folder in sorted(self.watcher.take_dirty(ob.name)):
+            self.blocked_claims.folder_changed(ob.name, folder)
+            pending.setdefault(folder)
+        for (o, folder), t in list(self._wake_at.items()):
+            if o == ob.name and t <= now:
+                del self._wake_at[(o, folder)]
+                pending.setdefault(folder)
+        for folder in list(pending):
+            if time.monotonic() > end:
+                return True
+            del pending[folder]
+            if not self._plan_folder(ob, folder, now, end):
+                pending[folder] = None  # unfinished: to the back of the line
+        return bool(pending) and time.monotonic() > end
 
-def has_destination_without_sidecar(rel_dir: str, outbox: OutboxConfig) -> bool:
-    return number_folder(rel_dir) is not None or bool(outbox.number)
+    def _plan_folder(self, ob: OutboxConfig, folder: str, now: float, end: float) -> bool:
+        """Plan one folder and take what is ready; False if time ran out before the end."""
+        files = self.watcher.files_in(ob.name, folder)
+        if not files:
+            return True
+        root = ob.path / folder
+        sidecars = {n: p for n, s in files.items() if is_sidecar_name(n) and s.ready
+                    and (p := self._sidecar(root / n, s)) is not None}
+        unreadable = {n for n, s in files.items() if s.ready and not _readable(root / n)}
+        result = plan_folder(folder, files, sidecars, unreadable=unreadable,
+                             has_destination=has_destination_without_sidecar(folder, ob),
+                             sidecar_wait=ob.sidecar_wait, now=now)
+        wake = result.wake_at
+        finished = True
+        for plan in result.plans:
+            if time.monotonic() > end:
+                finished = False  # the rest next turn
+                break
+            key = (ob.name, folder, plan.primary)
+            if key in self._stuck:
+                continue  # its one job row is tried again by _retry_unfinished, never a second
+            if not self.blocked_claims.due(key):
+                nxt = self.blocked_claims.next_try(key)
+                wake = nxt if wake is None or (nxt is not None and nxt < wake) else wake
+                continue
+            nxt = self.take(ob, plan, files, now)
+            if nxt is not None:
+                wake = nxt if wake is None or nxt < wake else wake
+        if wake is not None:
+            self._wake_at[(ob.name, folder)] = wake
+        return finished
 
-
-class FolderPlanner:
-    """Pairs documents with sidecars in one folder.  Parsed sidecars are cached by their
-    file signature, so a folder that waits is not re-read on every tick."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, tuple], Sidecar | Rejected] = {}
-
-    def _sidecar(self, path: Path, seen: Seen) -> Sidecar | Rejected:
+    def _sidecar(self, path: Path, seen: Seen) -> Sidecar | Rejected | None:
+        """Parsed sidecars are cached by signature, so a folder that waits is not re-read."""
         key = (str(path), seen.sig)
-        if key not in self._cache:
-            if len(self._cache) > 10000:
-                self._cache.clear()
+        if key not in self._sidecars:
+            if len(self._sidecars) > 10000:
+                self._sidecars.clear()
             try:
-                self._cache[key] = read_sidecar(path)
+                self._sidecars[key] = read_sidecar(path)
             except Rejected as exc:
-                self._cache[key] = exc
-        return self._cache[key]
+                self._sidecars[key] = exc
+            except OSError:
+                return None  # an I/O error: not ready; the next change or rescan tries again
+        return self._sidecars[key]
 
-    def plan_folder(self, outbox: OutboxConfig, folder: str, files: dict[str, Seen],
-                    now: float) -> list[Plan]:
-        root = outbox.path / folder
-        wait = outbox.sidecar_wait
-        names = set(files)
-        sidecars = {n for n in names if is_sidecar_name(n)}
-        docs = names - sidecars
+    def take(self, ob: OutboxConfig, plan: Plan, files: Mapping[str, Seen], now_mono: float) -> float | None:
+        """Claim a group: commit the intent, rename into the job's folder, then judge it.
+        Returns when to try again if the claim is blocked."""
+        sources = [SourceFile(n, files[n].ino, files[n].size, files[n].sig[1] if files[n].sig else 0)
+                   for n in plan.names]
+        settled_wall = time.time() - (now_mono - plan.settled_at) if plan.settled_at else None
+        rej = plan.rejection
+        key = (ob.name, plan.rel_dir, plan.primary)
+        job_id = self.store.record_claim_intent(
+            outbox=ob.name, outbox_path=str(ob.path), rel_dir=plan.rel_dir, sources=sources,
+            documents=plan.documents, sidecar=plan.sidecar, primary=plan.primary,
+            simulated=self.simulate, settled_at=settled_wall,
+            reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None,
+            sent_root=str(ob.sent), failed_root=str(ob.failed))
+        crash_point("claim")
+        try:
+            missing = spool.claim(ob.path, job_id, plan.rel_dir, sources, crash_hook=crash_point)
+        except OSError as exc:
+            path = ob.path / plan.rel_dir / plan.primary
+            if not self._undo_claim(job_id, ob.path, plan.rel_dir, sources):
+                self._unfinished[job_id] = ob.name
+                self._stuck[key] = job_id
+            return self.blocked_claims.block(key, outbox=ob.name, item=str(path), folder=plan.rel_dir,
+                                             reason=claim_problem(exc, ob.path / plan.rel_dir))
+        self.blocked_claims.clear(key, "claimed")
+        for n in plan.names:
+            self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
+        self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(missing))
+        self.store.mark_held(job_id, missing)
+        crash_point("claimed")
+        self.judge(job_id)
+        return None
 
-        def ready(n: str) -> bool:
-            return files[n].settled_at is not None
+    def _undo_claim(self, job_id: int, outbox_path: Path, rel_dir: str, sources: list[SourceFile]) -> bool:
+        """Put back what a failed claim moved, remove its folder and its row: True if
+        nothing of it is left, so that trying again never adds rows or folders."""
+        try:
+            spool.unclaim(outbox_path, job_id, rel_dir, sources)
+        except OSError as exc:
+            self.problems.problem(("undo", job_id), "job %s: a failed claim could not be undone yet: %s",
+                                  job_id, exc)
+            return False
+        self.store.abandon_claim(job_id)
+        return True
 
-        def waited(n: str) -> float:
-            s = files[n].settled_at
-            return now - s if s is not None else 0.0
-
-        parsed = {s: self._sidecar(root / s, files[s]) for s in sidecars if ready(s)}
-        owned: dict[str, str] = {}  # document -> the sidecar whose `files` list names it
-        for s, p in parsed.items():
-            if isinstance(p, Sidecar):
-                for f in p.files:
-                    owned.setdefault(f, s)
-
-        plans: list[Plan] = []
-        taken: set[str] = set()
-
-        def add(plan: Plan) -> None:
-            group = plan.names
-            if plan.rejection is None:
-                unreadable = [n for n in group if not _readable(root / n)]
-                if unreadable:
-                    if max(waited(n) for n in unreadable) < wait:
-                        return  # print drivers set the final permissions just after closing
-                    plan.rejection = Rejected("unreadable", f"{', '.join(unreadable)} cannot be read by "
-                                              "the gateway's user: check the writer's umask or group")
-            plan.settled_at = max((files[n].settled_at or now) for n in group)
-            plans.append(plan)
-            taken.update(group)
-
-        # Sidecars that list further documents: the job waits for every one of them.
-        for s, p in sorted(parsed.items()):
-            if not isinstance(p, Sidecar) or not p.files:
+    def _retry_unfinished(self, end: float) -> bool:
+        """Claims that stopped half-way (a crash, a failure that could not be undone) and
+        jobs whose judging failed: each tried on its own, with its own backoff."""
+        for job_id in list(self._unfinished):
+            if time.monotonic() > end:
+                return True
+            key = ("job", job_id)
+            if not self.blocked_jobs.due(key):
                 continue
-            own = [d for d in documents_for_sidecar(s, docs) if d not in p.files]
-            if len(own) > 1:
-                continue  # ambiguous: handled with the documents below
-            group = own + list(dict.fromkeys(p.files))
-            present = [g for g in group if g in names]
-            missing = [g for g in group if g not in names]
-            if missing or not all(ready(g) for g in present):
-                if waited(s) >= wait:
-                    what = ("missing: " + ", ".join(missing)) if missing else \
-                        "still being written: " + ", ".join(g for g in present if not ready(g))
-                    add(Plan(folder, [g for g in present if ready(g)], s,
-                             rejection=Rejected("bad_sidecar", f"{s} lists files that did not arrive "
-                                                f"within sidecar_wait ({what})")))
-                continue
-            add(Plan(folder, group, s))
-
-        for d in sorted(docs - taken):
-            if d in owned and owned[d] not in taken and isinstance(parsed.get(owned[d]), Sidecar):
-                continue  # waits for the sidecar that lists it
-            if not ready(d) or d in taken:
-                continue
-            cands = [c for c in sidecar_candidates(d) if c in names]
-            if len(cands) > 1:
-                if all(ready(c) for c in cands):
-                    add(Plan(folder, [d], cands[0], extras=cands[1:], rejection=Rejected(
-                        "bad_sidecar", f"{d} has more than one sidecar ({', '.join(cands)}): keep one")))
-                continue
-            if cands:
-                s = cands[0]
-                if not ready(s) or s in taken:
+            try:
+                job = self.store.get_job(job_id)
+                ob = self.outboxes.get(job.outbox)
+                if job.outbox in self.paused:
                     continue
-                applies = documents_for_sidecar(s, docs)
-                if len(applies) > 1:
-                    if all(ready(a) for a in applies):
-                        add(Plan(folder, applies, s, rejection=Rejected(
-                            "bad_sidecar", f"{s} could belong to {', '.join(applies)}: name it after "
-                            "one document (e.g. " + applies[0] + ".yaml)")))
-                    continue
-                add(Plan(folder, [d], s))
-                continue
-            if has_destination_without_sidecar(folder, outbox) or waited(d) >= wait:
-                add(Plan(folder, [d], None))
+                if job.phase == Phase.CLAIMING:
+                    self._finish_claim(job)
+                elif job.phase == Phase.HELD and job.state == "queued" and not job.recipients:
+                    if ob is None:
+                        raise _Unconfigured(job.outbox)
+                    self.judge(job_id, raise_errors=True)
+                self._unfinished.pop(job_id, None)
+                self._stuck = {k: v for k, v in self._stuck.items() if v != job_id}
+                self.blocked_jobs.clear(key)
+            except Exception as exc:
+                self.blocked_jobs.block(key, outbox=self._outbox_of(job_id), item=f"job {job_id}",
+                                        job_id=job_id, reason=_job_problem(exc))
+        return False
 
-        for s in sorted(sidecars - taken):
-            if not ready(s) or documents_for_sidecar(s, docs):
-                continue
-            p = parsed.get(s)
-            if isinstance(p, Sidecar) and p.files:
-                continue
-            if waited(s) >= wait:
-                add(Plan(folder, [], s, rejection=Rejected(
-                    "bad_sidecar", f"{s} has no document named after it: the sidecar came too late or "
-                    "its document was named differently")))
-        return plans
+    def _outbox_of(self, job_id: int) -> str:
+        try:
+            return self.store.get_job(job_id).outbox
+        except Exception:
+            return "?"
+
+    def _finish_claim(self, job: Job) -> None:
+        """After a crash: the claim is finished; if it cannot be, it is undone."""
+        try:
+            missing = spool.claim(job.outbox_path, job.id, job.rel_dir, job.sources)
+        except OSError:
+            if self._undo_claim(job.id, Path(job.outbox_path), job.rel_dir, job.sources):
+                self.log.info("job %s: an interrupted claim was undone; its files wait in the outbox", job.id)
+                return
+            raise
+        self.store.mark_held(job.id, missing)
+        self.log.info("job %s: claim completed after restart", job.id)
+        self.judge(job.id, raise_errors=True)
+
+    def judge(self, job_id: int, *, raise_errors: bool = False) -> None:
+        """Accept or reject a claimed job.  Anything but a rejection (an I/O error, a
+        bug met by odd content) leaves it claimed and blocked, to be judged again."""
+        job = self.store.get_job(job_id)
+        ob = self.outboxes.get(job.outbox)
+        if ob is None:
+            self._unfinished[job_id] = job.outbox
+            return
+        held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+        try:
+            if not job.sources:
+                raise Rejected("unreadable", "every file of the job disappeared before it was taken")
+            accepted = evaluate(job, ob, held)
+        except Rejected as exc:
+            self.store.reject_job(job.id, exc.reason_code, exc.reason,
+                                  sha256=[file_sha256(held / n) for n in job.names])
+            what = shown(", ".join(job.names)) if self.file_names else f"job {job.id}"
+            self.log.warning("%s: %s rejected: %s", ob.name, what, shown(exc.reason))
+        except Exception as exc:
+            if raise_errors:
+                raise
+            self._unfinished[job_id] = job.outbox
+            self.blocked_jobs.block(("job", job_id), outbox=job.outbox, item=f"job {job_id}", job_id=job_id,
+                                    reason=_job_problem(exc))
+            return
+        else:
+            send_at = accepted.options.get("send_at")
+            self.store.accept_job(job.id, numbers=accepted.numbers, options=accepted.options,
+                                  sha256=accepted.sha256, pages=accepted.pages, kinds=accepted.kinds,
+                                  send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None)
+        self.on_judged()
+
+    # -- outbox folders ---------------------------------------------------------------
+
+    def folder_problem(self, outbox: str) -> str | None:
+        ob = self.outboxes.get(outbox)
+        return self.guard.problem(ob) if ob is not None else None
+
+    def _check_folders(self, ob: OutboxConfig) -> None:
+        """Pause an outbox whose folders went away, resume it when they are back."""
+        problem = self.guard.problem(ob)
+        if problem and ob.name not in self.paused:
+            self.log.error("%s: outbox paused", problem)
+            self.paused[ob.name] = problem
+            self.watcher.remove(ob.name)
+            self.metrics.files_waiting.labels(ob.name).set(0)
+            self.metrics.outbox_paused.labels(ob.name).set(1)
+        elif problem:
+            self.paused[ob.name] = problem
+        elif ob.name in self.paused or ob.name not in self.watcher.outboxes or self.guard.replaced(ob.path):
+            if self.paused.pop(ob.name, None):
+                self.log.info("outbox %s: its folders are back; resuming", ob.name)
+            self.metrics.outbox_paused.labels(ob.name).set(0)
+            self.watcher.remove(ob.name)
+            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling)
+            self.on_judged()
+
+
+class _Unconfigured(Exception):
+    def __init__(self, outbox: str) -> None:
+        super().__init__(f"its outbox {outbox!r} is no longer in the configuration")
+
+
+def _job_problem(exc: Exception) -> str:
+    if isinstance(exc, _Unconfigured):
+        return f"{exc}: add the outbox back to judge and send it"
+    if isinstance(exc, OSError):
+        return f"its files could not be read or moved ({exc.strerror or exc}); it is tried again"
+    return f"judging it failed ({type(exc).__name__}: {exc}); it is tried again"
 
 
 def _readable(path: Path) -> bool:
@@ -248,72 +366,3 @@ def _readable(path: Path) -> bool:
     if not stat.S_ISREG(st.st_mode):
         return True  # never opened; rejected as unsafe after the claim
     return os.access(path, os.R_OK)
-
-
-def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
-    """Judge a claimed job; raises Rejected with the reason a person can act on."""
-    if job.reason_code:  # decided before the claim (pairing rules) and stored with it
-        raise Rejected(job.reason_code, reason=job.reason)
-    sidecar = read_sidecar(held_dir / job.sidecar) if job.sidecar else None
-    if not job.documents:
-        raise Rejected("bad_sidecar", f"{job.sidecar} names no document")
-    dests = destinations(job.rel_dir, outbox, sidecar)
-    total_pages, sha, kinds = 0, [], []
-    for name in job.documents:
-        data = safe_read(held_dir / name, outbox.max_file_size)
-        if len(data) > outbox.max_file_size:
-            raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
-        if not data:
-            raise Rejected("empty", f"{name} is empty")
-        try:
-            info = inspect_document(data)
-        except Rejected as exc:
-            raise Rejected(exc.reason_code, f"{name}: {exc.detail}" if exc.detail else name) from None
-        total_pages += info.pages
-        kinds.append(info.kind)
-        sha.append(hashlib.sha256(data).hexdigest())
-    if total_pages > outbox.max_pages:
-        raise Rejected("too_large", f"{total_pages} pages, the limit is max_pages = {outbox.max_pages}")
-    if job.sidecar:
-        sha.append(file_sha256(held_dir / job.sidecar))
-    options: dict[str, Any] = {
-        "callerId": (sidecar.caller_id if sidecar and sidecar.caller_id else outbox.caller_id),
-        "faxQuality": (sidecar.quality if sidecar and sidecar.quality else outbox.quality),
-    }
-    if sidecar:
-        for key, value in (("subject", sidecar.subject), ("from_name", sidecar.from_name),
-                           ("to_name", sidecar.to_name), ("message", sidecar.message)):
-            if value:
-                options[key] = value
-        if sidecar.send_at:
-            options["send_at"] = sidecar.send_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        if sidecar.reference:
-            options["reference"] = sidecar.reference
-    return Accepted(dests, options, sha, total_pages, kinds)
-
-
-def destinations(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None) -> list[str]:
-    """Sidecar, else nearest number folder, else the outbox's number (SPEC 4.2)."""
-    if sidecar and sidecar.to:
-        raw = list(sidecar.to)
-    elif (folder := number_folder(rel_dir)) is not None:
-        raw = [folder]
-    elif outbox.number:
-        raw = [outbox.number]
-    else:
-        raise Rejected("no_destination")
-    result = []
-    for r in raw:
-        e164 = numbers.normalize(r, outbox.country)
-        numbers.check_allowed(e164, outbox.allow, outbox.deny)
-        if e164 not in result:
-            result.append(e164)
-    return result
-
-
-def file_sha256(path: Path) -> str | None:
-    """The checksum of a regular file, or None for one that must never be opened."""
-    try:
-        return hashlib.sha256(safe_read(path)).hexdigest()
-    except Rejected:
-        return None

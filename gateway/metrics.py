@@ -13,14 +13,17 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.errors import REASONS
+from gateway.store import STAGES
 
 P = "fax_gateway_"
 
 
 class _StoreCollector(Collector):
     def __init__(self, counts: Callable[[], dict[str, int]],
-                 oldest: Callable[[], float | None]) -> None:
-        self._counts, self._oldest = counts, oldest
+                 oldest: Callable[[], float | None],
+                 blocked: Callable[[], dict[tuple[str, str], int]],
+                 outboxes: Sequence[str]) -> None:
+        self._counts, self._oldest, self._blocked, self._outboxes = counts, oldest, blocked, outboxes
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         jobs = GaugeMetricFamily(P + "jobs", "Jobs in the database by state.", labels=["state"])
@@ -31,6 +34,13 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(P + "oldest_active_job_age_seconds",
                                 "Age of the oldest job not yet finished (0 when none).",
                                 value=max(0.0, time.time() - oldest) if oldest else 0.0)
+        blocked = GaugeMetricFamily(P + "blocked", "Items the gateway cannot act on yet (SPEC 4.5), "
+                                    "from the same rows as `fax-gateway jobs --blocked`.",
+                                    labels=["outbox", "stage"])
+        counts = self._blocked()
+        for key in sorted({(o, s) for o in self._outboxes for s in STAGES} | set(counts)):
+            blocked.add_metric(list(key), counts.get(key, 0))
+        yield blocked
 
 
 class Metrics:
@@ -63,23 +73,29 @@ class Metrics:
                                registry=r)
         self.api_paused = Gauge(P + "api_paused", "1 while submissions are paused by an account refusal.",
                                 registry=r)
+        self.files_waiting_long = Gauge(P + "files_waiting_long", "Files waiting over 10 minutes.",
+                                        ["outbox"], registry=r)
+        self.outbox_paused = Gauge(P + "outbox_paused", "1 while the outbox is paused (a folder missing "
+                                   "or unmounted).", ["outbox"], registry=r)
         self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        self._outboxes = list(outboxes)
         for name in outboxes:
             self.add_outbox(name)
 
     def add_outbox(self, name: str) -> None:
         """Create every labelled series at 0, so dashboards see them before the first event."""
         for m in (self.files_detected, self.jobs_submitted, self.files_waiting, self.pages_sent,
-                  self.cost):
+                  self.cost, self.files_waiting_long, self.outbox_paused):
             m.labels(name)
         for code in REASONS:
             self.files_rejected.labels(name, code)
         for result in ("delivered", "failed", "canceled"):
             self.jobs_completed.labels(name, result)
 
-    def watch_store(self, counts: Callable[[], dict[str, int]], oldest: Callable[[], float | None]) -> None:
-        self.registry.register(_StoreCollector(counts, oldest))
+    def watch_store(self, counts: Callable[[], dict[str, int]], oldest: Callable[[], float | None],
+                    blocked: Callable[[], dict[tuple[str, str], int]] = dict) -> None:
+        self.registry.register(_StoreCollector(counts, oldest, blocked, self._outboxes))
 
     def api_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, outcome).inc()

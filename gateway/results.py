@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway.names import shown
 from gateway.store import Job
 
 
@@ -24,7 +25,7 @@ def result_document(job: Job, files: list[str] | None = None) -> dict[str, Any]:
         "reason_code": job.reason_code,
         "simulated": job.simulated,
         "outbox": job.outbox,
-        "files": files if files is not None else job.names,
+        "files": files if files is not None else [shown(n) for n in job.names],
         "sha256": job.sha256 if job.sha256 else [None] * len(job.names),
         "reference": job.options.get("reference"),
         "created_at": iso(job.created_at),

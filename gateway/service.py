@@ -1,8 +1,10 @@
-"""The daemon: wiring, recovery at start, the intake loop, the main loop and shutdown.
+"""The daemon: wiring only.  It opens the database, creates the folders, starts the
+three stages (intake, sending, filing) and the HTTP server, says READY, and stops them.
 
-Threads: watchdog observers (enqueue events only), one intake thread (settling, pairing,
-claiming, judging), the dispatcher's scheduler and its HTTP workers, and the HTTP
-server.  Signal handlers only set flags; the main thread acts on them.
+Threads: watchdog observers (enqueue events only), one thread per stage (`Intake`,
+`Dispatcher` with its HTTP workers, `Filing`), and the HTTP server.  Work left by a
+crash is picked up by each stage's `initialize`, after READY, so that start-up never
+waits for it.  Signal handlers only set flags; the main thread acts on them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +23,21 @@ from gateway import spool
 from gateway.config import Config, OutboxConfig
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
-from gateway.errors import GatewayError, Rejected, UsageError
-from gateway.faults import crash_point
-from gateway.folders import FolderGuard
+from gateway.errors import GatewayError, StartupError, UsageError
+from gateway.filing import Filing
 from gateway.ifax import IFaxClient
-from gateway.intake import FolderPlanner, Plan, evaluate, file_sha256
+from gateway.intake import Intake
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
-from gateway.store import Job, SourceFile, Store
+from gateway.stage import Stage
+from gateway.store import Job, Store
 from gateway.systemd import notify
-from gateway.watcher import Watcher
 from gateway.web import WebServer
 
 log = logging.getLogger("gateway.service")
 
-TICK = 0.1  # how often waiting files are looked at: settle times are measured to this grain
-FOLDER_CHECK = 1.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
-
-
-class StartupError(GatewayError):
-    """The daemon cannot start (a folder, the database, the key); the message says why."""
+STUCK_AFTER = 30.0  # a stage whose loop has not turned for this long is stuck (healthz, watchdog)
+BLOCKED_SHOWN = 20
 
 
 class Service:
@@ -55,17 +51,18 @@ class Service:
         self._api_key = api_key
         self.simulator: Any = None
         self.store: Store | None = None
-        self.watcher: Watcher | None = None
+        self.intake: Intake | None = None
         self.dispatcher: Dispatcher | None = None
+        self.filing: Filing | None = None
         self.web: WebServer | None = None
-        self.planner = FolderPlanner()
-        self.guard = FolderGuard()
-        self.paused: dict[str, str] = {}
+        self.paused: dict[str, str] = {}  # outbox -> why; shared by the stages
         self._lock = DatabaseLock(config.database)
         self._stop = threading.Event()
-        self._intake_thread: threading.Thread | None = None
-        self._intake_heartbeat = time.monotonic()
         self._signal: int | None = None
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [s for s in (self.intake, self.dispatcher, self.filing) if s is not None]
 
     # -- start ----------------------------------------------------------------------
 
@@ -82,11 +79,12 @@ class Service:
 
     def _start(self) -> None:
         cfg = self.config
-        self.store = Store(cfg.database)
-        if self.simulate and self.store.has_real_jobs():
+        self.store = store = Store(cfg.database)
+        if self.simulate and store.has_real_jobs():
             raise UsageError(f"--simulate refuses database {cfg.database}: it holds jobs sent to a "
                                "real API; use another database for simulated runs")
-        self.metrics.watch_store(self.store.count_by_state, self.store.oldest_active_created_at)
+        store.clear_all_blocked()
+        self.metrics.watch_store(store.count_by_state, store.oldest_active_created_at, store.count_blocked)
         for ob in cfg.outboxes:
             for path in (ob.path, ob.sent, ob.failed):
                 self._ensure_folder(ob.name, path)
@@ -95,25 +93,33 @@ class Service:
         base_url, key = self._api_endpoint()
         client = IFaxClient(base_url, key, timeout=cfg.api.timeout, max_in_flight=cfg.api.max_in_flight,
                             observer=self.metrics.api_request)
-        self.dispatcher = Dispatcher(self.store, client, outboxes=self.outboxes, metrics=self.metrics,
+        self.intake = Intake(store, self.outboxes, self.metrics, simulate=self.simulate,
+                             file_names=cfg.log.file_names, paused=self.paused,
+                             on_judged=self._wake_all)
+        self.filing = Filing(store, self.outboxes, self.metrics, file_names=cfg.log.file_names,
+                             paused=self.paused, folder_problem=self.intake.folder_problem,
+                             on_finished=self._notifier(),
+                             on_reopened=lambda: self.dispatcher.wake() if self.dispatcher else None)
+        self.dispatcher = Dispatcher(store, client, outboxes=self.outboxes, metrics=self.metrics,
                                      max_in_flight=cfg.api.max_in_flight,
                                      requests_per_minute=cfg.api.requests_per_minute,
                                      poll_interval=cfg.poll.interval,
                                      give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names,
-                                     on_finished=self._notifier())
-        self.recover()
+                                     on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
-        self.dispatcher.folder_problem = self._folder_problem
-        self.watcher = Watcher()
-        for ob in cfg.outboxes:
-            self._check_folders(ob)
+        self.dispatcher.folder_problem = self.intake.folder_problem
+        self.intake.start_watching()
         _check_inotify_limits(len(cfg.outboxes))
-        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
-        self._intake_thread.start()
-        self.dispatcher.start()
+        for stage in self.stages:
+            stage.start()
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
                  base_url, " (simulated)" if self.simulate else "", cfg.http.listen)
         notify("READY=1")
+
+    def _wake_all(self) -> None:
+        for stage in (self.dispatcher, self.filing):
+            if stage is not None:
+                stage.wake()
 
     def _notifier(self) -> Callable[[Job, Path | None], None] | None:
         if not self.config.notify.command:
@@ -144,120 +150,6 @@ class Service:
         spool.make_dirs(path, path.parent)
         log.info("outbox %s: created %s", outbox, path)
 
-    def _folder_problem(self, outbox: str) -> str | None:
-        ob = self.outboxes.get(outbox)
-        return self.guard.problem(ob) if ob is not None else None
-
-    def _check_folders(self, ob: OutboxConfig) -> None:
-        """Pause an outbox whose folders went away, resume it when they are back."""
-        assert self.watcher is not None
-        problem = self.guard.problem(ob)
-        if problem and ob.name not in self.paused:
-            log.error("%s: outbox paused", problem)
-            self.paused[ob.name] = problem
-            self.watcher.remove(ob.name)
-            self.metrics.files_waiting.labels(ob.name).set(0)
-        elif problem:
-            self.paused[ob.name] = problem
-        elif ob.name in self.paused or ob.name not in self.watcher.outboxes or self.guard.replaced(ob.path):
-            if self.paused.pop(ob.name, None):
-                log.info("outbox %s: its folders are back; resuming", ob.name)
-            self.watcher.remove(ob.name)
-            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling)
-            if self.dispatcher:
-                self.dispatcher.wake()
-
-    def recover(self) -> None:
-        """Put every job interrupted by a crash back where it can be finished (6.3)."""
-        assert self.store is not None
-        for job in self.store.jobs_in_phase("claiming"):
-            missing = spool.claim(job.outbox_path, job.id, job.rel_dir, job.sources)
-            self.store.mark_held(job.id, missing)
-            log.info("job %s: claim completed after restart", job.id)
-        for job in self.store.held_jobs_without_recipients():
-            self.judge(job.id)
-        assert self.dispatcher is not None
-        for rec in self.store.interrupted_submissions():
-            log.error("job %s: the gateway stopped while sending to %s", rec.job_id, rec.number)
-            job = self.store.get_job(rec.job_id)
-            self.store.mark_submit_uncertain(rec.id, "the gateway stopped while the request was being sent",
-                                             resend=self.dispatcher.resend_uncertain(job.outbox))
-        self.store.forget_poll_clocks()
-        for job in self.store.jobs_in_phase("unfiling"):
-            self.dispatcher.resume_unfiling(job)
-
-    # -- intake ---------------------------------------------------------------------
-
-    def _intake_loop(self) -> None:
-        assert self.watcher is not None
-        next_check = 0.0
-        while not self._stop.is_set():
-            self._intake_heartbeat = time.monotonic()
-            try:
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + FOLDER_CHECK
-                    for ob in self.outboxes.values():
-                        self._check_folders(ob)
-                self.watcher.drain()
-                self.watcher.tick()
-                now = self.watcher.clock()
-                for name, ob in self.outboxes.items():
-                    if name in self.paused or name not in self.watcher.outboxes:
-                        continue
-                    for folder, files in self.watcher.folders(name):
-                        if not any(s.settled_at is not None for s in files.values()):
-                            continue
-                        for plan in self.planner.plan_folder(ob, folder, files, now):
-                            self.take(ob, plan, files, now)
-                    self.metrics.files_waiting.labels(name).set(self.watcher.waiting(name))
-            except Exception:
-                log.exception("intake step failed; carrying on")
-            self._stop.wait(TICK)
-
-    def take(self, ob: OutboxConfig, plan: Plan, files: dict, now_mono: float) -> None:
-        """Claim a group: commit the intent, rename into .fax-gateway/<job>/, then judge it."""
-        assert self.store is not None and self.watcher is not None
-        sources = [SourceFile(n, files[n].ino, files[n].size, files[n].sig[1]) for n in plan.names]
-        settled_wall = time.time() - (now_mono - plan.settled_at) if plan.settled_at else None
-        rej = plan.rejection
-        job_id = self.store.record_claim_intent(
-            outbox=ob.name, outbox_path=str(ob.path), rel_dir=plan.rel_dir, sources=sources,
-            documents=plan.documents, sidecar=plan.sidecar, primary=plan.primary,
-            simulated=self.simulate, settled_at=settled_wall,
-            reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None)
-        crash_point("claim")
-        missing = spool.claim(ob.path, job_id, plan.rel_dir, sources, crash_hook=crash_point)
-        for n in plan.names:
-            self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
-        self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(missing))
-        self.store.mark_held(job_id, missing)
-        crash_point("claimed")
-        self.judge(job_id)
-
-    def judge(self, job_id: int) -> None:
-        assert self.store is not None
-        job = self.store.get_job(job_id)
-        ob = self.outboxes.get(job.outbox)
-        if ob is None:
-            return
-        held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
-        try:
-            if not job.sources:
-                raise Rejected("unreadable", "every file of the job disappeared before it was taken")
-            accepted = evaluate(job, ob, held)
-        except Rejected as exc:
-            self.store.reject_job(job.id, exc.reason_code, exc.reason,
-                                  sha256=[file_sha256(held / n) for n in job.names])
-            what = ", ".join(job.names) if self.config.log.file_names else f"job {job.id}"
-            log.warning("%s: %s rejected: %s", ob.name, what, exc.reason)
-        else:
-            send_at = accepted.options.get("send_at")
-            self.store.accept_job(job.id, numbers=accepted.numbers, options=accepted.options,
-                                  sha256=accepted.sha256, pages=accepted.pages,
-                                  send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None)
-        if self.dispatcher:
-            self.dispatcher.wake()
-
     def webhook(self, body: bytes) -> None:
         """A webhook only says 'look now': its body is not trusted, the poll decides (6.4)."""
         assert self.store is not None
@@ -277,34 +169,36 @@ class Service:
 
     # -- running --------------------------------------------------------------------
 
-    def _threads_alive(self) -> bool:
-        return (self.watcher is not None and self.watcher.alive()
-                and self._intake_thread is not None and self._intake_thread.is_alive()
-                and time.monotonic() - self._intake_heartbeat < 30
-                and self.dispatcher is not None and self.dispatcher.alive()
-                and time.monotonic() - self.dispatcher.heartbeat < 60)
+    def _stage_problems(self) -> list[str]:
+        problems = []
+        if self.intake is None or not self.intake.watcher.alive():
+            problems.append("the folder watchers are not running")
+        for stage in (self.intake, self.dispatcher, self.filing):
+            if stage is None or not stage.alive():
+                problems.append(f"the {stage.name if stage else 'pipeline'} loop is not running")
+            elif stage.stuck_for() > STUCK_AFTER:
+                problems.append(f"the {stage.name} loop is stuck (no progress for {stage.stuck_for():.0f}s)")
+        return problems
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        problems = []
-        if self.watcher is None or not self.watcher.alive():
-            problems.append("the folder watchers are not running")
-        if self._intake_thread is None or not self._intake_thread.is_alive():
-            problems.append("the intake loop is not running")
-        elif time.monotonic() - self._intake_heartbeat > 30:
-            problems.append("the intake loop is stuck")
-        if self.dispatcher is None or not self.dispatcher.alive():
-            problems.append("the dispatcher is not running")
-        elif self.dispatcher.paused_reason:
+        problems = self._stage_problems()
+        if self.dispatcher is not None and self.dispatcher.paused_reason:
             problems.append("iFax refuses the account: " + self.dispatcher.paused_reason)
         problems.extend(self.paused.values())
+        blocked: list[dict[str, Any]] = []
+        n_blocked = 0
         try:
             if self.store is None:
                 raise GatewayError("no database")
             self.store.check_writable()
+            n_blocked = sum(self.store.count_blocked().values())
+            blocked = [{"outbox": b.outbox, "stage": b.stage, "item": b.item, "reason": b.reason}
+                       for b in self.store.list_blocked(limit=BLOCKED_SHOWN)]
         except Exception as exc:
             problems.append(f"the database is not writable: {exc}")
         body: dict[str, Any] = {"status": "ok" if not problems else "unhealthy",
-                                "simulated": self.simulate}
+                                "simulated": self.simulate,
+                                "blocked": {"count": n_blocked, "items": blocked}}
         if problems:
             body["reasons"] = problems
         return not problems, body
@@ -327,7 +221,7 @@ class Service:
             if now >= next_ping:
                 # Only a stuck or dead thread withholds the ping: an API pause or a paused
                 # outbox is reported by /healthz, and a restart would not cure it.
-                if self._threads_alive():
+                if not self._stage_problems():
                     notify("WATCHDOG=1")
                 next_ping = now + interval
             self._stop.wait(0.2)
@@ -344,14 +238,16 @@ class Service:
         self._stop.set()
 
     def stop(self) -> None:
+        """Stages stop in pipeline order; the dispatcher finishes the requests under way
+        (or they time out) before the database closes."""
         self._stop.set()
-        if self._intake_thread:
-            self._intake_thread.join(10)
-        if self.watcher:
-            self.watcher.stop()
+        if self.intake:
+            self.intake.stop(10)
         if self.dispatcher:
             self.dispatcher.stop(timeout=self.config.api.timeout + 1)
             self.dispatcher.client.close()
+        if self.filing:
+            self.filing.stop(10)
         if self.web:
             self.web.stop()
         if self.simulator:

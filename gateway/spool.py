@@ -18,24 +18,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import SpoolError
+from gateway.names import NAME_MAX, result_file_name
 
 JOB_DIR = ".fax-gateway"
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 RESULT_SUFFIX = ".result.json"
-
-
-class SpoolError(GatewayError):
-    """A file move could not be completed; the job stays where it is and is tried again."""
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 
 
 def job_dir(outbox_path: str | Path, job_id: int) -> Path:
     return Path(outbox_path) / JOB_DIR / str(job_id)
-
-
-def held_path(outbox_path: str | Path, job_id: int, rel_dir: str, name: str) -> Path:
-    return job_dir(outbox_path, job_id) / rel_dir / name
 
 
 def make_dirs(path: Path, stop_at: Path) -> None:
@@ -96,6 +90,9 @@ def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[
     outbox = Path(outbox_path)
     src_dir = outbox / rel_dir
     dst_dir = job_dir(outbox, job_id) / rel_dir
+    longest = max((len(os.fsencode(dst_dir / s.name)) for s in sources), default=0)
+    if longest >= PATH_MAX:  # refused before any folder is made, so nothing is left to undo
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(src_dir))
     make_dirs(dst_dir, outbox)
     missing = []
     for s in sources:
@@ -121,6 +118,32 @@ def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[
     return missing
 
 
+def unclaim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any]) -> None:
+    """Undo a claim that failed part-way: every file that was moved goes back under its
+    name (never over a new file of that name), then the job's folders are removed.
+    Raises OSError if anything of the job is left in its folder."""
+    outbox = Path(outbox_path)
+    src_dir = outbox / rel_dir
+    dst_dir = job_dir(outbox, job_id) / rel_dir
+    for s in sources:
+        src, dst = src_dir / s.name, dst_dir / s.name
+        try:
+            os.lstat(dst)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                continue  # the folder could not even be named: nothing was moved there
+            raise
+        if os.path.lexists(src):
+            raise SpoolError(f"{src} was written again while its claim was undone")
+        os.rename(dst, src)
+    remove_job_dir(outbox, job_id)
+    if os.path.lexists(job_dir(outbox, job_id)):
+        raise SpoolError(f"{job_dir(outbox, job_id)} could not be removed")
+    fsync_dir(src_dir)
+
+
 def suffixed(name: str, n: int, bases: Iterable[str]) -> str:
     """`NAME.EXT` -> `NAME-N.EXT`; a sidecar or result named after a document follows it
     (`scan.pdf.yaml` -> `scan-1.pdf.yaml`), so the files of a job stay recognisably together."""
@@ -133,12 +156,17 @@ def suffixed(name: str, n: int, bases: Iterable[str]) -> str:
             break
     rest = name[len(base):]
     stem, dot, ext = base.rpartition(".")
-    new_base = f"{stem}-{n}.{ext}" if dot and stem else f"{base}-{n}"
-    return new_base + rest
+    if not (dot and stem):
+        stem, ext = base, ""
+    tail = f"-{n}" + (f".{ext}" if ext else "") + rest
+    while stem and len(os.fsencode(stem + tail)) > NAME_MAX:
+        stem = stem[:-1]  # a long name keeps its suffix and extension, and fits (SPEC 4.5)
+    return stem + tail
 
 
-def result_name(primary: str) -> str:
-    return primary + RESULT_SUFFIX
+def result_name(primary: str, job_id: int) -> str:
+    """`NAME.EXT.result.json`, or `<first bytes>~<job>.result.json` where that is too long."""
+    return result_file_name(primary, job_id)
 
 
 def choose_suffix(dest_dir: Path, names: Sequence[str], bases: Sequence[str]) -> int:
@@ -215,7 +243,7 @@ def write_result(path: Path, document: dict[str, Any]) -> None:
 
 
 def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
-             bases: Sequence[str], dest_root: Path, suffix: int, result_for: str,
+             bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
              result: dict[str, Any], crash_hook: Any = None) -> list[str]:
     """Move the job's files to `dest_root/rel_dir/` under their suffixed names, then write
     the result file, then remove the job's folder.  Returns the names as filed."""
@@ -223,6 +251,7 @@ def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Seque
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     dest_dir = dest_root / rel_dir
     make_dirs(dest_dir, dest_root)
+    _check_folder_path(dest_root, rel_dir)
     src_dir = job_dir(outbox_path, job_id) / rel_dir
     filed = []
     for name in names:
@@ -234,9 +263,25 @@ def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Seque
         if crash_hook:
             crash_hook("filing")
     fsync_dir(dest_dir)
-    write_result(dest_dir / suffixed(result_name(result_for), suffix, bases), result)
+    write_result(dest_dir / suffixed(result_name, suffix, bases), result)
     remove_job_dir(outbox_path, job_id)
     return filed
+
+
+def _check_folder_path(root: Path, rel_dir: str) -> None:
+    """A file (or a link) where a folder of the job's path is expected: say which, and
+    what to do, instead of a bare 'Not a directory'."""
+    p = root
+    for part in [x for x in rel_dir.split(os.sep) if x]:
+        p = p / part
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a link" if stat.S_ISLNK(st.st_mode) else "a file"
+            raise SpoolError(f"{p} is {kind} where a folder is expected: move it away and the job is "
+                             "filed there")
 
 
 def remove_job_dir(outbox_path: str | Path, job_id: int) -> None:
@@ -257,7 +302,7 @@ def filed_paths(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequ
 
 
 def unfile(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
-           bases: Sequence[str], dest_root: Path, suffix: int, result_for: str,
+           bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
            crash_hook: Any = None) -> list[str]:
     """Take a finished job's files back from failed/ into .fax-gateway/<job>/ (under their
     original names) to send them again, and remove its result file.  Safe to repeat.
@@ -276,7 +321,7 @@ def unfile(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequenc
         if crash_hook:
             crash_hook("unfiling")
     fsync_dir(held)
-    result = dest_root / rel_dir / suffixed(result_name(result_for), suffix, bases)
+    result = dest_root / rel_dir / suffixed(result_name, suffix, bases)
     if os.path.lexists(result):
         os.unlink(result)
         fsync_dir(result.parent)

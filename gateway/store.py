@@ -11,34 +11,119 @@ Times are Unix seconds (UTC) as REAL; they are formatted only at the edges.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from gateway.errors import GatewayError, JobNotFound
+from gateway.errors import InvalidTransition, JobNotFound, StoreError
+from gateway.names import shown
 
-SCHEMA_VERSION = 2
-
-# Recipient states of SPEC 5, least advanced first (a job shows its least advanced one).
-ACTIVE_ORDER = ("queued", "submitting", "retry_wait", "sending")
-RECIPIENT_FINAL = ("delivered", "failed", "canceled")
-JOB_STATES = ACTIVE_ORDER + RECIPIENT_FINAL + ("rejected",)
-JOB_FINAL = RECIPIENT_FINAL + ("rejected",)
-
-# Where a job's files are: in the outbox (claiming), in .fax-gateway/<job>/ (held),
-# being moved to sent/ or failed/ (filing), or there with their result file (filed).
-PHASES = ("claiming", "held", "filing", "filed", "unfiling")
+SCHEMA_VERSION = 3
 
 
-class StoreError(GatewayError):
-    """The database cannot be opened or has an unexpected shape."""
+class JobState(StrEnum):
+    """States of SPEC 5.  A StrEnum, so that the database, JSON and comparisons with the
+    spec's words all see the plain word."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RETRY_WAIT = "retry_wait"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+
+S = JobState
+# Recipient states, least advanced first (a job shows its least advanced one).
+ACTIVE_ORDER = (S.QUEUED, S.SUBMITTING, S.RETRY_WAIT, S.SENDING)
+RECIPIENT_FINAL = (S.DELIVERED, S.FAILED, S.CANCELED)
+JOB_STATES = ACTIVE_ORDER + RECIPIENT_FINAL + (S.REJECTED,)
+JOB_FINAL = RECIPIENT_FINAL + (S.REJECTED,)
+
+# Every change a recipient may make.  Anything else is a bug and raises, in the same
+# transaction, so the database never records an impossible history.
+RECIPIENT_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.SUBMITTING, S.CANCELED, S.FAILED}),
+    S.SUBMITTING: frozenset({S.SENDING, S.QUEUED, S.RETRY_WAIT, S.FAILED}),
+    S.RETRY_WAIT: frozenset({S.SUBMITTING, S.CANCELED, S.FAILED}),
+    S.SENDING: frozenset({S.DELIVERED, S.FAILED, S.CANCELED, S.RETRY_WAIT}),
+    S.FAILED: frozenset({S.QUEUED, S.RETRY_WAIT}),      # sent again at the operator's request
+    S.CANCELED: frozenset({S.QUEUED, S.RETRY_WAIT}),
+    S.DELIVERED: frozenset(),
+}
+# A job's state follows from its recipients; these are the changes that can follow.
+_ANY_ACTIVE_OR_ENDED = frozenset(ACTIVE_ORDER + RECIPIENT_FINAL)
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: _ANY_ACTIVE_OR_ENDED | {S.REJECTED},
+    S.SUBMITTING: _ANY_ACTIVE_OR_ENDED,
+    S.RETRY_WAIT: _ANY_ACTIVE_OR_ENDED,
+    S.SENDING: _ANY_ACTIVE_OR_ENDED,
+    S.FAILED: frozenset(ACTIVE_ORDER),
+    S.CANCELED: frozenset(ACTIVE_ORDER),
+    S.DELIVERED: frozenset(),
+    S.REJECTED: frozenset(),
+}
+
+
+def check_transition(table: dict[JobState, frozenset[JobState]], old: str, new: str, what: str) -> None:
+    if old == new:
+        return
+    if JobState(new) not in table.get(JobState(old), frozenset()):
+        raise InvalidTransition(f"{what} cannot go from {old} to {new}")
+
+
+class Phase(StrEnum):
+    """Where a job's files are: in the outbox (claiming), in its private folder (held),
+    being moved to sent/ or failed/ (filing), there with their result file (filed), or
+    being taken back from failed/ to be sent again (unfiling)."""
+
+    CLAIMING = "claiming"
+    HELD = "held"
+    FILING = "filing"
+    FILED = "filed"
+    UNFILING = "unfiling"
+
+
+PHASES = tuple(Phase)
+STAGES = ("intake", "claim", "filing")
+
+
+def _name_in(name: str | None) -> bytes | None:
+    """Names are bytes (SPEC 4.5): stored as BLOBs so any name round-trips exactly."""
+    return None if name is None else os.fsencode(name)
+
+
+def _name_out(value: Any) -> Any:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _shown(text: str | None) -> str | None:
+    """Free text for people (reasons, event details) never carries raw control
+    characters or undecodable bytes, whatever names it quotes."""
+    return None if text is None else shown(text)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An item a stage cannot act on yet (SPEC 4.5), as the CLI and /healthz show it."""
+
+    outbox: str
+    stage: str
+    item: str          # the path as shown (escaped)
+    reason: str
+    since: float
+    job_id: int | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +185,9 @@ class Job:
     filed_to: str | None
     filed_root: str | None
     filed_suffix: int | None
+    sent_root: str | None = None     # recorded at the claim, so a job outlives its outbox's config
+    failed_root: str | None = None
+    kinds: list[str] = field(default_factory=list)  # each document's detected type
     recipients: list[Recipient] = field(default_factory=list)
 
     @property
@@ -175,6 +263,15 @@ class Store:
                            ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str)):
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
+        have = {c.name for c in db["jobs"].columns}
+        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str)):
+            if name not in have:  # schema 2 databases
+                db["jobs"].add_column(name, kind)
+        db["blocked"].create({
+            "id": int, "outbox": str, "stage": str, "item": str, "reason": str, "since": float,
+            "job_id": int,
+        }, pk="id", if_not_exists=True)
+        db["blocked"].create_index(["outbox", "stage", "item"], unique=True, if_not_exists=True)
         db["requests"].create({
             "id": int, "job_id": int, "action": str, "created_at": float, "done_at": float,
             "ok": int, "outcome": str,
@@ -213,7 +310,7 @@ class Store:
     def _event(self, c: sqlite3.Connection, job_id: int, state: str, detail: str | None = None,
                recipient_id: int | None = None, at: float | None = None) -> None:
         c.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES (?,?,?,?,?)",
-                  (job_id, recipient_id, at or _now(), state, detail))
+                  (job_id, recipient_id, at or _now(), str(state), _shown(detail)))
 
     # -- claiming -------------------------------------------------------------------
 
@@ -221,20 +318,34 @@ class Store:
                             sources: Sequence[SourceFile], documents: Sequence[str],
                             sidecar: str | None, primary: str, simulated: bool,
                             settled_at: float | None, reason_code: str | None = None,
-                            reason: str | None = None) -> int:
-        """Commit which files are about to be renamed into the job's folder, before renaming."""
+                            reason: str | None = None, sent_root: str | None = None,
+                            failed_root: str | None = None) -> int:
+        """Commit which files are about to be renamed into the job's folder, before renaming.
+        The job's sent/ and failed/ are recorded with it, so that it is filed where its
+        outbox said even after the outbox left the configuration."""
         now = _now()
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO jobs(outbox, outbox_path, state, phase, simulated, rel_dir, sources,"
                 " documents, sidecar, primary_name, options, sha256, created_at, settled_at,"
-                " reason_code, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (outbox, outbox_path, "queued", "claiming", int(simulated), rel_dir,
-                 json.dumps([s.__dict__ for s in sources]), json.dumps(list(documents)), sidecar,
-                 primary, "{}", "[]", now, settled_at, reason_code, reason))
+                " reason_code, reason, sent_root, failed_root) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (outbox, outbox_path, S.QUEUED, Phase.CLAIMING, int(simulated), _name_in(rel_dir),
+                 json.dumps([s.__dict__ for s in sources]), json.dumps(list(documents)),
+                 _name_in(sidecar), _name_in(primary), "{}", "[]", now, settled_at, reason_code,
+                 _shown(reason), sent_root, failed_root))
             job_id = int(cur.lastrowid)
             self._event(c, job_id, "claiming", ", ".join(s.name for s in sources), at=now)
         return job_id
+
+    def abandon_claim(self, job_id: int) -> None:
+        """A claim that failed before any file moved (or whose moves were undone) leaves no
+        trace: the files are still in the outbox, and trying again must not add rows."""
+        with self.transaction() as c:
+            row = c.execute("SELECT phase FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["phase"] != Phase.CLAIMING:
+                raise StoreError(f"job {job_id} is not being claimed; it cannot be abandoned")
+            c.execute("DELETE FROM events WHERE job_id=?", (job_id,))
+            c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
     def mark_held(self, job_id: int, missing: Sequence[str] = ()) -> None:
         """The claim's renames are done: the files are in .fax-gateway/<job>/."""
@@ -243,23 +354,25 @@ class Store:
                 rows = c.execute("SELECT sources FROM jobs WHERE id=?", (job_id,)).fetchone()
                 kept = [s for s in json.loads(rows[0]) if s["name"] not in set(missing)]
                 c.execute("UPDATE jobs SET sources=? WHERE id=?", (json.dumps(kept), job_id))
-            c.execute("UPDATE jobs SET phase='held' WHERE id=? AND phase='claiming'", (job_id,))
+            c.execute("UPDATE jobs SET phase=? WHERE id=? AND phase=?", (Phase.HELD, job_id, Phase.CLAIMING))
             detail = "gone before it was taken: " + ", ".join(missing) if missing else None
             self._event(c, job_id, "claimed", detail)
 
     def accept_job(self, job_id: int, *, numbers: Sequence[str], options: dict[str, Any],
-                   sha256: Sequence[str | None], pages: int, send_at: float | None = None) -> None:
+                   sha256: Sequence[str | None], pages: int, send_at: float | None = None,
+                   kinds: Sequence[str] = ()) -> None:
         """The documents are valid and have destinations: one queued recipient per number."""
         now = _now()
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET options=?, sha256=?, pages=? WHERE id=?",
-                      (json.dumps(options), json.dumps(list(sha256)), pages, job_id))
+            c.execute("UPDATE jobs SET options=?, sha256=?, pages=?, kinds=? WHERE id=?",
+                      (json.dumps(options), json.dumps(list(sha256)), pages, json.dumps(list(kinds)),
+                       job_id))
             for pos, number in enumerate(numbers):
                 cur = c.execute(
                     "INSERT INTO recipients(job_id, position, number, state, attempts, pages,"
                     " next_action_at, updated_at, send_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (job_id, pos, number, "queued", 0, pages, now, now, send_at))
-                self._event(c, job_id, "queued", number, recipient_id=int(cur.lastrowid), at=now)
+                    (job_id, pos, number, S.QUEUED, 0, pages, now, now, send_at))
+                self._event(c, job_id, S.QUEUED, number, recipient_id=int(cur.lastrowid), at=now)
             self._refresh_job_state(c, job_id)
 
     def reject_job(self, job_id: int, reason_code: str, reason: str, *,
@@ -267,15 +380,20 @@ class Store:
                    options: dict[str, Any] | None = None) -> None:
         """A job refused before sending: never sent, so recipients have attempts 0."""
         now = _now()
+        reason = shown(reason)
         with self.transaction() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            check_transition(JOB_TRANSITIONS, row["state"], S.REJECTED, f"job {job_id}")
             for pos, number in enumerate(numbers):
                 c.execute("INSERT INTO recipients(job_id, position, number, state, attempts, updated_at)"
-                          " VALUES (?,?,?,?,?,?)", (job_id, pos, number, "failed", 0, now))
-            c.execute("UPDATE jobs SET state='rejected', reason=?, reason_code=?, completed_at=?,"
+                          " VALUES (?,?,?,?,?,?)", (job_id, pos, number, S.FAILED, 0, now))
+            c.execute("UPDATE jobs SET state=?, reason=?, reason_code=?, completed_at=?,"
                       " sha256=?, options=? WHERE id=?",
-                      (reason, reason_code, now, json.dumps(list(sha256)),
+                      (S.REJECTED, reason, reason_code, now, json.dumps(list(sha256)),
                        json.dumps(options or {}), job_id))
-            self._event(c, job_id, "rejected", f"{reason_code}: {reason}", at=now)
+            self._event(c, job_id, S.REJECTED, f"{reason_code}: {reason}", at=now)
 
     # -- submitting -----------------------------------------------------------------
 
@@ -300,9 +418,9 @@ class Store:
         with self.transaction() as c:
             r = c.execute("SELECT job_id, state, ifax_job_id FROM recipients WHERE id=?",
                           (recipient_id,)).fetchone()
-            if r is None or r["state"] not in ("queued", "retry_wait"):
+            if r is None or r["state"] not in (S.QUEUED, S.RETRY_WAIT):
                 return False
-            self._set_recipient(c, recipient_id, r["job_id"], "submitting",
+            self._set_recipient(c, recipient_id, r["job_id"], S.SUBMITTING,
                                 f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None)
         return True
 
@@ -323,14 +441,14 @@ class Store:
                       " WHERE id=?",
                       (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
                        json.dumps(ids), recipient_id))
-            self._set_recipient(c, recipient_id, r["job_id"], "sending", f"iFax job {ifax_job_id}",
+            self._set_recipient(c, recipient_id, r["job_id"], S.SENDING, f"iFax job {ifax_job_id}",
                                 next_action_at=next_poll_at)
 
     def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
         """The request certainly did not reach iFax: back to waiting, nothing counted."""
         with self.transaction() as c:
             r = c.execute("SELECT job_id, ifax_job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
-            self._set_recipient(c, recipient_id, r["job_id"], "retry_wait" if r["ifax_job_id"] else "queued",
+            self._set_recipient(c, recipient_id, r["job_id"], S.RETRY_WAIT if r["ifax_job_id"] else S.QUEUED,
                                 detail, next_action_at=retry_at)
 
     def mark_submit_refused(self, recipient_id: int, message: str, code: Any = None) -> None:
@@ -338,7 +456,7 @@ class Store:
             job_id = self._job_of(c, recipient_id)
             c.execute("UPDATE recipients SET message=?, code=? WHERE id=?",
                       (message, _text(code), recipient_id))
-            self._set_recipient(c, recipient_id, job_id, "failed", f"refused by iFax: {message}")
+            self._set_recipient(c, recipient_id, job_id, S.FAILED, f"refused by iFax: {message}")
 
     def mark_submit_uncertain(self, recipient_id: int, detail: str, *, resend: bool = False) -> None:
         """iFax may have accepted the fax: it counts as an attempt.  With on_uncertain: fail
@@ -348,7 +466,7 @@ class Store:
             if resend:
                 c.execute("UPDATE recipients SET attempts=attempts+1 WHERE id=?", (recipient_id,))
                 self._set_recipient(c, recipient_id, r["job_id"],
-                                    "retry_wait" if r["ifax_job_id"] else "queued",
+                                    S.RETRY_WAIT if r["ifax_job_id"] else S.QUEUED,
                                     f"outcome unknown ({detail}); submitting again (on_uncertain: resend)",
                                     next_action_at=_now())
                 return
@@ -356,7 +474,7 @@ class Store:
                        "check the iFax dashboard before sending it again")
             c.execute("UPDATE recipients SET attempts=attempts+1, message=? WHERE id=?",
                       (message, recipient_id))
-            self._set_recipient(c, recipient_id, r["job_id"], "failed", message)
+            self._set_recipient(c, recipient_id, r["job_id"], S.FAILED, message)
 
     # -- polling --------------------------------------------------------------------
 
@@ -417,25 +535,33 @@ class Store:
 
     # -- filing ---------------------------------------------------------------------
 
-    def jobs_to_file(self, limit: int = 100) -> list[Job]:
-        """Finished jobs whose files still lie in .fax-gateway/<job>/ (or half moved)."""
+    def jobs_to_file(self, *, after: int = 0, limit: int = 100,
+                     skip_outboxes: Sequence[str] = ()) -> list[tuple[int, str]]:
+        """(id, outbox) of finished jobs whose files still lie in their private folder (or
+        half moved), or are being taken back for a resend, from `after` on.  The caller
+        walks the whole list in turns (a cursor), so jobs it cannot file yet never hold
+        up the ones behind them, however many there are."""
+        marks = ",".join("?" * len(skip_outboxes))
+        skip = f" AND outbox NOT IN ({marks})" if skip_outboxes else ""
         with self._lock:
-            ids = [r[0] for r in self.conn.execute(
-                "SELECT id FROM jobs WHERE phase IN ('held','filing') AND state IN"
-                " ('delivered','failed','canceled','rejected') ORDER BY id LIMIT ?", (limit,))]
-        return [self.get_job(i) for i in ids]
+            rows = self.conn.execute(
+                "SELECT id, outbox FROM jobs WHERE ((phase IN ('held','filing') AND state IN"
+                " ('delivered','failed','canceled','rejected')) OR phase='unfiling') AND id>?" + skip +
+                " ORDER BY id LIMIT ?", (after, *skip_outboxes, limit)).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def record_filing_intent(self, job_id: int, filed_to: str, filed_root: str, suffix: int) -> None:
         """Commit where the files go before the first one moves, so a restart repeats the
         same move instead of choosing another name."""
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET phase='filing', filed_to=?, filed_root=?, filed_suffix=?"
-                      " WHERE id=? AND phase='held'", (filed_to, filed_root, suffix, job_id))
+            c.execute("UPDATE jobs SET phase=?, filed_to=?, filed_root=?, filed_suffix=?"
+                      " WHERE id=? AND phase=?", (Phase.FILING, filed_to, filed_root, suffix, job_id,
+                                                  Phase.HELD))
             self._event(c, job_id, "filing", f"to {filed_to}/" + (f" as -{suffix}" if suffix else ""))
 
     def mark_filed(self, job_id: int) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET phase='filed' WHERE id=?", (job_id,))
+            c.execute("UPDATE jobs SET phase=? WHERE id=?", (Phase.FILED, job_id))
             self._event(c, job_id, "filed")
 
     # -- operator requests (cancel, resend) -----------------------------------------
@@ -472,19 +598,19 @@ class Store:
         with self.transaction() as c:
             for r in c.execute("SELECT id FROM recipients WHERE job_id=? AND state IN"
                                " ('queued','retry_wait')", (job_id,)).fetchall():
-                self._set_recipient(c, r["id"], job_id, "canceled", detail)
+                self._set_recipient(c, r["id"], job_id, S.CANCELED, detail)
 
     def mark_canceled(self, recipient_id: int, detail: str) -> None:
         """A sending fax that iFax confirmed canceled (fax-cancel)."""
         with self.transaction() as c:
             r = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
-            if r is not None and r["state"] == "sending":
-                self._set_recipient(c, recipient_id, r["job_id"], "canceled", detail)
+            if r is not None and r["state"] == S.SENDING:
+                self._set_recipient(c, recipient_id, r["job_id"], S.CANCELED, detail)
 
     def record_unfiling_intent(self, job_id: int) -> None:
         """Commit that the job's files are about to be taken back from failed/."""
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET phase='unfiling' WHERE id=? AND phase='filed'", (job_id,))
+            c.execute("UPDATE jobs SET phase=? WHERE id=? AND phase=?", (Phase.UNFILING, job_id, Phase.FILED))
             self._event(c, job_id, "unfiling", "documents taken back from failed/ to send again")
 
     def reopen_job(self, job_id: int) -> int:
@@ -495,12 +621,12 @@ class Store:
         with self.transaction() as c:
             rows = c.execute("SELECT id, ifax_job_id FROM recipients WHERE job_id=? AND state IN"
                              " ('failed','canceled')", (job_id,)).fetchall()
-            c.execute("UPDATE jobs SET phase='held', filed_to=NULL, filed_root=NULL, filed_suffix=NULL,"
-                      " completed_at=NULL, reason=NULL, reason_code=NULL WHERE id=?", (job_id,))
+            c.execute("UPDATE jobs SET phase=?, filed_to=NULL, filed_root=NULL, filed_suffix=NULL,"
+                      " completed_at=NULL, reason=NULL, reason_code=NULL WHERE id=?", (Phase.HELD, job_id))
             for r in rows:
                 c.execute("UPDATE recipients SET given_up=0, awaiting_fresh=0, message=NULL, code=NULL"
                           " WHERE id=?", (r["id"],))
-                self._set_recipient(c, r["id"], job_id, "retry_wait" if r["ifax_job_id"] else "queued",
+                self._set_recipient(c, r["id"], job_id, S.RETRY_WAIT if r["ifax_job_id"] else S.QUEUED,
                                     "sent again at the operator's request", next_action_at=now)
             for q in c.execute("SELECT id FROM requests WHERE job_id=? AND action='resend' AND"
                                " done_at IS NULL", (job_id,)).fetchall():
@@ -508,21 +634,56 @@ class Store:
                                      f"{len(rows)} recipient(s)")
         return len(rows)
 
+    # -- blocked items (SPEC 4.5) ----------------------------------------------------
+
+    def set_blocked(self, *, outbox: str, stage: str, item: str, reason: str,
+                    job_id: int | None = None) -> None:
+        """One row per blocked item, written when it becomes blocked or its reason changes
+        (never per try), so the CLI, /healthz and the metric show the same set."""
+        item, reason = shown(item), shown(reason)
+        with self.transaction() as c:
+            row = c.execute("SELECT id, reason FROM blocked WHERE outbox=? AND stage=? AND item=?",
+                            (outbox, stage, item)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO blocked(outbox, stage, item, reason, since, job_id) VALUES"
+                          " (?,?,?,?,?,?)", (outbox, stage, item, reason, _now(), job_id))
+            elif row["reason"] != reason:
+                c.execute("UPDATE blocked SET reason=?, job_id=? WHERE id=?", (reason, job_id, row["id"]))
+
+    def clear_blocked(self, *, outbox: str, stage: str, item: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM blocked WHERE outbox=? AND stage=? AND item=?",
+                      (outbox, stage, shown(item)))
+
+    def clear_all_blocked(self) -> None:
+        """At start-up: each stage finds its blocked items again on its first try."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM blocked")
+
+    def list_blocked(self, limit: int | None = None) -> list[Blocked]:
+        sql = "SELECT * FROM blocked ORDER BY since, id" + (" LIMIT ?" if limit else "")
+        with self._lock:
+            rows = self.conn.execute(sql, (limit,) if limit else ()).fetchall()
+        return [Blocked(outbox=r["outbox"], stage=r["stage"], item=r["item"], reason=r["reason"],
+                        since=r["since"], job_id=r["job_id"]) for r in rows]
+
+    def count_blocked(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self.conn.execute("SELECT outbox, stage, COUNT(*) FROM blocked GROUP BY outbox, stage")
+            return {(r[0], r[1]): r[2] for r in rows}
+
     # -- recovery -------------------------------------------------------------------
 
-    def jobs_in_phase(self, phase: str) -> list[Job]:
+    def job_ids_in_phase(self, phase: str) -> list[int]:
         with self._lock:
-            ids = [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE phase=? ORDER BY id",
-                                                   (phase,))]
-        return [self.get_job(i) for i in ids]
+            rows = self.conn.execute("SELECT id FROM jobs WHERE phase=? ORDER BY id", (phase,))
+            return [r[0] for r in rows]
 
-    def held_jobs_without_recipients(self) -> list[Job]:
-        """Claimed jobs that died before they were accepted or rejected."""
+    def held_job_ids_without_recipients(self) -> list[int]:
         with self._lock:
-            ids = [r[0] for r in self.conn.execute(
+            return [r[0] for r in self.conn.execute(
                 "SELECT id FROM jobs WHERE phase='held' AND state='queued' AND NOT EXISTS"
                 " (SELECT 1 FROM recipients WHERE job_id=jobs.id) ORDER BY id")]
-        return [self.get_job(i) for i in ids]
 
     def forget_poll_clocks(self) -> None:
         """After a restart the time the gateway was down does not count toward giving up."""
@@ -616,6 +777,11 @@ class Store:
     def _set_recipient(self, c: sqlite3.Connection, recipient_id: int, job_id: int, state: str,
                        detail: str | None = None, *, next_action_at: float | None = None) -> None:
         now = _now()
+        row = c.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no recipient {recipient_id}")
+        check_transition(RECIPIENT_TRANSITIONS, row["state"], state,
+                         f"recipient {recipient_id} of job {job_id}")
         if next_action_at is None:
             c.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=?", (state, now, recipient_id))
         else:
@@ -636,20 +802,21 @@ class Store:
             new = min(active, key=ACTIVE_ORDER.index)
             completed = None
         elif all(s == "delivered" for s in states):
-            new, completed = "delivered", _now()
+            new, completed = S.DELIVERED, _now()
         elif all(s == "canceled" for s in states):
-            new, completed = "canceled", _now()
+            new, completed = S.CANCELED, _now()
         else:
-            new, completed = "failed", _now()
+            new, completed = S.FAILED, _now()
         if new == job["state"]:
             return
+        check_transition(JOB_TRANSITIONS, job["state"], new, f"job {job_id}")
         reason = reason_code = None
-        if new == "failed":
+        if new == S.FAILED:
             msgs = [f"{r['number']}: {r['message'] or r['state']}" for r in c.execute(
                 "SELECT number, state, message FROM recipients WHERE job_id=? AND state!='delivered'",
                 (job_id,))]
-            reason = "the fax was not delivered to " + "; ".join(msgs)
-        elif new == "canceled":
+            reason = shown("the fax was not delivered to " + "; ".join(msgs))
+        elif new == S.CANCELED:
             reason = "the fax was canceled before it was delivered"
         c.execute("UPDATE jobs SET state=?, completed_at=?, reason=?, reason_code=? WHERE id=?",
                   (new, completed, reason, reason_code, job_id))
@@ -662,7 +829,7 @@ def _text(value: Any) -> str | None:
 
 
 def _recipient(r: sqlite3.Row) -> Recipient:
-    return Recipient(id=r["id"], job_id=r["job_id"], number=r["number"], state=r["state"],
+    return Recipient(id=r["id"], job_id=r["job_id"], number=r["number"], state=JobState(r["state"]),
                      attempts=r["attempts"] or 0, ifax_job_id=r["ifax_job_id"], pages=r["pages"],
                      transferred_pages=r["transferred_pages"], cost=r["cost"], code=r["code"],
                      message=r["message"], accepted_at=r["accepted_at"],
@@ -673,13 +840,14 @@ def _recipient(r: sqlite3.Row) -> Recipient:
 
 
 def _job(r: sqlite3.Row) -> Job:
-    return Job(id=r["id"], outbox=r["outbox"], outbox_path=r["outbox_path"], state=r["state"],
-               phase=r["phase"], reason=r["reason"], reason_code=r["reason_code"],
-               simulated=bool(r["simulated"]), rel_dir=r["rel_dir"] or "",
+    return Job(id=r["id"], outbox=r["outbox"], outbox_path=r["outbox_path"], state=JobState(r["state"]),
+               phase=Phase(r["phase"]), reason=r["reason"], reason_code=r["reason_code"],
+               simulated=bool(r["simulated"]), rel_dir=_name_out(r["rel_dir"]) or "",
                sources=[SourceFile(**s) for s in json.loads(r["sources"] or "[]")],
-               documents=json.loads(r["documents"] or "[]"), sidecar=r["sidecar"],
-               primary=r["primary_name"], options=json.loads(r["options"] or "{}"),
+               documents=json.loads(r["documents"] or "[]"), sidecar=_name_out(r["sidecar"]),
+               primary=_name_out(r["primary_name"]), options=json.loads(r["options"] or "{}"),
                sha256=json.loads(r["sha256"] or "[]"), pages=r["pages"], created_at=r["created_at"],
                settled_at=r["settled_at"], completed_at=r["completed_at"], filed_to=r["filed_to"],
-               filed_root=r["filed_root"], filed_suffix=r["filed_suffix"])
+               filed_root=r["filed_root"], filed_suffix=r["filed_suffix"], sent_root=r["sent_root"],
+               failed_root=r["failed_root"], kinds=json.loads(r["kinds"] or "[]"))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -24,6 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from gateway.names import shown
 from gateway.spool import JOB_DIR
 
 log = logging.getLogger("gateway.watcher")
@@ -56,10 +59,17 @@ class Seen:
     closes: int = 0
     open_signal: bool = False
     warned: bool = False
+    check_at: float | None = None  # when its settle deadline comes (None: waits for an event)
+    lease_holds: int = 0           # settle checks a writer without events held back
 
     @property
     def held_open(self) -> bool:
         return self.opens > self.closes
+
+    @property
+    def ready(self) -> bool:
+        """Settled, and no process we saw open it holds it now."""
+        return self.settled_at is not None and not self.held_open
 
     @property
     def size(self) -> int:
@@ -80,6 +90,26 @@ class WatchedOutbox:
     observer: object | None = None
     next_rescan: float = 0.0
     files: dict[str, Seen] = field(default_factory=dict)  # by path relative to root
+    by_folder: dict[str, dict[str, Seen]] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # folders whose files changed since last planned
+    long_waiting: int = 0
+
+    def put(self, seen: Seen) -> None:
+        self.files[seen.rel] = seen
+        folder, _, name = seen.rel.rpartition(os.sep)
+        self.by_folder.setdefault(folder, {})[name] = seen
+
+    def drop(self, rel: str, *, dirty: bool = True) -> None:
+        if self.files.pop(rel, None) is None:
+            return
+        folder, _, name = rel.rpartition(os.sep)
+        files = self.by_folder.get(folder)
+        if files is not None:
+            files.pop(name, None)
+            if not files:
+                del self.by_folder[folder]
+        if dirty:
+            self.dirty.add(folder)
 
 
 class _Enqueue(FileSystemEventHandler):
@@ -106,10 +136,17 @@ class _OverflowFlag(logging.Handler):
 
 
 class Watcher:
+    """Work is driven by deadlines (SPEC 4.5): a waiting file is looked at when an event
+    says it changed, when its settle deadline comes, or at a rescan; a file a writer holds
+    open costs nothing until its writer closes it."""
+
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
         self.outboxes: dict[str, WatchedOutbox] = {}
         self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self._deadlines: list[tuple[float, int, str, str]] = []  # (when, seq, outbox, rel)
+        self._seq = itertools.count()
+        self._next_sweep = 0.0
         self._overflow = _OverflowFlag()
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
@@ -147,9 +184,9 @@ class Watcher:
 
     # -- events ---------------------------------------------------------------------
 
-    def drain(self) -> int:
+    def drain(self, limit: int = 20000) -> int:
         n = 0
-        while True:
+        while n < limit:
             try:
                 outbox, kind, src, dest, is_dir = self.q.get_nowait()
             except queue.Empty:
@@ -173,7 +210,13 @@ class Watcher:
             log.warning("filesystem events were lost (inotify queue overflow): rescanning every outbox now")
             for wo in self.outboxes.values():
                 wo.next_rescan = 0.0
+                for seen in wo.files.values():  # open/close counts may have lost their close
+                    seen.opens = seen.closes = 0
         return n
+
+    def _schedule(self, wo: WatchedOutbox, seen: Seen, when: float) -> None:
+        seen.check_at = when
+        heapq.heappush(self._deadlines, (when, next(self._seq), wo.name, seen.rel))
 
     def _touch(self, wo: WatchedOutbox, path: str, *, kind: str) -> None:
         try:
@@ -184,89 +227,150 @@ class Watcher:
             return
         now = self.clock()
         seen = wo.files.get(rel)
+        folder = rel.rpartition(os.sep)[0]
         if kind == "gone":
             if seen is not None and not os.path.lexists(path):
-                del wo.files[rel]
+                wo.drop(rel)
             return
         if seen is None:
             sig = _signature(path)
             if sig is None or stat.S_ISDIR(sig[3]):
                 return
-            seen = wo.files[rel] = Seen(wo.name, rel, sig, now, now)
+            seen = Seen(wo.name, rel, sig, now, now)
+            wo.put(seen)
         if kind == "opened":
             seen.opens += 1
             seen.open_signal = True
-        elif kind in ("closed", "closed_write"):
+            return  # held: looked at again when it is closed
+        if kind in ("closed", "closed_write"):
             seen.closes += 1
             if seen.closes > seen.opens:  # opened before the watch began: no signal to count
                 seen.opens = seen.closes = 0
-            if kind == "closed_write":
-                seen.changed_at = now
-        else:
-            seen.changed_at = now
+            if kind == "closed":
+                if seen.ready:
+                    wo.dirty.add(folder)  # only read (by us or anyone): still settled
+                elif not seen.held_open and seen.check_at is None:
+                    self._schedule(wo, seen, max(now, seen.changed_at + wo.settle))
+                return
+        seen.changed_at = now
+        if seen.settled_at is not None:
+            seen.settled_at = None
+            wo.dirty.add(folder)
+        if not seen.held_open:
+            self._schedule(wo, seen, now + wo.settle)
 
     # -- rescans and settling -------------------------------------------------------
 
     def rescan(self, wo: WatchedOutbox) -> None:
         now = self.clock()
         wo.next_rescan = now + wo.rescan
-        found = set()
-        for rel in _walk(wo.root):
+        found: set[str] = set()
+        for rel, sig in _walk(wo.root):
             found.add(rel)
-            if rel not in wo.files:
-                sig = _signature(wo.root / rel)
-                if sig is not None:
-                    wo.files[rel] = Seen(wo.name, rel, sig, now, now)
-        for rel in list(wo.files):
-            if rel not in found and not os.path.lexists(wo.root / rel):
-                del wo.files[rel]
+            seen = wo.files.get(rel)
+            if seen is None:
+                seen = Seen(wo.name, rel, sig, now, now)
+                wo.put(seen)
+                self._schedule(wo, seen, now + wo.settle)
+            elif sig != seen.sig and seen.check_at is None and not seen.held_open:
+                self._schedule(wo, seen, now)  # changed without an event: the check sees it
+        for rel in [r for r in wo.files if r not in found]:
+            if not os.path.lexists(wo.root / rel):
+                wo.drop(rel)
 
-    def tick(self) -> None:
-        """Re-read every waiting file; a changed signature restarts its settle time."""
+    def tick(self, budget: float = 0.2) -> None:
+        """Rescans that are due, then settle deadlines that have come, for at most about
+        `budget` seconds: what is left waits for the next call."""
         now = self.clock()
         for wo in self.outboxes.values():
             if now >= wo.next_rescan:
                 self.rescan(wo)
-            for rel, seen in list(wo.files.items()):
-                sig = _signature(wo.root / rel)
-                if sig is None:
-                    del wo.files[rel]
-                    continue
-                if sig != seen.sig:
-                    if sig[2] != seen.ino:  # a new file under the same name
-                        seen.opens = seen.closes = 0
-                    seen.sig, seen.changed_at, seen.settled_at = sig, now, None
-                if seen.held_open or now - seen.changed_at < wo.settle:
-                    seen.settled_at = None
-                elif seen.settled_at is None:
-                    if open_for_writing(wo.root / rel, sig):
-                        seen.changed_at = now  # a writer we had no event for still holds it
-                        continue
-                    seen.settled_at = now
-                if not seen.warned and now - seen.first_seen > LONG_WAIT:
-                    seen.warned = True
-                    log.warning("%s: %s has waited more than 10 minutes (%s)", wo.name, rel,
-                                "still open by its writer" if seen.held_open else "still changing or "
-                                "waiting for its sidecar or destination")
+        if now >= self._next_sweep:
+            self._next_sweep = now + 10.0
+            self._sweep_long_waiting(now)
+        end = time.monotonic() + budget
+        while self._deadlines and self._deadlines[0][0] <= now:
+            when, _, outbox, rel = heapq.heappop(self._deadlines)
+            wo = self.outboxes.get(outbox)
+            seen = wo.files.get(rel) if wo else None
+            if wo is None or seen is None or seen.check_at != when:
+                continue  # stale: rescheduled or gone since
+            seen.check_at = None
+            self._check(wo, seen, now)
+            if time.monotonic() > end:
+                break
+
+    def _check(self, wo: WatchedOutbox, seen: Seen, now: float) -> None:
+        folder = seen.rel.rpartition(os.sep)[0]
+        sig = _signature(wo.root / seen.rel)
+        if sig is None or stat.S_ISDIR(sig[3]):
+            wo.drop(seen.rel)
+            return
+        if sig != seen.sig:
+            if sig[2] != seen.ino:  # a new file under the same name
+                seen.opens = seen.closes = 0
+            seen.sig, seen.changed_at = sig, now
+            if seen.settled_at is not None:
+                seen.settled_at = None
+                wo.dirty.add(folder)
+            if not seen.held_open:
+                self._schedule(wo, seen, now + wo.settle)
+            return
+        if seen.held_open or seen.settled_at is not None:
+            return
+        if now - seen.changed_at < wo.settle:
+            self._schedule(wo, seen, seen.changed_at + wo.settle)
+            return
+        if open_for_writing(wo.root / seen.rel, sig):
+            # A writer we had no event for still holds it: look again later, less often
+            # the longer it stays open, so that many such files cost little.
+            seen.lease_holds += 1
+            self._schedule(wo, seen, now + min(wo.rescan, wo.settle * 2 ** min(seen.lease_holds, 16)))
+            return
+        seen.lease_holds = 0
+        seen.settled_at = now
+        wo.dirty.add(folder)
+
+    def _sweep_long_waiting(self, now: float) -> None:
+        for wo in self.outboxes.values():
+            late = [s for s in wo.files.values() if now - s.first_seen > LONG_WAIT]
+            wo.long_waiting = len(late)
+            new = [s for s in late if not s.warned]
+            for s in new:
+                s.warned = True
+            if new:
+                held = sum(1 for s in new if s.held_open)
+                log.warning("%s: %d file(s) have waited more than 10 minutes (%d still open by their writer, "
+                            "the others still changing or waiting for a sidecar or destination), e.g. %s",
+                            wo.name, len(new), held, ", ".join(shown(s.rel) for s in new[:3]))
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
 
     def forget(self, outbox: str, rel: str) -> None:
         """Called when a file has been claimed: a file later found at this name is new."""
-        self.outboxes[outbox].files.pop(rel, None)
+        wo = self.outboxes.get(outbox)
+        if wo is not None:
+            wo.drop(rel, dirty=False)
+
+    def take_dirty(self, outbox: str) -> set[str]:
+        """Folders whose files changed since the last call: the ones worth planning again."""
+        wo = self.outboxes[outbox]
+        dirty, wo.dirty = wo.dirty, set()
+        return dirty
+
+    def files_in(self, outbox: str, folder: str) -> dict[str, Seen]:
+        return self.outboxes[outbox].by_folder.get(folder, {})
 
     def folders(self, outbox: str) -> Iterator[tuple[str, dict[str, Seen]]]:
         """The files seen, grouped by folder (relative to the outbox root)."""
-        groups: dict[str, dict[str, Seen]] = {}
-        for rel, seen in self.outboxes[outbox].files.items():
-            folder, _, name = rel.rpartition(os.sep)
-            groups.setdefault(folder, {})[name] = seen
-        yield from groups.items()
+        yield from list(self.outboxes[outbox].by_folder.items())
 
     def waiting(self, outbox: str) -> int:
         return len(self.outboxes[outbox].files)
 
     def long_waiting(self, outbox: str) -> int:
-        now = self.clock()
-        return sum(1 for s in self.outboxes[outbox].files.values() if now - s.first_seen > LONG_WAIT)
+        return self.outboxes[outbox].long_waiting
 
 
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
@@ -316,7 +420,8 @@ def _signature(path: str | Path) -> tuple[int, int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
 
-def _walk(root: Path) -> Iterator[str]:
+def _walk(root: Path) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+    """Every file below root with its signature; links to folders are not followed."""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -329,9 +434,10 @@ def _walk(root: Path) -> Iterator[str]:
             if e.name == JOB_DIR or is_ignored(rel):
                 continue
             try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                    continue
+                st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            yield rel
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(rel)
+                continue
+            yield rel, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)

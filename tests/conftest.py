@@ -233,6 +233,35 @@ def daemon(make_config: Callable[..., Path]) -> Iterator[Callable[..., Daemon]]:
         d.kill()
 
 
+def without_root_file_access() -> tuple[str, ...]:
+    """Root reads and writes every file; without these two capabilities it obeys file modes
+    like the unprivileged service user does (SPEC 4.5: test as the service user runs)."""
+    import shutil
+    if os.geteuid() != 0:
+        return ()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is needed to drop root's file-access override")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+def job_rows(db: Path) -> int:
+    import sqlite3
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text, or None if it is not there."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + want + "}" if want else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,

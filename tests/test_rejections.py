@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import make_pdf, make_tiff
+from conftest import make_pdf, make_tiff, without_root_file_access
 
 
 def _reject(service, spool, simulator, rel: str, data: bytes, **overrides):
@@ -147,19 +147,8 @@ def test_links_and_fifos_are_never_opened(service, spool, simulator, tmp_path, k
     assert simulator.requests("fax-send") == []
 
 
-def _without_root_file_access():
-    """Root reads every file; without these two capabilities it obeys file modes like the
-    unprivileged service user does."""
-    import shutil
-    if os.geteuid() != 0:
-        return ()
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv is needed to drop root's file-access override")
-    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
-
-
 def test_unreadable_file_is_rejected_and_one_made_readable_is_sent(daemon, spool, simulator):
-    d = daemon(prefix=_without_root_file_access()).start()
+    d = daemon(prefix=without_root_file_access()).start()
     folder = spool.folder("+15551230412")
     locked, late = folder / "locked.pdf", folder / "late.pdf"
     for path in (locked, late):

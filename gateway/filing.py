@@ -1,0 +1,152 @@
+"""Stage 3, filing: finished jobs move to `sent/` or `failed/` with their result file,
+and failed jobs an operator sends again are taken back (SPEC 4.4, 2).
+
+Its own loop, so a slow copy to a network share never holds up a send or a poll.  Jobs
+are walked in turns with a cursor: one that cannot be filed (a folder in the way, a
+full disk, a paused or removed outbox) is blocked with a backoff and never holds up
+the ones behind it, however many there are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from gateway import spool
+from gateway.blocking import BlockedItems
+from gateway.config import OutboxConfig
+from gateway.errors import SpoolError
+from gateway.faults import crash_point
+from gateway.metrics import Metrics
+from gateway.names import shown
+from gateway.results import result_document
+from gateway.stage import Stage
+from gateway.store import Job, JobState, Phase, Store
+
+BATCH = 100
+IDLE = 1.0
+SLICE = 0.5
+
+
+class Filing(Stage):
+    name = "filing"
+
+    def __init__(self, store: Store, outboxes: Mapping[str, OutboxConfig], metrics: Metrics, *,
+                 file_names: bool, paused: dict[str, str],
+                 folder_problem: Callable[[str], str | None] = lambda outbox: None,
+                 on_finished: Callable[[Job, Path | None], None] | None = None,
+                 on_reopened: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.store, self.outboxes, self.metrics = store, dict(outboxes), metrics
+        self.file_names = file_names
+        self.paused = paused
+        self.folder_problem = folder_problem  # asked right before writing: the periodic check may be late
+        self.on_finished = on_finished
+        self.on_reopened = on_reopened
+        self.blocked = BlockedItems(store, "filing", self.log,
+                                    lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
+                                    else 60.0)
+        self._cursor = 0
+
+    def turn(self) -> float:
+        end = time.monotonic() + SLICE
+        batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
+        for job_id, outbox in batch:
+            self._cursor = job_id
+            if time.monotonic() > end:
+                return 0.0
+            key = ("job", job_id)
+            if not self.blocked.due(key) or self.folder_problem(outbox):
+                continue  # never write into a folder that is missing or an empty mount point
+            try:
+                self.file_or_take_back(self.store.get_job(job_id))
+            except Exception as exc:
+                self.blocked.block(key, outbox=outbox, item=f"job {job_id}", job_id=job_id,
+                                   reason=_filing_problem(exc))
+            else:
+                self.blocked.clear(key, "filed")
+        if len(batch) < BATCH:
+            self._cursor = 0
+            return IDLE
+        return 0.0
+
+    def file_or_take_back(self, job: Job) -> None:
+        if job.phase == Phase.UNFILING:
+            self.take_back(job)
+        else:
+            self.file_job(job)
+
+    # -- filing -----------------------------------------------------------------------
+
+    def _roots(self, job: Job) -> tuple[Path, Path]:
+        """Where the job was told to go when it was claimed; the configuration only for
+        jobs claimed before that was recorded."""
+        ob = self.outboxes.get(job.outbox)
+        sent = job.sent_root or (str(ob.sent) if ob else None)
+        failed = job.failed_root or (str(ob.failed) if ob else None)
+        if sent is None or failed is None:
+            raise SpoolError(f"its outbox {job.outbox!r} is no longer in the configuration and the job "
+                             "does not record its sent/failed folders: add the outbox back to file it")
+        return Path(sent), Path(failed)
+
+    def file_job(self, job: Job) -> None:
+        first_time = job.phase == Phase.HELD
+        if first_time:
+            filed_to = "sent" if job.state == JobState.DELIVERED else "failed"
+            sent, failed = self._roots(job)
+            root = sent if filed_to == "sent" else failed
+            names = job.names + [result_name(job)]
+            suffix = spool.choose_suffix(root / job.rel_dir, names, bases(job))
+            self.store.record_filing_intent(job.id, filed_to, str(root), suffix)
+            job = self.store.get_job(job.id)
+        assert job.filed_root is not None and job.filed_suffix is not None
+        b = bases(job)
+        filed = [spool.suffixed(n, job.filed_suffix, b) for n in job.names]
+        spool.file_job(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir,
+                       names=job.names, bases=b, dest_root=Path(job.filed_root),
+                       suffix=job.filed_suffix, result_name=result_name(job),
+                       result=result_document(job, [shown(f) for f in filed]), crash_hook=crash_point)
+        self.store.mark_filed(job.id)
+        if first_time:
+            if job.state == JobState.REJECTED:
+                self.metrics.files_rejected.labels(job.outbox, job.reason_code or "unknown").inc()
+            else:
+                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
+        what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
+        self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
+        if self.on_finished:
+            result_path = (Path(job.filed_root) / job.rel_dir /
+                           spool.suffixed(result_name(job), job.filed_suffix, b))
+            self.on_finished(job, result_path)
+
+    # -- taking back for a resend -------------------------------------------------------
+
+    def take_back(self, job: Job) -> None:
+        """Also what finishes a take-back interrupted by a crash (phase unfiling)."""
+        assert job.filed_root is not None and job.filed_suffix is not None
+        spool.unfile(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir, names=job.names,
+                     bases=bases(job), dest_root=Path(job.filed_root), suffix=job.filed_suffix,
+                     result_name=result_name(job), crash_hook=crash_point)
+        n = self.store.reopen_job(job.id)
+        self.log.info("job %s: taken back from failed/, sending again to %d recipient(s)", job.id, n)
+        self.on_reopened()
+
+
+def bases(job: Job) -> list[str]:
+    """The names a collision suffix follows (documents first, then the sidecar)."""
+    return job.documents + ([job.sidecar] if job.sidecar else [])
+
+
+def result_name(job: Job) -> str:
+    """`NAME.EXT.result.json`, or a shortened name that fits the filesystem (SPEC 4.5)."""
+    return spool.result_name(job.primary, job.id)
+
+
+def _filing_problem(exc: Exception) -> str:
+    if isinstance(exc, SpoolError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({shown(exc.filename)})" if exc.filename else ""
+        return f"its files could not be moved{where}: {exc.strerror or exc}; fix that and it is filed"
+    return f"filing failed ({type(exc).__name__}: {exc}); it is tried again"

@@ -1,0 +1,157 @@
+"""Judging a claimed job (SPEC 4.1-4.3): destination, document type, size and pages.
+
+It reads only what lies in the job's private folder, which no writer can reach, so it
+can run again after a crash with the same answer.  Every file is opened without
+following links and checked to be the file that was looked at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import numbers
+from gateway.config import OutboxConfig
+from gateway.doctypes import inspect_document
+from gateway.errors import Rejected
+from gateway.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
+from gateway.store import Job
+
+
+@dataclass
+class Accepted:
+    numbers: list[str]
+    options: dict[str, Any]
+    sha256: list[str | None]
+    pages: int
+    kinds: list[str]
+
+
+def safe_read(path: Path, limit: int | None = None) -> bytes:
+    """Open only regular files with one link, without following links or blocking on a
+    FIFO, and check after opening that the file is the one that was looked at."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Rejected("unreadable", f"{path.name} disappeared before it could be read") from None
+    describe_unsafe(path.name, st)
+    if limit is not None and st.st_size > limit:
+        raise Rejected("too_large", f"{path.name} is {st.st_size} bytes, the limit is {limit}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except PermissionError:
+        raise Rejected("unreadable", f"{path.name}: permission denied; the writer's umask or group "
+                       "probably leaves the file unreadable to the gateway's user") from None
+    except OSError as exc:
+        raise Rejected("unsafe_file", f"{path.name} could not be opened safely ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st2 = os.fstat(f.fileno())
+        if (st2.st_ino, st2.st_dev) != (st.st_ino, st.st_dev) or not stat.S_ISREG(st2.st_mode):
+            raise Rejected("unsafe_file", f"{path.name} was replaced while it was opened")
+        return f.read() if limit is None else f.read(limit + 1)
+
+
+def describe_unsafe(name: str, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise Rejected("unsafe_file", f"{name} is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+        raise Rejected("unsafe_file", f"{name} is {kind}")
+    if st.st_nlink > 1:
+        raise Rejected("unsafe_file", f"{name} is a hard link ({st.st_nlink} names for one file)")
+
+
+def read_sidecar(path: Path) -> Sidecar:
+    try:
+        data = safe_read(path, MAX_SIDECAR_BYTES)
+    except Rejected as exc:
+        if exc.reason_code == "too_large":
+            raise Rejected("bad_sidecar", f"{path.name} is larger than 64 KiB") from None
+        raise Rejected("bad_sidecar", f"{path.name}: {exc.reason}") from None
+    return parse_sidecar(data, path.name)
+
+
+def number_folder(rel_dir: str) -> str | None:
+    """The nearest folder between the document and the outbox root named like a number."""
+    for part in reversed([p for p in rel_dir.split(os.sep) if p]):
+        if numbers.is_number_folder(part):
+            return part
+    return None
+
+
+def has_destination_without_sidecar(rel_dir: str, outbox: OutboxConfig) -> bool:
+    return number_folder(rel_dir) is not None or bool(outbox.number)
+
+
+def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
+    """Judge a claimed job; raises Rejected with the reason a person can act on."""
+    if job.reason_code:  # decided before the claim (pairing rules) and stored with it
+        raise Rejected(job.reason_code, reason=job.reason)
+    sidecar = read_sidecar(held_dir / job.sidecar) if job.sidecar else None
+    if not job.documents:
+        raise Rejected("bad_sidecar", f"{job.sidecar} names no document")
+    dests = destinations(job.rel_dir, outbox, sidecar)
+    total_pages, sha, kinds = 0, [], []
+    for name in job.documents:
+        data = safe_read(held_dir / name, outbox.max_file_size)
+        if len(data) > outbox.max_file_size:
+            raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
+        if not data:
+            raise Rejected("empty", f"{name} is empty")
+        try:
+            info = inspect_document(data)
+        except Rejected as exc:
+            raise Rejected(exc.reason_code, f"{name}: {exc.detail}" if exc.detail else name) from None
+        total_pages += info.pages
+        kinds.append(info.kind)
+        sha.append(hashlib.sha256(data).hexdigest())
+    if total_pages > outbox.max_pages:
+        raise Rejected("too_large", f"{total_pages} pages, the limit is max_pages = {outbox.max_pages}")
+    if job.sidecar:
+        sha.append(file_sha256(held_dir / job.sidecar))
+    options: dict[str, Any] = {
+        "callerId": (sidecar.caller_id if sidecar and sidecar.caller_id else outbox.caller_id),
+        "faxQuality": (sidecar.quality if sidecar and sidecar.quality else outbox.quality),
+    }
+    if sidecar:
+        for key, value in (("subject", sidecar.subject), ("from_name", sidecar.from_name),
+                           ("to_name", sidecar.to_name), ("message", sidecar.message)):
+            if value:
+                options[key] = value
+        if sidecar.send_at:
+            options["send_at"] = sidecar.send_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        if sidecar.reference:
+            options["reference"] = sidecar.reference
+    return Accepted(dests, options, sha, total_pages, kinds)
+
+
+def destinations(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None) -> list[str]:
+    """Sidecar, else nearest number folder, else the outbox's number (SPEC 4.2)."""
+    if sidecar and sidecar.to:
+        raw = list(sidecar.to)
+    elif (folder := number_folder(rel_dir)) is not None:
+        raw = [folder]
+    elif outbox.number:
+        raw = [outbox.number]
+    else:
+        raise Rejected("no_destination")
+    result = []
+    for r in raw:
+        e164 = numbers.normalize(r, outbox.country)
+        numbers.check_allowed(e164, outbox.allow, outbox.deny)
+        if e164 not in result:
+            result.append(e164)
+    return result
+
+
+def file_sha256(path: Path) -> str | None:
+    """The checksum of a regular file, or None for one that must never be opened."""
+    try:
+        return hashlib.sha256(safe_read(path)).hexdigest()
+    except Rejected:
+        return None

@@ -1,0 +1,96 @@
+"""The shape every pipeline stage shares (intake, sending, filing): `initialize`, then
+`turn` again and again in its own thread until stopped, then `shutdown`.
+
+As in huey's consumer parts, the loop never dies: an exception that escapes a turn is
+logged once (quietly, with a count of repeats) and the loop carries on after a pause.
+A stage contains each item's failures itself; this is the last net, not the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from gateway.quietlog import Problems
+
+TURN_FAILED_PAUSE = 1.0
+
+
+class Stage:
+    """Subclasses set `name` and implement `turn`, returning how long to wait (seconds)
+    before the next turn unless woken."""
+
+    name = "stage"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heartbeat = time.monotonic()
+        self.log = logging.getLogger(f"gateway.{self.name}")
+        self.problems = Problems(self.log)
+
+    # -- the three parts ------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Work left by the last run (recovery), done in the stage's own thread, after
+        the daemon said READY, so that it never delays start-up."""
+
+    def turn(self) -> float:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Release what the stage holds; requests under way are finished by the caller."""
+
+    def loop(self) -> None:
+        try:
+            self.initialize()
+        except Exception as exc:
+            self.problems.problem("initialize", "%s: recovery at start-up failed: %s", self.name, exc,
+                                  exc=exc)
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                wait = self.turn()
+            except Exception as exc:
+                self.problems.problem("turn", "%s: a step failed and is tried again: %s: %s", self.name,
+                                      type(exc).__name__, exc, exc=exc)
+                wait = TURN_FAILED_PAUSE
+            else:
+                self.problems.clear("turn", "%s: working again", self.name)
+            if wait > 0:
+                self._wake.wait(wait)
+            self._wake.clear()
+
+    # -- running it -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stuck_for(self) -> float:
+        """Seconds since the loop last began a turn."""
+        return time.monotonic() - self.heartbeat
