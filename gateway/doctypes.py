@@ -23,7 +23,9 @@ import re
 import unicodedata
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import Rejected
 
@@ -84,12 +86,19 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def inspect_document(data: bytes) -> DocInfo:
+def inspect_document(data: bytes, max_pages: int | None = None) -> DocInfo:
     """Validate a whole document and count its pages, or raise `Rejected`.
 
     Raises Rejected("empty") for no bytes at all and Rejected("unsupported_type",
     <what the data looks like>) for anything that cannot be faxed as it is.
+
+    With `max_pages`, counting stops at the first page past it, with
+    Rejected("too_large"): a few megabytes can hold a hundred thousand pages,
+    and counting them all would hold up intake for minutes (SPEC 4.5, bounded
+    work). Without it every page is counted, within the parser's own limits.
     """
+    if max_pages is not None and max_pages < 0:
+        raise ValueError(f"max_pages must not be negative, got {max_pages}")
     if not data:
         raise Rejected("empty")
     _silence_library_warnings()
@@ -97,17 +106,23 @@ def inspect_document(data: bytes) -> DocInfo:
     if kind is None:
         raise Rejected("unsupported_type", _describe(data))
     if kind == "pdf":
-        pages = _count_pdf_pages(data)
+        pages = _count_pdf_pages(data, max_pages)
     elif kind == "tiff":
-        pages = _count_tiff_pages(data)
+        pages = _count_tiff_pages(data, max_pages)
     else:
         pages = _check_single_image(data, kind)
+        if max_pages is not None and pages > max_pages:
+            raise _too_many_pages(max_pages)
     return DocInfo(kind=kind, extension=EXTENSIONS[kind], mime=MIME_TYPES[kind], pages=pages)
 
 
-def _count_pdf_pages(data: bytes) -> int:
+def _too_many_pages(max_pages: int) -> Rejected:
+    return Rejected("too_large", f"{max_pages + 1}+ pages, the limit is max_pages = {max_pages}")
+
+
+def _count_pdf_pages(data: bytes, max_pages: int | None) -> int:
     from pypdf import PdfReader
-    from pypdf.errors import DependencyError
+    from pypdf.errors import DependencyError, LimitReachedError
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -123,18 +138,122 @@ def _count_pdf_pages(data: bytes) -> int:
             if not opened:
                 raise Rejected("unsupported_type",
                                "a password-protected PDF: save or print it again without a password")
-        pages = len(reader.pages)
-        for page in reader.pages:
-            # Touching each page resolves its object, which is where a PDF with
-            # a rebuilt cross-reference table turns out to have lost pages.
-            page.mediabox  # noqa: B018
+        pages = _count_page_tree(reader.root_object, max_pages)
     except Rejected:
         raise
+    except LimitReachedError as exc:
+        # pypdf stops at its resource limits (100,000 elements in an array,
+        # among others); what is beyond them is no damage, and far beyond
+        # anything a fax can carry.
+        raise Rejected("too_large", f"a PDF beyond what the gateway reads ({_short(exc)})") from None
     except Exception as exc:
         raise Rejected("unsupported_type", _damaged_pdf_detail(data, exc)) from None
     if pages < 1:
         raise Rejected("unsupported_type", "a PDF with no pages")
     return pages
+
+
+# Page-tree entries looked at when no max_pages is given: pypdf's own default limit,
+# so that a page tree that shares subtrees cannot make the walk exponential.
+_PAGE_TREE_CEILING = 100_000
+
+
+def _count_page_tree(catalog: Any, max_pages: int | None) -> int:
+    """Count the leaves of the page tree, looking at a bounded number of its entries.
+
+    The root's /Count is only what the writer claims: it may reject early, never
+    accept. pypdf's `len(reader.pages)` walks the whole tree, one page object
+    per leaf, up to its own limit of 100,000 entries, so the walk is done here:
+    depth first without recursion, with every entry looked at (a skipped null,
+    or a subtree reached again through another parent) costing one unit of a
+    budget derived from max_pages. Leaves and inner nodes are told apart as
+    pypdf does, so the counts agree. Each leaf needs a page size, its own or
+    inherited, as pypdf's `page.mediabox` demanded before.
+    """
+    from pypdf.generic import DictionaryObject
+
+    tree = _resolved(catalog.get("/Pages"))
+    if not isinstance(tree, DictionaryObject):
+        raise ValueError("it has no page tree")
+    if max_pages is None:
+        budget = _PAGE_TREE_CEILING
+    else:
+        declared = _resolved(tree.get("/Count"))
+        if isinstance(declared, int) and declared > max_pages:
+            raise Rejected("too_large", f"{declared} pages, the limit is max_pages = {max_pages}")
+        # Room for a few inner nodes per page: some writers wrap every page in
+        # a /Pages node of its own.
+        budget = 4 * (max_pages + 1) + 100
+    pages = entries = 0
+    on_path: set[int] = set()  # inner nodes from the root down to the current one
+    stack: list[tuple[Iterator[Any], int, Any]] = []  # (kids left, node id, inherited /MediaBox)
+    node: Any = tree
+    inherited_box: Any = None
+    while True:
+        kind = _page_tree_kind(node)
+        if kind == "/Pages":
+            if id(node) in on_path:
+                raise ValueError("its page tree loops back on itself")
+            on_path.add(id(node))
+            stack.append((iter(_kids(node)), id(node), node.get("/MediaBox", inherited_box)))
+        elif kind == "/Page":
+            pages += 1
+            if max_pages is not None and pages > max_pages:
+                raise _too_many_pages(max_pages)
+            _check_page_size(node, inherited_box, pages)
+        node = None
+        while stack and node is None:
+            kids, node_id, inherited_box = stack[-1]
+            kid = next(kids, _END)
+            if kid is _END:
+                stack.pop()
+                on_path.discard(node_id)
+                continue
+            entries += 1
+            if entries > budget:
+                limit = "" if max_pages is None else f", the limit is max_pages = {max_pages}"
+                raise Rejected("too_large", f"a page tree of more than {budget} entries{limit}")
+            candidate = _resolved(kid)
+            # pypdf skips entries that are no dictionary, or an empty one, in
+            # damaged files; so does the count.
+            if isinstance(candidate, DictionaryObject) and candidate:
+                node = candidate
+        if node is None:
+            return pages
+
+
+_END = object()
+
+
+def _resolved(value: Any) -> Any:
+    return value.get_object() if hasattr(value, "get_object") else value
+
+
+def _page_tree_kind(node: Any) -> str | None:
+    if "/Type" in node:
+        kind = _resolved(node["/Type"])
+        return kind if kind in ("/Pages", "/Page") else None
+    return "/Pages" if "/Kids" in node else "/Page"
+
+
+def _kids(node: Any) -> list[Any]:
+    from pypdf.generic import ArrayObject, NullObject
+
+    kids = _resolved(node.get("/Kids"))
+    if kids is None or isinstance(kids, NullObject):
+        return []
+    if not isinstance(kids, ArrayObject):
+        raise ValueError(f"its page tree holds /Kids of type {type(kids).__name__}")
+    return kids
+
+
+def _check_page_size(page: Any, inherited_box: Any, number: int) -> None:
+    box = _resolved(page.get("/MediaBox"))
+    if box is None:
+        box = _resolved(inherited_box)
+    if (not isinstance(box, list) or len(box) < 4
+            or not all(isinstance(_resolved(value), int | float) for value in box[:4])):
+        raise ValueError(f"page {number} has no page size")
 
 
 def _damaged_pdf_detail(data: bytes, exc: Exception) -> str:
@@ -144,8 +263,15 @@ def _damaged_pdf_detail(data: bytes, exc: Exception) -> str:
     return f"a damaged PDF: {text}"
 
 
-def _count_tiff_pages(data: bytes) -> int:
-    """Count frames and check that every frame's image data lies inside the file.
+def _count_tiff_pages(data: bytes, max_pages: int | None) -> int:
+    """Count frames one at a time and check that each frame's image data lies inside the file.
+
+    Frames are reached with `seek`, never `n_frames`: that walks the whole
+    chain of image directories, and Pillow's test for a directory seen before
+    makes the walk quadratic (190,000 one-pixel frames in 19 MB take minutes).
+    Pillow ends a chain that loops back as if it were complete; the offsets are
+    followed here as well, so that a loop is rejected as damage instead of
+    being faxed as however many pages came before it.
 
     The frames are not decoded: libtiff writes its complaints about damaged
     files straight to stderr, and a structural check already catches what
@@ -153,14 +279,27 @@ def _count_tiff_pages(data: bytes) -> int:
     """
     from PIL import Image
 
+    order = "little" if data[:2] == b"II" else "big"
+    seen = {int.from_bytes(data[4:8], order)}
+    frames = 0
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "TIFF":
                 raise ValueError(f"Pillow reads it as {image.format}")
-            frames = image.n_frames
-            for index in range(frames):
-                image.seek(index)
-                _check_tiff_frame(image, len(data), index)
+            while True:
+                try:
+                    image.seek(frames)
+                except EOFError:
+                    break
+                if max_pages is not None and frames >= max_pages:
+                    raise _too_many_pages(max_pages)
+                _check_tiff_frame(image, len(data), frames)
+                frames += 1
+                following = image.tag_v2.next  # type: ignore[attr-defined]
+                if following in seen:
+                    raise ValueError(f"page {frames} leads back to an earlier page")
+                if following:
+                    seen.add(following)
     except Image.DecompressionBombError:
         raise Rejected("unsupported_type", "an image with far more pixels than a fax page") from None
     except Rejected:

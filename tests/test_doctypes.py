@@ -6,6 +6,7 @@ import dataclasses
 import io
 import logging
 import re
+import struct
 import warnings
 import zipfile
 
@@ -42,9 +43,55 @@ def make_image(fmt: str) -> bytes:
     return out.getvalue()
 
 
-def rejection(data: bytes) -> Rejected:
+def build_pdf(*objects: bytes) -> bytes:
+    """A PDF written by hand, for page trees no writer would make: object 1 is the catalog."""
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def pdf_repeating_one_page(pages: int, *, count: int | None = None) -> bytes:
+    """`pages` pages that are all the same page object, so that 99,999 pages take 600 kB and no time."""
+    return build_pdf(
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Count %d /Kids [%s] >>" % (pages if count is None else count, b"3 0 R " * pages),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+    )
+
+
+def tiff_of_tiny_frames(frames: int, *, loop_to: int | None = None) -> bytes:
+    """`frames` one-pixel frames sharing one byte of image data, in a hand-written chain of IFDs.
+
+    With `loop_to`, the last IFD points back to that frame's instead of ending the chain.
+    """
+    first, size = 10, 2 + 8 * 12 + 4
+    entries = b"".join([
+        struct.pack("<HHIHH", 256, 3, 1, 1, 0),  # ImageWidth
+        struct.pack("<HHIHH", 257, 3, 1, 1, 0),  # ImageLength
+        struct.pack("<HHIHH", 258, 3, 1, 1, 0),  # BitsPerSample
+        struct.pack("<HHIHH", 259, 3, 1, 1, 0),  # Compression: none
+        struct.pack("<HHIHH", 262, 3, 1, 1, 0),  # PhotometricInterpretation: BlackIsZero
+        struct.pack("<HHII", 273, 4, 1, 8),      # StripOffsets: the byte after the header
+        struct.pack("<HHIHH", 278, 3, 1, 1, 0),  # RowsPerStrip
+        struct.pack("<HHII", 279, 4, 1, 1),      # StripByteCounts
+    ])
+    directory = struct.pack("<H", 8) + entries
+    following = [first + size * (index + 1) for index in range(frames)]
+    following[-1] = 0 if loop_to is None else first + size * loop_to
+    return b"".join([b"II*\x00", struct.pack("<I", first), b"\xff\x00",
+                     *(directory + struct.pack("<I", offset) for offset in following)])
+
+
+def rejection(data: bytes, max_pages: int | None = None) -> Rejected:
     with pytest.raises(Rejected) as info:
-        inspect_document(data)
+        inspect_document(data, max_pages=max_pages)
     return info.value
 
 
@@ -194,6 +241,122 @@ def test_damaged_documents_make_no_noise(capfd: pytest.CaptureFixture[str],
     assert [w for w in caught if re.search(r"(PIL|pypdf)", w.filename)] == []
     assert [r for r in caplog.records if r.name.startswith(("pypdf", "PIL"))] == []
     assert capfd.readouterr().err == ""
+
+
+# -- inspect_document: bounded page counts (SPEC 4.5) ---------------------------------
+
+def test_pages_up_to_max_pages_are_counted_exactly() -> None:
+    assert inspect_document(make_pdf(3), max_pages=3).pages == 3
+    assert inspect_document(make_pdf(3), max_pages=100).pages == 3
+    assert inspect_document(make_tiff(3), max_pages=3).pages == 3
+    assert inspect_document(tiff_of_tiny_frames(100), max_pages=100).pages == 100
+    assert inspect_document(pdf_repeating_one_page(100), max_pages=100).pages == 100
+    assert inspect_document(make_image("PNG"), max_pages=1).pages == 1
+
+
+def test_one_page_more_than_max_pages_is_too_large() -> None:
+    for data in (make_pdf(4), make_tiff(4), tiff_of_tiny_frames(4), pdf_repeating_one_page(4, count=1)):
+        error = rejection(data, max_pages=3)
+        assert error.reason_code == "too_large"
+        # 4 pages as the PDF declares them, or 4+ where counting stopped at the fourth.
+        assert re.search(r"\(4\+? pages, the limit is max_pages = 3\)", error.reason)
+    assert rejection(make_image("JPEG"), max_pages=0).reason_code == "too_large"
+
+
+def test_without_max_pages_every_page_is_counted() -> None:
+    assert inspect_document(tiff_of_tiny_frames(500)).pages == 500
+    assert inspect_document(pdf_repeating_one_page(500, count=1)).pages == 500
+
+
+def test_tiff_with_190000_frames_is_too_large() -> None:
+    error = rejection(tiff_of_tiny_frames(190_000), max_pages=100)
+    assert error.reason_code == "too_large"
+    assert "the limit is max_pages = 100" in error.reason
+
+
+@pytest.mark.parametrize("max_pages", [None, 100])
+@pytest.mark.parametrize(("frames", "loop_to"), [(1, 0), (3, 0), (3, 1)])
+def test_looping_tiff_chain_is_rejected_as_damaged(frames: int, loop_to: int, max_pages: int | None) -> None:
+    error = rejection(tiff_of_tiny_frames(frames, loop_to=loop_to), max_pages=max_pages)
+    assert error.reason_code == "unsupported_type"
+    assert "damaged TIFF" in error.reason
+    assert "leads back to an earlier page" in error.reason
+
+
+def test_pdf_with_99999_pages_is_too_large() -> None:
+    error = rejection(pdf_repeating_one_page(99_999), max_pages=100)
+    assert error.reason_code == "too_large"
+    assert "99999 pages, the limit is max_pages = 100" in error.reason
+
+
+@pytest.mark.parametrize("pages", [500, 99_999])
+def test_pdf_whose_count_says_one_page_is_still_counted(pages: int) -> None:
+    error = rejection(pdf_repeating_one_page(pages, count=1), max_pages=100)
+    assert error.reason_code == "too_large"
+    assert "101+ pages, the limit is max_pages = 100" in error.reason
+
+
+def test_pdf_page_tree_with_inner_nodes_is_counted() -> None:
+    data = build_pdf(
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Count 3 /Kids [3 0 R 4 0 R] /MediaBox [0 0 612 792] >>",
+        b"<< /Type /Pages /Count 2 /Parent 2 0 R /Kids [5 0 R 5 0 R] >>",
+        b"<< /Type /Pages /Count 1 /Parent 2 0 R /Kids [5 0 R] >>",
+        b"<< /Type /Page /Parent 3 0 R >>",  # its page size is inherited from the root
+    )
+    assert inspect_document(data).pages == 3
+    assert inspect_document(data, max_pages=3).pages == 3
+    assert "the limit is max_pages = 2" in rejection(data, max_pages=2).reason
+
+
+def test_pdf_page_without_a_page_size_is_damaged() -> None:
+    data = build_pdf(
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Count 1 /Kids [3 0 R] >>",
+        b"<< /Type /Page /Parent 2 0 R >>",
+    )
+    error = rejection(data, max_pages=100)
+    assert error.reason_code == "unsupported_type"
+    assert "page 1 has no page size" in error.reason
+
+
+@pytest.mark.parametrize("max_pages", [None, 100])
+def test_looping_pdf_page_tree_is_rejected_as_damaged(max_pages: int | None) -> None:
+    data = build_pdf(
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Count 1 /Kids [3 0 R] >>",
+        b"<< /Type /Pages /Count 1 /Parent 2 0 R /Kids [4 0 R 2 0 R] >>",
+        b"<< /Type /Page /Parent 3 0 R /MediaBox [0 0 612 792] >>",
+    )
+    error = rejection(data, max_pages=max_pages)
+    assert error.reason_code == "unsupported_type"
+    assert "loops back" in error.reason
+
+
+def test_pdf_page_tree_padded_with_nulls_costs_no_more_than_its_budget() -> None:
+    data = build_pdf(
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Count 1 /Kids [%s 3 0 R] >>" % (b"null " * 50_000),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+    )
+    error = rejection(data, max_pages=100)
+    assert error.reason_code == "too_large"
+    assert "the limit is max_pages = 100" in error.reason
+    assert inspect_document(data).pages == 1
+
+
+def test_pdf_beyond_pypdfs_limits_is_too_large_not_damaged() -> None:
+    # pypdf (since 6.21.0) refuses arrays of more than 100,000 elements with
+    # LimitReachedError, before the page tree is walked at all.
+    error = rejection(pdf_repeating_one_page(150_000, count=1), max_pages=100)
+    assert error.reason_code == "too_large"
+    assert "a PDF beyond what the gateway reads" in error.reason
+    assert "damaged" not in error.reason
+
+
+def test_negative_max_pages_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="max_pages"):
+        inspect_document(make_pdf(1), max_pages=-1)
 
 
 # -- safe_file_name ----------------------------------------------------------------
