@@ -103,9 +103,13 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
             raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
         if not data:
             raise Rejected("empty", f"{name} is empty")
+        left = outbox.max_pages - total_pages  # counting stops there: a few MB can hold 100,000 pages
         try:
-            info = inspect_document(data)
+            info = inspect_document(data, max_pages=max(left, 0))
         except Rejected as exc:
+            if exc.reason_code == "too_large" and exc.detail and "+ pages" in exc.detail:
+                raise Rejected("too_large", f"{name}: at least {outbox.max_pages + 1} pages in the job, "
+                               f"the limit is max_pages = {outbox.max_pages}") from None
             raise Rejected(exc.reason_code, f"{name}: {exc.detail}" if exc.detail else name) from None
         total_pages += info.pages
         kinds.append(info.kind)

@@ -1,0 +1,332 @@
+"""One odd item never stops the rest (SPEC 4.5): names are bytes, claims that fail are
+blocked without leaving rows or folders behind, sidecars decide alone, and filing goes
+on for everyone else.  Each test puts poison in some folders and checks that good files
+elsewhere are still delivered, against the real daemon and the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import (
+    Spool,
+    job_rows,
+    make_pdf,
+    metric_value,
+    run_cli,
+    sent_documents,
+    wait_for,
+    without_root_file_access,
+)
+
+OTHER_USER = 4242  # owns the folders the gateway's user may not write to
+
+
+def _outbox(name: str, s: Spool, **extra) -> dict:
+    return {"name": name, "path": str(s.outbox), "sent": str(s.sent), "failed": str(s.failed), **extra}
+
+
+@pytest.fixture
+def other(tmp_path) -> Spool:
+    s = Spool(tmp_path / "other")
+    for d in (s.outbox, s.sent, s.failed):
+        d.mkdir(parents=True)
+    return s
+
+
+@pytest.fixture
+def two_outboxes(make_config, spool, other):
+    """A configuration with the test's outbox `main` and a second one, `other`."""
+    def make(**kw):
+        return make_config(extra={"outboxes": [_outbox("main", spool), _outbox("other", other)]}, **kw)
+    return make
+
+
+def _write(folder: Path, name: bytes, data: bytes) -> bytes:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(os.fsencode(folder), name), "wb") as f:
+        f.write(data)
+    return data
+
+
+def _blocked(config: Path) -> list[dict]:
+    r = run_cli("jobs", "-c", str(config), "--blocked", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _health(d) -> tuple[int, dict]:
+    r = httpx.get(d.url + "/healthz", timeout=5)
+    return r.status_code, r.json()
+
+
+def _good_files_still_delivered(spool: Spool, other: Spool, simulator, number: str = "+15551230590"):
+    """A document in another folder and one in another outbox both go out."""
+    a = _write(spool.outbox / number, b"fine.pdf", make_pdf(1, text="fine"))
+    b = _write(other.outbox / number, b"other.pdf", make_pdf(1, text="other"))
+    for s, name in ((spool, "fine.pdf"), (other, "other.pdf")):
+        wait_for(lambda s=s, name=name: any(r["files"] == [name] for r in s.results("sent")), 20,
+                 f"{name} delivered")
+    docs = [d for _, d in sent_documents(simulator)]
+    assert a in docs and b in docs
+
+
+# -- names are bytes ---------------------------------------------------------------
+
+def test_undecodable_name_is_sent_and_filed_under_its_own_bytes(daemon, two_outboxes, spool, other,
+                                                                 simulator):
+    d = daemon(two_outboxes()).start()
+    data = _write(spool.outbox / "+15551230501", b"bad\xff byte.pdf", make_pdf(1, text="bad"))
+    [result] = spool.wait_results(1, "sent")
+    assert result["files"] == ["bad\\xff byte.pdf"]
+    assert os.path.exists(os.fsencode(spool.sent / "+15551230501") + b"/bad\xff byte.pdf")
+    assert os.path.exists(os.fsencode(spool.sent / "+15551230501") + b"/bad\xff byte.pdf.result.json")
+    _good_files_still_delivered(spool, other, simulator)
+    assert data in [doc for _, doc in sent_documents(simulator)]
+    log = d.log.read_bytes()
+    assert b"Traceback" not in log and b"bad\\xff byte.pdf" in log
+
+
+def test_a_newline_in_a_name_cannot_forge_a_log_line(daemon, spool, simulator):
+    d = daemon().start()
+    forged = b"2026-12-01 00:00:00,000 INFO gateway.dispatcher: job 4711: delivered for +15559990000"
+    name = b"x\n" + forged + b"\x1b[2J.pdf"
+    _write(spool.outbox / "+15551230502", name, make_pdf(1))
+    [result] = spool.wait_results(1, "sent")
+    assert result["files"] == ["x\\n" + forged.decode() + "\\x1b[2J.pdf"]
+    assert os.path.exists(os.fsencode(spool.sent / "+15551230502") + b"/" + name)
+    lines = d.log.read_bytes().splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert not any(b"\x1b" in line for line in lines)
+
+
+# -- claims that fail are blocked, once --------------------------------------------
+
+def _locked_folder(path: Path) -> Path:
+    """A number folder the gateway's user may not write to (created 0755 by someone else)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    os.chown(path, OTHER_USER, OTHER_USER)
+    return path
+
+
+def test_folder_the_gateway_may_not_write_blocks_only_its_files(daemon, two_outboxes, spool, other,
+                                                                simulator, tmp_path):
+    config = two_outboxes()
+    d = daemon(config, prefix=without_root_file_access()).start()
+    locked = _locked_folder(spool.outbox / "+15551230503")
+    data = _write(locked, b"stuck.pdf", make_pdf(1, text="stuck"))
+    [item] = wait_for(lambda: _blocked(config), 10, "the blocked item")
+    assert item["stage"] == "claim" and item["outbox"] == "main"
+    assert item["item"].endswith("+15551230503/stuck.pdf")
+    assert "write permission" in item["reason"]
+    _good_files_still_delivered(spool, other, simulator)
+    status, body = _health(d)
+    assert status == 200 and body["blocked"]["count"] == 1
+    assert body["blocked"]["items"][0]["item"] == item["item"]
+    assert metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="claim") == 1
+    rows = job_rows(tmp_path / "jobs.db")
+    import time
+    time.sleep(3)  # several tries of the blocked claim, each with its backoff
+    assert job_rows(tmp_path / "jobs.db") == rows == 2, "a blocked claim left job rows behind"
+    assert list((spool.outbox / ".fax-gateway").iterdir()) == [], "a blocked claim left folders behind"
+    log = d.log.read_text()
+    assert log.count("blocked (claim)") == 1 and "Traceback" not in log
+    os.chown(locked, 0, 0)  # the administrator fixes the folder
+    results = spool.wait_results(2, "sent")
+    assert sorted(r["files"][0] for r in results) == ["fine.pdf", "stuck.pdf"]
+    assert data in [doc for _, doc in sent_documents(simulator)]
+    wait_for(lambda: _blocked(config) == [], 5, "the blocked item to clear")
+    assert metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="claim") == 0
+
+
+def test_claim_interrupted_then_locked_starts_and_never_rejects_falsely(daemon, spool, simulator, tmp_path):
+    """A claim intent committed before a crash, in a folder that became unwritable: the
+    daemon still starts, the claim is undone, and the document is sent once it can be."""
+    prefix = without_root_file_access()
+    d = daemon(prefix=prefix)
+    d.start(crash_at="claim")
+    folder = spool.folder("+15551230504")
+    data = _write(folder, b"a.pdf", make_pdf(1, text="a"))
+    assert d.wait_exit(30) == -9
+    assert job_rows(tmp_path / "jobs.db") == 1
+    _locked_folder(folder)
+    d.start()
+    wait_for(lambda: _blocked(d.config), 10, "the blocked item")
+    assert job_rows(tmp_path / "jobs.db") == 0
+    assert spool.results() == [], "a claim that could not be finished was filed as a rejection"
+    os.chown(folder, 0, 0)
+    [result] = spool.wait_results(1, "sent")
+    assert result["state"] == "delivered"
+    assert sent_documents(simulator) == [("+15551230504", data)]
+    assert job_rows(tmp_path / "jobs.db") == 1
+
+
+def test_path_too_long_to_claim_is_blocked_not_multiplied(daemon, two_outboxes, spool, other, simulator,
+                                                          tmp_path):
+    config = two_outboxes()
+    d = daemon(config).start()
+    deep = spool.outbox / "+15551230505"
+    room = 4095 - len(os.fsencode(deep)) - len(b"/x.pdf")
+    while room > 1:
+        part = "d" * min(200, room - 1)
+        deep, room = deep / part, room - len(part) - 1
+    _write(deep, b"x.pdf", make_pdf(1))
+    [item] = wait_for(lambda: _blocked(config), 10, "the blocked item")
+    assert "too long" in item["reason"]
+    _good_files_still_delivered(spool, other, simulator)
+    import time
+    time.sleep(2)
+    assert job_rows(tmp_path / "jobs.db") == 2
+    assert list((spool.outbox / ".fax-gateway").iterdir()) == []
+    assert "Traceback" not in d.log.read_text()
+
+
+# -- sidecars decide alone, and hostile values are bad_sidecar ---------------------
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("big.json", b'{"to": ' + b"9" * 5000 + b"}"),
+    ("far.yaml", b"to: '+15551230506'\nsend_at: 9999-12-31T23:59:59-14:00\n"),
+    ("surrogate.json", b'{"to": "+15551230506", "subject": "x\\ud800y"}'),
+    ("escape.json", b'{"to": "+15551230506", "subject": "x\\u001b[2Jy"}'),
+])
+def test_hostile_sidecar_values_are_rejected_and_others_go_on(service, spool, simulator, name, content):
+    service(outbox={"number": "+15551230507"})
+    doc = name.rsplit(".", 1)[0] + ".pdf"
+    (spool.outbox / name).write_bytes(content)
+    (spool.outbox / doc).write_bytes(make_pdf(1))
+    good = spool.folder("+15551230508") / "good.pdf"
+    good.write_bytes(make_pdf(1, text="good"))
+    [rejected] = spool.wait_results(1, "failed")
+    assert rejected["reason_code"] == "bad_sidecar" and name in rejected["reason"]
+    [sent] = spool.wait_results(1, "sent")
+    assert sent["files"] == ["good.pdf"]
+    assert [n for n, _ in sent_documents(simulator)] == ["+15551230508"]
+
+
+def test_ambiguous_sidecar_with_files_sends_nothing(service, spool, simulator):
+    service()
+    folder = spool.folder("+15551230509")
+    (folder / "a.yaml").write_text("to: '+15551230510'\nfiles: [c.pdf]\n")
+    for n in ("a.pdf", "c.pdf"):
+        (folder / n).write_bytes(make_pdf(1, text=n))
+    from conftest import make_tiff
+    (folder / "a.tiff").write_bytes(make_tiff(1))
+    [result] = spool.wait_results(1, "failed")
+    assert result["reason_code"] == "bad_sidecar"
+    assert sorted(result["files"]) == ["a.pdf", "a.tiff", "a.yaml", "c.pdf"]
+    assert simulator.requests("fax-send") == []
+    assert spool.outbox_files() == []
+
+
+def test_two_sidecars_with_files_for_one_document_send_nothing(service, spool, simulator):
+    service()
+    folder = spool.folder("+15551230511")
+    (folder / "a.pdf.yaml").write_text("to: '+15551230512'\nfiles: [b.pdf]\n")
+    (folder / "a.yaml").write_text("to: '+15551230513'\nfiles: [c.pdf]\n")
+    for n in ("a.pdf", "b.pdf", "c.pdf"):
+        (folder / n).write_bytes(make_pdf(1, text=n))
+    [result] = spool.wait_results(1, "failed")
+    assert result["reason_code"] == "bad_sidecar" and "more than one sidecar" in result["reason"]
+    assert sorted(result["files"]) == ["a.pdf", "a.pdf.yaml", "a.yaml", "b.pdf", "c.pdf"]
+    assert simulator.requests("fax-send") == []
+
+
+# -- filing goes on for everyone ---------------------------------------------------
+
+def test_name_too_long_for_its_result_file_gets_a_shortened_one(service, spool, simulator):
+    service()
+    name = "n" * 246 + ".pdf"
+    (spool.folder("+15551230514") / name).write_bytes(make_pdf(1))
+    [result] = spool.wait_results(1, "sent")
+    assert result["files"] == [name]
+    [path] = [p for p in (spool.sent / "+15551230514").iterdir() if p.name.endswith(".result.json")]
+    assert len(os.fsencode(path.name)) <= 255
+    assert path.name.startswith("nnnn") and path.name.endswith(f"~{result['job']}.result.json")
+    assert (spool.sent / "+15551230514" / name).exists()
+
+
+def test_file_in_place_of_a_sent_folder_blocks_only_its_job(daemon, spool, simulator):
+    d = daemon().start()
+    (spool.sent / "+15551230515").write_bytes(make_pdf(1, text="in the way"))
+    (spool.folder("+15551230515") / "x.pdf").write_bytes(make_pdf(1, text="x"))
+    [item] = wait_for(lambda: _blocked(d.config), 15, "the blocked filing")
+    assert item["stage"] == "filing" and "where a folder is expected" in item["reason"]
+    (spool.folder("+15551230516") / "y.pdf").write_bytes(make_pdf(1, text="y"))
+    [result] = spool.wait_results(1, "sent")
+    assert result["files"] == ["y.pdf"]
+    (spool.sent / "+15551230515").unlink()
+    results = spool.wait_results(2, "sent", timeout=15)
+    assert sorted(r["files"][0] for r in results) == ["x.pdf", "y.pdf"]
+    assert d.log.read_text().count("blocked (filing)") == 1
+
+
+def test_110_jobs_that_cannot_be_filed_never_hold_up_another_outbox(daemon, two_outboxes, spool, other,
+                                                                   simulator):
+    d = daemon(two_outboxes()).start()
+    (spool.failed / "555-1234").write_bytes(b"a file where the folder should be")
+    folder = spool.folder("555-1234")  # not a valid destination: each document is rejected
+    for i in range(110):
+        (folder / f"r{i}.pdf").write_bytes(make_pdf(1))
+    wait_for(lambda: metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="filing") == 110,
+             60, "110 blocked filings")
+    (other.folder("+15551230517") / "z.pdf").write_bytes(make_pdf(1, text="z"))
+    [result] = other.wait_results(1, "sent", timeout=15)
+    assert result["files"] == ["z.pdf"]
+
+
+def test_jobs_of_an_outbox_removed_from_the_configuration_are_filed_where_it_said(
+        daemon, make_config, two_outboxes, spool, other, simulator):
+    d = daemon(two_outboxes()).start()
+    (spool.failed / "555-1234").write_bytes(b"in the way")
+    folder = spool.folder("555-1234")
+    for i in range(3):
+        (folder / f"r{i}.pdf").write_bytes(make_pdf(1))
+    wait_for(lambda: len(_blocked(d.config)) == 3, 20, "three blocked filings")
+    d.terminate()
+    only_other = make_config(extra={"outboxes": [_outbox("other", other)]}, name="only-other.yaml")
+    (spool.failed / "555-1234").unlink()
+    daemon(only_other).start()
+    results = spool.wait_results(3, "failed", timeout=20)
+    assert all(r["reason_code"] == "invalid_number" and r["outbox"] == "main" for r in results)
+    assert sorted(p.name for p in (spool.failed / "555-1234").glob("*.pdf")) == ["r0.pdf", "r1.pdf", "r2.pdf"]
+
+
+def test_a_burst_in_one_folder_does_not_starve_other_folders_or_outboxes(daemon, two_outboxes, spool,
+                                                                        other, simulator):
+    d = daemon(two_outboxes()).start()
+    burst = spool.folder("+15551230518")
+    data = make_pdf(1)
+    for i in range(800):
+        (burst / f"b{i:04d}.pdf").write_bytes(data)
+    wait_for(lambda: len(os.listdir(burst)) < 800, 20, "the burst to start being claimed")
+    _write(spool.outbox / "+15551230519", b"side.pdf", make_pdf(1, text="side"))
+    _write(other.outbox / "+15551230519", b"elsewhere.pdf", make_pdf(1, text="elsewhere"))
+    samples = []
+
+    def both_done() -> bool:
+        samples.append(_health(d)[0])
+        return bool(other.results("sent")) and any(
+            r["files"] == ["side.pdf"] for r in spool.results("sent"))
+    wait_for(both_done, 30, "the other folder's and the other outbox's documents")
+    assert os.listdir(burst), "the burst was over before the others were looked at"
+    assert set(samples) == {200}
+
+
+def test_page_bombs_are_rejected_while_another_outbox_delivers(daemon, two_outboxes, spool, other,
+                                                              simulator):
+    from test_doctypes import pdf_repeating_one_page, tiff_of_tiny_frames
+    daemon(two_outboxes()).start()
+    folder = spool.folder("+15551230520")
+    (folder / "frames.tif").write_bytes(tiff_of_tiny_frames(190_000))
+    (folder / "pages.pdf").write_bytes(pdf_repeating_one_page(99_999))
+    (other.folder("+15551230521") / "meanwhile.pdf").write_bytes(make_pdf(1))
+    rejected = spool.wait_results(2, "failed", timeout=30)
+    assert {r["reason_code"] for r in rejected} == {"too_large"}
+    assert all("max_pages = 100" in r["reason"] for r in rejected)
+    [sent] = other.wait_results(1, "sent", timeout=30)
+    assert sent["files"] == ["meanwhile.pdf"]
+    assert [n for n, _ in sent_documents(simulator)] == ["+15551230521"]
