@@ -140,14 +140,15 @@ class Dispatcher(Stage):
             fn(rec)
         except Exception as exc:
             # Never spin on one recipient: it is looked at again after a pause.
-            self.problems.problem((kind, rec.id), "job %s: %s failed unexpectedly: %s: %s", rec.job_id, kind,
+            # Keyed by what went wrong, not by recipient: a full disk is one problem, not one
+            # per queued fax.
+            self.problems.problem((kind, type(exc).__name__, str(exc)[:80]),
+                                  "job %s: %s failed unexpectedly: %s: %s", rec.job_id, kind,
                                   type(exc).__name__, exc, exc=exc)
             try:
                 self.store.reschedule(rec.id, time.time() + 60.0)
             except Exception:
                 pass
-        else:
-            self.problems.clear((kind, rec.id))
         finally:
             with self._lock:
                 self._inflight.discard(rec.id)

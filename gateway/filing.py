@@ -59,11 +59,14 @@ class Filing(Stage):
             key = ("job", job_id)
             if not self.blocked.due(key) or self.folder_problem(outbox):
                 continue  # never write into a folder that is missing or an empty mount point
+            job = None
             try:
-                self.file_or_take_back(self.store.get_job(job_id))
+                job = self.store.get_job(job_id)
+                self.file_or_take_back(job)
             except Exception as exc:
-                self.blocked.block(key, outbox=outbox, item=f"job {job_id}", job_id=job_id,
-                                   reason=_filing_problem(exc))
+                where = Path(job.outbox_path) / job.rel_dir / job.primary if job else None
+                item = f"job {job_id}" + (f": {where}" if where else "")
+                self.blocked.block(key, outbox=outbox, item=item, job_id=job_id, reason=_filing_problem(exc))
             else:
                 self.blocked.clear(key, "filed")
         if len(batch) < BATCH:

@@ -17,6 +17,7 @@ import errno
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from gateway.watcher import Seen, Watcher
 TICK = 0.1          # how often the watcher's events and deadlines are looked at
 SLICE = 0.5         # the most work one turn does before the heartbeat beats again
 FOLDER_CHECK = 1.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
+FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
 
 
 def claim_problem(exc: OSError, folder: Path) -> str:
@@ -76,7 +78,11 @@ class Intake(Stage):
         # Folders waiting to be planned, per outbox, in turn order: a folder whose work did
         # not fit in a turn goes to the back, so a burst in one never starves the others.
         self._pending: dict[str, dict[str, None]] = {}
+        # Plans made but not yet taken (a folder larger than one turn's work): taken in the
+        # next turns without planning the folder again, unless it changed meanwhile.
+        self._queued: dict[tuple[str, str], deque[Plan]] = {}
         self._turns = 0
+        self._failing: set[tuple[str, str]] = set()
         self._next_folder_check = 0.0
         cap = self._rescan_of
         self.blocked_claims = BlockedItems(store, "claim", self.log, cap)
@@ -136,16 +142,31 @@ class Intake(Stage):
         pending = self._pending.setdefault(ob.name, {})
         for folder in sorted(self.watcher.take_dirty(ob.name)):
             self.blocked_claims.folder_changed(ob.name, folder)
+            self._queued.pop((ob.name, folder), None)  # changed: planned again
             pending.setdefault(folder)
         for (o, folder), t in list(self._wake_at.items()):
             if o == ob.name and t <= now:
                 del self._wake_at[(o, folder)]
+                self._queued.pop((ob.name, folder), None)
                 pending.setdefault(folder)
         for folder in list(pending):
             if time.monotonic() > end:
                 return True
             del pending[folder]
-            if not self._plan_folder(ob, folder, now, end):
+            try:
+                finished = self._plan_folder(ob, folder, now, end)
+            except Exception as exc:  # e.g. the database's disk is full: try the folder again soon
+                self._queued.pop((ob.name, folder), None)
+                self._wake_at[(ob.name, folder)] = now + FOLDER_RETRY
+                key = ("folder", type(exc).__name__)
+                self._failing.add(key)
+                self.problems.problem(key, "%s: planning or claiming failed, tried again: %s: %s", ob.name,
+                                      type(exc).__name__, exc, exc=exc)
+                continue
+            for key in self._failing:
+                self.problems.clear(key, "intake works again")
+            self._failing.clear()
+            if not finished:
                 pending[folder] = None  # unfinished: to the back of the line
         return bool(pending) and time.monotonic() > end
 
@@ -153,20 +174,27 @@ class Intake(Stage):
         """Plan one folder and take what is ready; False if time ran out before the end."""
         files = self.watcher.files_in(ob.name, folder)
         if not files:
+            self._queued.pop((ob.name, folder), None)
             return True
-        root = ob.path / folder
-        sidecars = {n: p for n, s in files.items() if is_sidecar_name(n) and s.ready
-                    and (p := self._sidecar(root / n, s)) is not None}
-        unreadable = {n for n, s in files.items() if s.ready and not _readable(root / n)}
-        result = plan_folder(folder, files, sidecars, unreadable=unreadable,
-                             has_destination=has_destination_without_sidecar(folder, ob),
-                             sidecar_wait=ob.sidecar_wait, now=now)
-        wake = result.wake_at
+        queue = self._queued.pop((ob.name, folder), None)
+        wake = None
+        if queue is None:
+            root = ob.path / folder
+            sidecars = {n: p for n, s in files.items() if is_sidecar_name(n) and s.ready
+                        and (p := self._sidecar(root / n, s)) is not None}
+            result = plan_folder(folder, files, sidecars, readable=lambda n: _readable(root / n),
+                                 has_destination=has_destination_without_sidecar(folder, ob),
+                                 sidecar_wait=ob.sidecar_wait, now=now)
+            queue, wake = deque(result.plans), result.wake_at
         finished = True
-        for plan in result.plans:
+        while queue:
             if time.monotonic() > end:
-                finished = False  # the rest next turn
+                self._queued[(ob.name, folder)] = queue  # the rest next turn
+                finished = False
                 break
+            plan = queue.popleft()
+            if not all(n in files and files[n].ready for n in plan.names):
+                continue  # changed since it was planned: the folder is planned again
             key = (ob.name, folder, plan.primary)
             if key in self._stuck:
                 continue  # its one job row is tried again by _retry_unfinished, never a second

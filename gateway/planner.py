@@ -13,12 +13,18 @@ sent to a number it was not meant for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.errors import Rejected
-from gateway.sidecar import Sidecar, documents_for_sidecar, is_sidecar_name
+from gateway.sidecar import (
+    RESULT_SUFFIX,
+    Sidecar,
+    documents_for_sidecar,
+    is_sidecar_name,
+    sidecar_candidates,
+)
 
 
 class FileSeen(Protocol):
@@ -63,15 +69,26 @@ class FolderPlan:
 
 
 def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[str, Sidecar | Rejected],
-                *, unreadable: Set[str] = frozenset(), has_destination: bool, sidecar_wait: float,
-                now: float) -> FolderPlan:
+                *, readable: Callable[[str], bool] = lambda name: True, has_destination: bool,
+                sidecar_wait: float, now: float) -> FolderPlan:
     """`files`: every file seen in the folder, by name.  `sidecars`: the ready sidecars,
-    read (a sidecar missing here is treated as not ready).  `unreadable`: files the
-    gateway's user cannot read yet.  `has_destination`: the folder is a number folder or
-    the outbox has a `number`, so a document without a sidecar need not wait for one."""
+    read (a sidecar missing here is treated as not ready).  `readable(name)`: whether the
+    gateway's user can read a file yet (asked only of files about to be taken).
+    `has_destination`: the folder is a number folder or the outbox has a `number`, so a
+    document without a sidecar need not wait for one.
+
+    Linear in the folder's size: a folder of 20,000 files is planned in one go."""
     names = set(files)
     sidecar_names = {n for n in names if is_sidecar_name(n)}
     docs = names - sidecar_names
+    own: dict[str, list[str]] = {}  # sidecar -> the documents named after it
+    if sidecar_names:
+        for d in docs:
+            if d.endswith(RESULT_SUFFIX):
+                continue  # a result file beside its document is nobody's document
+            for c in sidecar_candidates(d):
+                if c in sidecar_names:
+                    own.setdefault(c, []).append(d)
     wakes: list[float] = []
     plans: list[Plan] = []
 
@@ -90,7 +107,7 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
     def add(plan: Plan) -> None:
         group = plan.names
         if plan.rejection is None:
-            blocked = sorted(n for n in group if n in unreadable)
+            blocked = sorted(n for n in group if not readable(n))
             if blocked:
                 if max(waited(n) for n in blocked) < sidecar_wait:
                     for n in blocked:  # print drivers set the final permissions just after closing
@@ -101,10 +118,12 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
         plan.settled_at = max((files[n].settled_at or now) for n in group)
         plans.append(plan)
 
-    # Group documents and sidecars that refer to each other (union-find).
-    parent: dict[str, str] = {n: n for n in names}
+    # Group documents and sidecars that refer to each other (union-find); a document no
+    # sidecar refers to is a group of its own.
+    parent: dict[str, str] = {}
 
     def root(n: str) -> str:
+        parent.setdefault(n, n)
         while parent[n] != n:
             parent[n] = parent[parent[n]]
             n = parent[n]
@@ -115,7 +134,8 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
 
     listed: dict[str, tuple[str, ...]] = {}
     for s in sidecar_names:
-        for d in documents_for_sidecar(s, docs):
+        root(s)
+        for d in own.get(s, ()):
             join(s, d)
         parsed = sidecars.get(s)
         if isinstance(parsed, Sidecar) and parsed.files:
@@ -124,8 +144,10 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
                 if f in names:
                     join(s, f)
     groups: dict[str, list[str]] = {}
-    for n in sorted(names):
+    for n in sorted(parent):
         groups.setdefault(root(n), []).append(n)
+    for d in sorted(docs - parent.keys()):
+        groups[d] = [d]
 
     for members in groups.values():
         group_sidecars = [n for n in members if n in sidecar_names]
@@ -151,18 +173,18 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
         if not ready(s):
             continue
         parsed = sidecars[s]
-        own = documents_for_sidecar(s, group_docs)
+        mine = sorted(own.get(s, ()))
         if isinstance(parsed, Rejected):
             if all(ready(n) for n in members):
                 add(Plan(folder, group_docs, s, rejection=parsed))
             continue
-        if len(own) > 1:
+        if len(mine) > 1:
             if all(ready(n) for n in members):
                 add(Plan(folder, group_docs, s, rejection=Rejected(
-                    "bad_sidecar", f"{s} could belong to {', '.join(own)}: name it after one document "
-                    f"(e.g. {own[0]}.yaml)")))
+                    "bad_sidecar", f"{s} could belong to {', '.join(mine)}: name it after one document "
+                    f"(e.g. {mine[0]}.yaml)")))
             continue
-        wanted = own + [f for f in listed.get(s, ()) if f not in own]
+        wanted = mine + [f for f in listed.get(s, ()) if f not in mine]
         missing = [f for f in wanted if f not in names]
         unsettled = [f for f in wanted if f in names and not ready(f)]
         if not wanted:

@@ -277,6 +277,9 @@ class Watcher:
         for rel in [r for r in wo.files if r not in found]:
             if not os.path.lexists(wo.root / rel):
                 wo.drop(rel)
+        # Every folder is planned again once per rescan: whatever a lost event or a failed
+        # turn left waiting is taken within one rescan period (SPEC 4.1).
+        wo.dirty.update(wo.by_folder)
 
     def tick(self, budget: float = 0.2) -> None:
         """Rescans that are due, then settle deadlines that have come, for at most about

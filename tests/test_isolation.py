@@ -330,3 +330,44 @@ def test_page_bombs_are_rejected_while_another_outbox_delivers(daemon, two_outbo
     [sent] = other.wait_results(1, "sent", timeout=30)
     assert sent["files"] == ["meanwhile.pdf"]
     assert [n for n, _ in sent_documents(simulator)] == ["+15551230521"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB filesystem of its own, for a database whose disk fills up."""
+    import subprocess
+    path = tmp_path / "db"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)], capture_output=True,
+                       check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_a_full_database_disk_logs_a_few_lines_not_a_flood(daemon, make_config, spool, simulator,
+                                                           small_disk):
+    d = daemon(make_config(extra={"database": str(small_disk / "jobs.db")})).start()
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    folder = spool.folder("+15551230522")
+    for i in range(5):
+        (folder / f"f{i}.pdf").write_bytes(make_pdf(1, text=str(i)))
+    wait_for(lambda: _health(d)[0] == 503, 15, "healthz to report the database")
+    assert any("database" in r for r in _health(d)[1]["reasons"])
+    before = len(d.log.read_text().splitlines())
+    import time
+    time.sleep(10)  # the measurement itself: how much the log grows while the disk stays full
+    grown = len(d.log.read_text().splitlines()) - before
+    assert grown <= 6, d.log.read_text()
+    assert "Traceback" not in d.log.read_text()
+    filler.unlink()
+    results = spool.wait_results(5, "sent", timeout=30)
+    assert sorted(r["files"][0] for r in results) == [f"f{i}.pdf" for i in range(5)]

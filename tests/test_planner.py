@@ -29,8 +29,8 @@ class F:
 
 def run(files, sidecars=None, *, dest=True, unreadable=frozenset(), now=NOW):
     files = {n: (f if isinstance(f, F) else F()) for n, f in files.items()}
-    return plan_folder("+15551234567", files, sidecars or {}, unreadable=unreadable, has_destination=dest,
-                       sidecar_wait=WAIT, now=now)
+    return plan_folder("+15551234567", files, sidecars or {}, readable=lambda n: n not in unreadable,
+                       has_destination=dest, sidecar_wait=WAIT, now=now)
 
 
 def groups(result):
@@ -122,3 +122,15 @@ def test_result_file_is_named_after_the_sidecars_own_document():
     [plan] = run({"p1.pdf": 1, "cover.pdf": 1, "cover.pdf.yaml": 1},
                  {"cover.pdf.yaml": Sidecar(to=TO.to, files=("p1.pdf",))}).plans
     assert plan.primary == "cover.pdf" and plan.documents == ["cover.pdf", "p1.pdf"]
+
+
+def test_a_large_folder_with_a_sidecar_per_document_is_planned_whole():
+    files = {}
+    sidecars = {}
+    for i in range(5000):
+        files[f"d{i}.pdf"] = F()
+        files[f"d{i}.pdf.yaml"] = F()
+        sidecars[f"d{i}.pdf.yaml"] = TO
+    result = run(files, sidecars)
+    assert len(result.plans) == 5000
+    assert all(p.rejection is None and len(p.names) == 2 for p in result.plans)

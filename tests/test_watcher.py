@@ -68,3 +68,50 @@ def test_lease_holds_a_file_opened_before_the_watch_began(tmp_path, sigio):
         wait_for(lambda: _settled(w, "early.pdf"), 5, "settling after the close")
     finally:
         w.stop()
+
+
+def test_files_waiting_over_ten_minutes_are_counted_and_logged_once(tmp_path, sigio, caplog):
+    sigio(signal.SIG_DFL)
+    now = [1000.0]
+    w = Watcher(clock=lambda: now[0])
+    w.add("main", tmp_path, settle=SETTLE, rescan=3600, polling=False)
+    try:
+        with open(tmp_path / "slow.pdf", "wb") as f:
+            f.write(b"%PDF-")
+            f.flush()
+            wait_for(lambda: w.drain() >= 0 and "slow.pdf" in w.outboxes["main"].files, 5, "the file seen")
+            now[0] += 599
+            w.tick()
+            assert w.long_waiting("main") == 0
+            now[0] += 11  # the count is refreshed every 10 s
+            w.tick()
+            assert w.long_waiting("main") == 1
+            now[0] += 20
+            w.tick()
+        assert caplog.text.count("waited more than 10 minutes") == 1
+        assert "still open by their writer" in caplog.text
+    finally:
+        w.stop()
+
+
+def test_a_file_held_open_has_no_deadline_until_it_is_closed(tmp_path, sigio):
+    """Work is driven by deadlines: a file its writer holds open is not looked at again
+    until the close event (SPEC 4.5: 10,000 open files cost about as little as none)."""
+    sigio(signal.SIG_DFL)
+    w = Watcher()
+    w.add("main", tmp_path, settle=SETTLE, rescan=3600, polling=False)
+    try:
+        with open(tmp_path / "open.pdf", "wb") as f:
+            f.write(b"%PDF-")
+            f.flush()
+            wait_for(lambda: w.drain() >= 0 and w.outboxes["main"].files.get("open.pdf") is not None
+                     and w.outboxes["main"].files["open.pdf"].held_open, 5, "the open event")
+            seen = w.outboxes["main"].files["open.pdf"]
+            wait_for(lambda: w.tick() or seen.check_at is None, 5, "the creation's deadline to pass")
+            for _ in range(20):
+                w.drain()
+                w.tick()
+                assert seen.check_at is None and w.next_deadline() is None
+        wait_for(lambda: _settled(w, "open.pdf"), 5, "settling after the close")
+    finally:
+        w.stop()
