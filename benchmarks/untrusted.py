@@ -133,7 +133,8 @@ def burst(n: int) -> None:
             bad = [s for s in statuses if s != 200]
             print(f"{n} files written in {written:.1f}s; all claimed, judged and filed after {total:.1f}s "
                   f"({n / total:.0f} files/s)")
-            print(f"/healthz sampled {len(statuses)} times: {len(bad)} not 200; slowest answer {slowest:.2f}s")
+            print(f"/healthz sampled {len(statuses)} times: {len(bad)} not 200; "
+                  f"slowest answer {slowest:.2f}s")
             print(f"daemon CPU over the burst: {_cpu_seconds(proc.pid):.1f}s")
         finally:
             proc.terminate()
