@@ -2,6 +2,7 @@
 
     python benchmarks/untrusted.py idle [N]    # CPU of a daemon while a writer holds N files open
     python benchmarks/untrusted.py burst [N]   # N files dropped at once: /healthz sampled throughout
+    python benchmarks/untrusted.py rounds [N]  # five rounds of N documents: RSS after each, log bytes
 
 Both run a real `fax-gateway run` process against the built-in simulator on loopback.
 `idle` measures the daemon's CPU time (from /proc) over 20 s once the files are open,
@@ -142,7 +143,40 @@ def burst(n: int) -> None:
     sim.stop()
 
 
+def _rss_mib(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+
+
+def rounds(n: int, count: int = 5) -> None:
+    """Memory that stays and log volume: each round drops N documents and waits until all
+    are filed; the private folder's events never reach the watcher, so neither grows."""
+    sim = Simulator(delay=0.05).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        proc, _ = _daemon(root, sim)
+        try:
+            folder = root / "outbox" / "555-1234"
+            folder.mkdir()
+            pdf = make_pdf(1)
+            failed = root / "failed" / "555-1234"
+            print(f"idle RSS before: {_rss_mib(proc.pid)} MiB")
+            for r in range(count):
+                log_before = (root / "daemon.log").stat().st_size
+                t0 = time.monotonic()
+                for i in range(n):
+                    (folder / f"r{r}-{i:05d}.pdf").write_bytes(pdf)
+                while not failed.is_dir() or len(list(failed.glob("*.result.json"))) < n * (r + 1):
+                    time.sleep(0.2)
+                logged = (root / "daemon.log").stat().st_size - log_before
+                print(f"round {r + 1}: {n} documents in {time.monotonic() - t0:.1f}s, "
+                      f"RSS {_rss_mib(proc.pid)} MiB, log {logged / n:.0f} bytes/document")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    sim.stop()
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "idle"
-    count = int(sys.argv[2]) if len(sys.argv) > 2 else (10_000 if what == "idle" else 20_000)
-    {"idle": idle, "burst": burst}[what](count)
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else {"idle": 10_000, "burst": 20_000, "rounds": 1000}[what]
+    {"idle": idle, "burst": burst, "rounds": rounds}[what](count)

@@ -111,6 +111,17 @@ class OutboxConfig:
     resend: ResendPolicy
     on_uncertain: str
     delete_after_delivery: bool
+    private: Path = Path()  # where claimed files wait (SPEC 4.4); resolved, never empty
+
+    def __post_init__(self) -> None:
+        if self.private == Path():
+            object.__setattr__(self, "private", default_private(self.path, self.name))
+
+
+def default_private(path: Path, name: str) -> Path:
+    """`.fax-gateway-<name>/` beside the outbox: outside the watched tree, on the same
+    filesystem (usually), and out of the writers' reach."""
+    return path.parent / f".fax-gateway-{name}"
 
 
 @dataclass(frozen=True)
@@ -592,6 +603,7 @@ _OUTBOX_ONLY: dict[str, _Field] = {
     "failed": _Field(_path(), _REQUIRED),
     "number": _Field(_text(nullable=True), None),
     "polling": _Field(_boolean(), False),
+    "private": _Field(_path(nullable=True), None),
 }
 
 _OUTBOX = {**_OUTBOX_ONLY, **_PER_OUTBOX}
@@ -833,6 +845,7 @@ def _build_outbox(item: _Item, get: Callable[[str], Any]) -> OutboxConfig:
         allow=pick("allow"), deny=pick("deny"),
         resend=ResendPolicy(max=pick("resend.max"), delay=pick("resend.delay")),
         on_uncertain=pick("on_uncertain"), delete_after_delivery=pick("delete_after_delivery"),
+        private=pick("private") or default_private(pick("path"), pick("name")),
     )
 
 
@@ -870,6 +883,7 @@ def _check_folders(ctx: _Context, items: list[_Item], database_set: _Set | None,
                 continue
             raise ConfigError(f"{problem}: outboxes, sent and failed folders must not lie inside "
                               "one another", file=ctx.file, key=second.key, line=second.line)
+    _check_private(ctx, items)
     # The gateway would take the database (or its -wal file) as a document and file it in failed/.
     db_real = Path(os.path.realpath(database))
     for entry, folder in zip(folders, real, strict=True):
@@ -877,6 +891,35 @@ def _check_folders(ctx: _Context, items: list[_Item], database_set: _Set | None,
             raise ConfigError(f"({database}) lies inside {entry.key} ({entry.value}): keep the "
                               "database out of outbox, sent and failed folders", file=ctx.file,
                               key="database", line=database_set.line if database_set else entry.line)
+
+
+def _check_private(ctx: _Context, items: list[_Item]) -> None:
+    """A private folder inside sent/ or failed/ would be filed over; one shared by two
+    outboxes would mix their job folders (the same job id in two outboxes' databases)."""
+    seen: dict[Path, str] = {}
+    for item in items:
+        entry = item.values.get("private")
+        if entry is None or entry.value is None:
+            continue
+        real = Path(os.path.realpath(entry.value))
+        for other in items:
+            for role in ("sent", "failed"):
+                folder = Path(os.path.realpath(other.values[role].value))
+                if real == folder or folder in real.parents or real in folder.parents:
+                    raise ConfigError(f"({entry.value}) overlaps {other.values[role].key} "
+                                      f"({other.values[role].value}): put the private folder outside "
+                                      "every sent and failed folder", file=ctx.file, key=entry.key,
+                                      line=entry.line)
+        for other in items:
+            outbox = Path(os.path.realpath(other.values["path"].value))
+            if other is not item and (real == outbox or outbox in real.parents):
+                raise ConfigError(f"({entry.value}) lies inside {other.values['path'].key} "
+                                  f"({other.values['path'].value}): another outbox would take its files",
+                                  file=ctx.file, key=entry.key, line=entry.line)
+        if real in seen:
+            raise ConfigError(f"({entry.value}) is also the private folder of {seen[real]}: each outbox "
+                              "needs its own", file=ctx.file, key=entry.key, line=entry.line)
+        seen[real] = entry.key
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -967,6 +1010,7 @@ def dump_redacted(config: Config) -> str:
                 "failed": path(outbox.failed),
                 "number": outbox.number,
                 "polling": outbox.polling,
+                "private": path(outbox.private),
                 "country": outbox.country,
                 "caller_id": outbox.caller_id,
                 "quality": outbox.quality,

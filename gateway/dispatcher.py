@@ -157,7 +157,7 @@ class Dispatcher(Stage):
             self.on_final()
 
     def _attachments(self, job: Job) -> list[Attachment]:
-        held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+        held = spool.job_dir(job.private_root, job.id) / job.rel_dir
         out = []
         for i, name in enumerate(job.documents):
             data = safe_read(held / name)
@@ -404,7 +404,7 @@ class Dispatcher(Stage):
             return  # still being filed, or its folders are away: taken back later
         if job.phase == Phase.FILED:
             assert job.filed_root is not None and job.filed_suffix is not None
-            held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+            held = spool.job_dir(job.private_root, job.id) / job.rel_dir
             paths = spool.filed_paths(Path(job.filed_root), job.rel_dir, job.documents, bases(job),
                                       job.filed_suffix)
             gone = [str(p) for n, p in zip(job.documents, paths, strict=True)

@@ -100,16 +100,16 @@ class Filing(Stage):
             sent, failed = self._roots(job)
             root = sent if filed_to == "sent" else failed
             names = job.names + [result_name(job)]
-            suffix = spool.choose_suffix(root / job.rel_dir, names, bases(job))
+            suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job))
             self.store.record_filing_intent(job.id, filed_to, str(root), suffix)
             job = self.store.get_job(job.id)
         assert job.filed_root is not None and job.filed_suffix is not None
         b = bases(job)
-        filed = [spool.suffixed(n, job.filed_suffix, b) for n in job.names]
-        spool.file_job(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir,
+        spool.file_job(private=job.private_root, job_id=job.id, rel_dir=job.rel_dir,
                        names=job.names, bases=b, dest_root=Path(job.filed_root),
                        suffix=job.filed_suffix, result_name=result_name(job),
-                       result=result_document(job, [shown(f) for f in filed]), crash_hook=crash_point)
+                       result=lambda filed: result_document(job, [shown(f) for f in filed]),
+                       crash_hook=crash_point)
         self.store.mark_filed(job.id)
         if first_time:
             if job.state == JobState.REJECTED:
@@ -128,7 +128,7 @@ class Filing(Stage):
     def take_back(self, job: Job) -> None:
         """Also what finishes a take-back interrupted by a crash (phase unfiling)."""
         assert job.filed_root is not None and job.filed_suffix is not None
-        spool.unfile(outbox_path=job.outbox_path, job_id=job.id, rel_dir=job.rel_dir, names=job.names,
+        spool.unfile(private=job.private_root, job_id=job.id, rel_dir=job.rel_dir, names=job.names,
                      bases=bases(job), dest_root=Path(job.filed_root), suffix=job.filed_suffix,
                      result_name=result_name(job), crash_hook=crash_point)
         n = self.store.reopen_job(job.id)

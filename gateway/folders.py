@@ -14,12 +14,14 @@ import os
 from pathlib import Path
 
 from gateway.config import OutboxConfig
+from gateway.private import PrivateFolders
 
 
 class FolderGuard:
     def __init__(self) -> None:
         self._mounted: dict[Path, bool] = {}
         self._inode: dict[Path, int] = {}
+        self.private = PrivateFolders()
 
     def problem(self, ob: OutboxConfig) -> str | None:
         """None while the outbox can be used, else the reason it cannot."""
@@ -33,7 +35,7 @@ class FolderGuard:
                 return (f"outbox {ob.name}: the {role} folder {path} is no longer mounted (an unmounted "
                         "share?); nothing is written there until it is back")
             self._inode.setdefault(path, st.st_ino)
-        return None
+        return self.private.problem(ob)
 
     def replaced(self, path: Path) -> bool:
         """True once if the folder is another one than last time (deleted and recreated):

@@ -25,7 +25,7 @@ from pathlib import Path
 from gateway import spool
 from gateway.blocking import BlockedItems
 from gateway.config import OutboxConfig
-from gateway.errors import Rejected
+from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
 from gateway.judge import evaluate, file_sha256, has_destination_without_sidecar, read_sidecar
@@ -43,8 +43,10 @@ FOLDER_CHECK = 1.0  # how often outbox, sent and failed folders are checked (mis
 FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
 
 
-def claim_problem(exc: OSError, folder: Path) -> str:
+def claim_problem(exc: OSError | SpoolError, folder: Path) -> str:
     """A sentence saying what to fix, for the errors a claim meets in real outboxes."""
+    if isinstance(exc, SpoolError):
+        return str(exc)
     code = exc.errno
     if code in (errno.EACCES, errno.EPERM):
         return (f"the gateway's user may not move files out of {shown(folder)}: give the gateway's group "
@@ -139,6 +141,8 @@ class Intake(Stage):
     def _plan_outbox(self, ob: OutboxConfig, end: float) -> bool:
         """Plan the folders that changed or whose wait is over; True if time ran out."""
         now = self.watcher.clock()
+        if self.guard.private.problem(ob):
+            return False  # checked before each claim batch; the folder check pauses the outbox
         pending = self._pending.setdefault(ob.name, {})
         for folder in sorted(self.watcher.take_dirty(ob.name)):
             self.blocked_claims.folder_changed(ob.name, folder)
@@ -181,7 +185,7 @@ class Intake(Stage):
         if queue is None:
             root = ob.path / folder
             sidecars = {n: p for n, s in files.items() if is_sidecar_name(n) and s.ready
-                        and (p := self._sidecar(root / n, s)) is not None}
+                        and (p := self._sidecar(ob.path, root / n, s)) is not None}
             result = plan_folder(folder, files, sidecars, readable=lambda n: _readable(root / n),
                                  has_destination=has_destination_without_sidecar(folder, ob),
                                  sidecar_wait=ob.sidecar_wait, now=now)
@@ -209,14 +213,14 @@ class Intake(Stage):
             self._wake_at[(ob.name, folder)] = wake
         return finished
 
-    def _sidecar(self, path: Path, seen: Seen) -> Sidecar | Rejected | None:
+    def _sidecar(self, root: Path, path: Path, seen: Seen) -> Sidecar | Rejected | None:
         """Parsed sidecars are cached by signature, so a folder that waits is not re-read."""
         key = (str(path), seen.sig)
         if key not in self._sidecars:
             if len(self._sidecars) > 10000:
                 self._sidecars.clear()
             try:
-                self._sidecars[key] = read_sidecar(path)
+                self._sidecars[key] = read_sidecar(path, root=root)
             except Rejected as exc:
                 self._sidecars[key] = exc
             except OSError:
@@ -236,13 +240,13 @@ class Intake(Stage):
             documents=plan.documents, sidecar=plan.sidecar, primary=plan.primary,
             simulated=self.simulate, settled_at=settled_wall,
             reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None,
-            sent_root=str(ob.sent), failed_root=str(ob.failed))
+            sent_root=str(ob.sent), failed_root=str(ob.failed), private_root=str(ob.private))
         crash_point("claim")
         try:
-            missing = spool.claim(ob.path, job_id, plan.rel_dir, sources, crash_hook=crash_point)
-        except OSError as exc:
+            missing = spool.claim(ob.path, ob.private, job_id, plan.rel_dir, sources, crash_hook=crash_point)
+        except (OSError, SpoolError) as exc:
             path = ob.path / plan.rel_dir / plan.primary
-            if not self._undo_claim(job_id, ob.path, plan.rel_dir, sources):
+            if not self._undo_claim(job_id, ob.path, ob.private, plan.rel_dir, sources):
                 self._unfinished[job_id] = ob.name
                 self._stuck[key] = job_id
             return self.blocked_claims.block(key, outbox=ob.name, item=str(path), folder=plan.rel_dir,
@@ -256,12 +260,13 @@ class Intake(Stage):
         self.judge(job_id)
         return None
 
-    def _undo_claim(self, job_id: int, outbox_path: Path, rel_dir: str, sources: list[SourceFile]) -> bool:
+    def _undo_claim(self, job_id: int, outbox_path: Path, private: Path, rel_dir: str,
+                    sources: list[SourceFile]) -> bool:
         """Put back what a failed claim moved, remove its folder and its row: True if
         nothing of it is left, so that trying again never adds rows or folders."""
         try:
-            spool.unclaim(outbox_path, job_id, rel_dir, sources)
-        except OSError as exc:
+            spool.unclaim(outbox_path, private, job_id, rel_dir, sources)
+        except (OSError, SpoolError) as exc:
             self.problems.problem(("undo", job_id), "job %s: a failed claim could not be undone yet: %s",
                                   job_id, exc)
             return False
@@ -305,9 +310,11 @@ class Intake(Stage):
     def _finish_claim(self, job: Job) -> None:
         """After a crash: the claim is finished; if it cannot be, it is undone."""
         try:
-            missing = spool.claim(job.outbox_path, job.id, job.rel_dir, job.sources)
-        except OSError:
-            if self._undo_claim(job.id, Path(job.outbox_path), job.rel_dir, job.sources):
+            missing = spool.claim(job.outbox_path, job.private_root, job.id, job.rel_dir, job.sources,
+                                  resume=True)
+        except (OSError, SpoolError):
+            if self._undo_claim(job.id, Path(job.outbox_path), Path(job.private_root), job.rel_dir,
+                                job.sources):
                 self.log.info("job %s: an interrupted claim was undone; its files wait in the outbox", job.id)
                 return
             raise
@@ -323,7 +330,7 @@ class Intake(Stage):
         if ob is None:
             self._unfinished[job_id] = job.outbox
             return
-        held = spool.job_dir(job.outbox_path, job.id) / job.rel_dir
+        held = spool.job_dir(job.private_root, job.id) / job.rel_dir
         try:
             if not job.sources:
                 raise Rejected("unreadable", "every file of the job disappeared before it was taken")
@@ -369,7 +376,8 @@ class Intake(Stage):
                 self.log.info("outbox %s: its folders are back; resuming", ob.name)
             self.metrics.outbox_paused.labels(ob.name).set(0)
             self.watcher.remove(ob.name)
-            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling)
+            self.watcher.add(ob.name, ob.path, settle=ob.settle, rescan=ob.rescan, polling=ob.polling,
+                             private=ob.private)
             self.on_judged()
 
 

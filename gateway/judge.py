@@ -17,8 +17,10 @@ from typing import Any
 from gateway import numbers
 from gateway.config import OutboxConfig
 from gateway.doctypes import inspect_document
-from gateway.errors import Rejected
+from gateway.errors import Rejected, SpoolError
+from gateway.names import shown
 from gateway.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
+from gateway.spool import open_dir
 from gateway.store import Job
 
 
@@ -31,33 +33,53 @@ class Accepted:
     kinds: list[str]
 
 
-def safe_read(path: Path, limit: int | None = None) -> bytes:
+def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None) -> bytes:
     """Open only regular files with one link, without following links or blocking on a
-    FIFO, and check after opening that the file is the one that was looked at."""
+    FIFO, and check after opening that the file is the one that was looked at.  With
+    `root`, the folders from `root` down to the file are opened without following links
+    too (an outbox, whose folders a writer may swap for links)."""
+    rel = str(path.parent.relative_to(root)) if root is not None else ""
     try:
-        st = os.lstat(path)
+        with open_dir(root if root is not None else path.parent, "" if rel == "." else rel) as folder:
+            return _read_at(folder, path.name, limit, path.parent)
+    except SpoolError as exc:
+        raise Rejected("unsafe_file", str(exc)) from None
     except FileNotFoundError:
         raise Rejected("unreadable", f"{path.name} disappeared before it could be read") from None
-    describe_unsafe(path.name, st)
-    if limit is not None and st.st_size > limit:
-        raise Rejected("too_large", f"{path.name} is {st.st_size} bytes, the limit is {limit}")
+
+
+def _read_at(folder: int, name: str, limit: int | None, where: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Rejected("unreadable", f"{name} disappeared before it could be read") from None
+    describe_unsafe(name, st, where)
+    if limit is not None and st.st_size > limit:
+        raise Rejected("too_large", f"{name} is {st.st_size} bytes, the limit is {limit}")
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=folder)
     except PermissionError:
-        raise Rejected("unreadable", f"{path.name}: permission denied; the writer's umask or group "
+        raise Rejected("unreadable", f"{name}: permission denied; the writer's umask or group "
                        "probably leaves the file unreadable to the gateway's user") from None
     except OSError as exc:
-        raise Rejected("unsafe_file", f"{path.name} could not be opened safely ({exc.strerror})") from None
+        raise Rejected("unsafe_file", f"{name} could not be opened safely ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as f:
         st2 = os.fstat(f.fileno())
         if (st2.st_ino, st2.st_dev) != (st.st_ino, st.st_dev) or not stat.S_ISREG(st2.st_mode):
-            raise Rejected("unsafe_file", f"{path.name} was replaced while it was opened")
+            raise Rejected("unsafe_file", f"{name} was replaced while it was opened")
         return f.read() if limit is None else f.read(limit + 1)
 
 
-def describe_unsafe(name: str, st: os.stat_result) -> None:
+def describe_unsafe(name: str, st: os.stat_result, folder: Path | None = None) -> None:
     if stat.S_ISLNK(st.st_mode):
-        raise Rejected("unsafe_file", f"{name} is a symbolic link")
+        target = ""
+        if folder is not None:
+            try:
+                target = f" to {shown(os.readlink(folder / name))}"
+            except OSError:
+                pass
+        raise Rejected("unsafe_file", f"{name} is a symbolic link{target}; it was not followed, and "
+                       "it is removed rather than filed")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else
                 "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
@@ -66,9 +88,9 @@ def describe_unsafe(name: str, st: os.stat_result) -> None:
         raise Rejected("unsafe_file", f"{name} is a hard link ({st.st_nlink} names for one file)")
 
 
-def read_sidecar(path: Path) -> Sidecar:
+def read_sidecar(path: Path, *, root: Path | None = None) -> Sidecar:
     try:
-        data = safe_read(path, MAX_SIDECAR_BYTES)
+        data = safe_read(path, MAX_SIDECAR_BYTES, root=root)
     except Rejected as exc:
         if exc.reason_code == "too_large":
             raise Rejected("bad_sidecar", f"{path.name} is larger than 64 KiB") from None
@@ -95,6 +117,11 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
     sidecar = read_sidecar(held_dir / job.sidecar) if job.sidecar else None
     if not job.documents:
         raise Rejected("bad_sidecar", f"{job.sidecar} names no document")
+    for name in job.documents:  # a link or a device is unsafe whatever else is wrong with it
+        try:
+            describe_unsafe(name, os.lstat(held_dir / name), held_dir)
+        except FileNotFoundError:
+            pass
     dests = destinations(job.rel_dir, outbox, sidecar)
     total_pages, sha, kinds = 0, [], []
     for name in job.documents:

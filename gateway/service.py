@@ -9,6 +9,7 @@ waits for it.  Signal handlers only set flags; the main thread acts on them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ from gateway.config import Config, OutboxConfig
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
 from gateway.errors import GatewayError, StartupError, UsageError
+from gateway.faults import crash_point
 from gateway.filing import Filing
 from gateway.ifax import IFaxClient
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
+from gateway.private import move_legacy_jobs
 from gateway.stage import Stage
 from gateway.store import Job, Store
 from gateway.systemd import notify
@@ -45,7 +48,7 @@ class Service:
                  base_url: str | None = None) -> None:
         self.config = config
         self.simulate = simulate
-        self.outboxes: dict[str, OutboxConfig] = {o.name: o for o in config.outboxes}
+        self.outboxes: dict[str, OutboxConfig] = {o.name: _resolved(o) for o in config.outboxes}
         self.metrics = Metrics(list(self.outboxes))
         self._base_url = base_url
         self._api_key = api_key
@@ -85,7 +88,7 @@ class Service:
                                "real API; use another database for simulated runs")
         store.clear_all_blocked()
         self.metrics.watch_store(store.count_by_state, store.oldest_active_created_at, store.count_blocked)
-        for ob in cfg.outboxes:
+        for ob in self.outboxes.values():
             for path in (ob.path, ob.sent, ob.failed):
                 self._ensure_folder(ob.name, path)
         self.web = WebServer(cfg.http.host, cfg.http.port, self)
@@ -109,6 +112,13 @@ class Service:
         self.dispatcher.paused_outboxes = self.paused
         self.dispatcher.folder_problem = self.intake.folder_problem
         self.intake.start_watching()
+        for ob in self.outboxes.values():  # job folders of an older version move into the private folder
+            if ob.name not in self.paused:
+                try:
+                    move_legacy_jobs(store, ob, crash_point)
+                except Exception as exc:
+                    log.error("outbox %s: moving old job folders failed (%s); they are tried again at the "
+                              "next start", ob.name, exc)
         _check_inotify_limits(len(cfg.outboxes))
         for stage in self.stages:
             stage.start()
@@ -255,6 +265,13 @@ class Service:
         if self.store:
             self.store.close()
         self._lock.release()
+
+
+def _resolved(ob: OutboxConfig) -> OutboxConfig:
+    """The configured folders, resolved once at start: an administrator may reach them
+    through a link; below them nothing is followed (SPEC 4.5)."""
+    real = {k: Path(os.path.realpath(getattr(ob, k))) for k in ("path", "sent", "failed", "private")}
+    return dataclasses.replace(ob, **real)
 
 
 def _check_inotify_limits(n_outboxes: int) -> None:

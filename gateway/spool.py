@@ -1,9 +1,16 @@
-"""Every file move the gateway makes: claiming into `.fax-gateway/<job>/`, filing into
-`sent/` or `failed/` without overwriting, and writing result files.
+"""Every file move the gateway makes: claiming into the outbox's private folder, filing
+into `sent/` or `failed/` without overwriting, taking back for a resend, result files.
+
+Below the configured roots (resolved once at start) nothing is followed: every folder
+is opened with O_NOFOLLOW from its root down and every move is a `rename` between two
+folder descriptors (SPEC 4.5).  A folder swapped for a link, or a link planted where a
+folder is expected, makes the move fail with a `SpoolError` that says what to fix; it
+never reads or writes outside.
 
 Each function is safe to call again after a crash at any point inside it: a rename that
-already happened is recognised (source gone, destination present) and skipped.  The
-caller commits its intent to the store before calling, so a restart knows what to repeat.
+already happened is recognised (source gone, destination present with the recorded
+inode or the same content) and skipped.  The caller commits its intent to the store
+before calling, so a restart knows what to repeat.
 """
 
 from __future__ import annotations
@@ -11,66 +18,131 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
+import secrets
 import stat
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import SpoolError
-from gateway.names import NAME_MAX, result_file_name
+from gateway.names import NAME_MAX, result_file_name, shown
 
-JOB_DIR = ".fax-gateway"
+LEGACY_JOB_DIR = ".fax-gateway"  # job folders lay here, inside the outbox, before private folders
 DIR_MODE = 0o750
 FILE_MODE = 0o640
+PRIVATE_MODE = 0o700
 RESULT_SUFFIX = ".result.json"
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOFOLLOW_DIR = _DIR_FLAGS | os.O_NOFOLLOW
 
 
-def job_dir(outbox_path: str | Path, job_id: int) -> Path:
-    return Path(outbox_path) / JOB_DIR / str(job_id)
+def job_dir(private: str | Path, job_id: int) -> Path:
+    return Path(private) / str(job_id)
+
+
+def legacy_private(outbox_path: str | Path) -> Path:
+    return Path(outbox_path) / LEGACY_JOB_DIR
+
+
+def _parts(rel_dir: str) -> list[str]:
+    return [p for p in rel_dir.split(os.sep) if p]
+
+
+# -- folders, opened without following links ---------------------------------------
+
+@contextmanager
+def open_dir(root: str | Path, rel_dir: str = "", *, create: bool = False,
+             mode: int = DIR_MODE) -> Iterator[int]:
+    """A descriptor of `root/rel_dir`.  `root` is a configured folder (resolved at start);
+    below it, every component is opened with O_NOFOLLOW, so a link never leads out.
+    With `create`, missing folders are made (mode, and the group of their parent)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        where = Path(root)
+        for part in _parts(rel_dir):
+            where = where / part
+            try:
+                nfd = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = _open_made(fd, part, where, mode)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _in_the_way(fd, part, where) from None
+                raise
+            os.close(fd)
+            fd = nfd
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_made(parent: int, part: str, where: Path, mode: int) -> int:
+    try:
+        fd = os.open(part, _NOFOLLOW_DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _in_the_way(parent, part, where) from None
+        raise
+    _adopt_group(parent, fd, mode | stat.S_IFDIR)
+    return fd
+
+
+def _in_the_way(parent: int, part: str, where: Path) -> SpoolError:
+    st = lstat_at(parent, part)
+    kind = "a link" if st is not None and stat.S_ISLNK(st.st_mode) else "a file"
+    return SpoolError(f"{where} is {kind} where a folder is expected: move it away; nothing is "
+                      "written through it")
+
+
+def _adopt_group(parent: int, fd: int, mode: int) -> None:
+    """Folders and files the gateway makes take their parent folder's group (and a
+    setgid folder's setgid bit), so staff who read `sent/` can read what we add."""
+    try:
+        pst, st = os.fstat(parent), os.fstat(fd)
+        if st.st_gid != pst.st_gid:
+            os.fchown(fd, -1, pst.st_gid)
+        setgid = stat.S_ISGID if stat.S_ISDIR(mode) and pst.st_mode & stat.S_ISGID else 0
+        os.fchmod(fd, stat.S_IMODE(mode) | setgid)
+    except OSError:
+        pass  # not permitted to change group (not a member): the file stays readable by us
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def make_dirs(path: Path, stop_at: Path) -> None:
-    """Create `path` and its missing parents below `stop_at` with mode 0750 and the group
-    of their parent folder, so staff who can read `sent/` can read what we add there."""
+    """Create a configured folder and its missing parents below `stop_at` (start-up only:
+    these are the administrator's paths, links in them are the administrator's choice)."""
     missing = []
     p = path
     while not p.exists() and p != stop_at and p.parent != p:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        try:
-            os.mkdir(d, DIR_MODE)
-        except FileExistsError:
-            continue
-        _adopt_parent_group(d, DIR_MODE)
-
-
-def _adopt_parent_group(path: Path, mode: int) -> None:
-    try:
-        parent_gid = os.stat(path.parent).st_gid
-        st = os.lstat(path)
-        if st.st_gid != parent_gid:
-            os.chown(path, -1, parent_gid)
-        os.chmod(path, mode | (stat.S_ISGID if stat.S_ISDIR(st.st_mode) and
-                                _is_setgid(path.parent) else 0))
-    except OSError:
-        pass  # not permitted to change group (not a member): the file stays readable by us
-
-
-def _is_setgid(path: Path) -> bool:
-    try:
-        return bool(os.stat(path).st_mode & stat.S_ISGID)
-    except OSError:
-        return False
+        with open_dir(d.parent) as parent:
+            try:
+                os.mkdir(d.name, DIR_MODE, dir_fd=parent)
+            except FileExistsError:
+                continue
+            os.close(_open_made(parent, d.name, d, DIR_MODE))
 
 
 def fsync_dir(path: Path) -> None:
     """A rename is durable only once its directory is synced."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, _DIR_FLAGS)
     except OSError:
         return
     try:
@@ -79,70 +151,111 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def claim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any],
-          crash_hook: Any = None) -> list[str]:
-    """Rename the job's files from the outbox into its own folder.
+# -- claiming -------------------------------------------------------------------------
 
-    `sources` carry the inode seen when the claim was decided: a file at the same name
-    with another inode is a new document (a reprint) and is left for a later job.
-    Returns the names that were not found (gone before they could be taken).
+def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any],
+          *, resume: bool = False, crash_hook: Any = None) -> list[str]:
+    """Rename the job's files from the outbox into its own folder in the private folder.
+
+    The job's folder is made with an exclusive mkdir (an existing one means the database
+    does not know it: it is never reused), unless `resume` finishes a claim a crash
+    interrupted.  `sources` carry the inode seen when the claim was decided: only that
+    inode is moved (a file at the same name with another inode is a new document), and
+    what lies in the job's folder afterwards is checked to be it.  Returns the names that
+    were not taken (gone, or replaced, before they could be).
     """
-    outbox = Path(outbox_path)
-    src_dir = outbox / rel_dir
-    dst_dir = job_dir(outbox, job_id) / rel_dir
-    longest = max((len(os.fsencode(dst_dir / s.name)) for s in sources), default=0)
+    dst_path = job_dir(private, job_id) / rel_dir
+    longest = max((len(os.fsencode(dst_path / s.name)) for s in sources), default=0)
     if longest >= PATH_MAX:  # refused before any folder is made, so nothing is left to undo
-        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(src_dir))
-    make_dirs(dst_dir, outbox)
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(Path(outbox) / rel_dir))
     missing = []
-    for s in sources:
-        src, dst = src_dir / s.name, dst_dir / s.name
-        if os.path.lexists(dst):
-            continue  # moved before a crash
-        try:
-            st = os.lstat(src)
-        except FileNotFoundError:
-            missing.append(s.name)
-            continue
-        if st.st_ino != s.ino:
-            missing.append(s.name)
-            continue
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            missing.append(s.name)
-        if crash_hook:
-            crash_hook("claim_partial")
-    fsync_dir(dst_dir)
-    fsync_dir(src_dir)
+    with open_dir(outbox, rel_dir) as src, open_dir(private) as priv:
+        if not resume:
+            try:
+                os.mkdir(str(job_id), PRIVATE_MODE, dir_fd=priv)
+            except FileExistsError:
+                raise SpoolError(f"{job_dir(private, job_id)} already exists although job {job_id} is "
+                                 "new: the database does not know it (see the README, 'A lost database')"
+                                 ) from None
+        with open_dir(private, os.path.join(str(job_id), rel_dir), create=True, mode=PRIVATE_MODE) as dst:
+            for s in sources:
+                there = lstat_at(dst, s.name)
+                if there is not None:
+                    if there.st_ino == s.ino:
+                        continue  # moved before a crash
+                    raise SpoolError(f"{shown(s.name)} in {job_dir(private, job_id)} is not the file that "
+                                     "was claimed")
+                st = lstat_at(src, s.name)
+                if st is None or st.st_ino != s.ino:
+                    missing.append(s.name)
+                    continue
+                try:
+                    os.rename(s.name, s.name, src_dir_fd=src, dst_dir_fd=dst)
+                except FileNotFoundError:
+                    missing.append(s.name)
+                    continue
+                moved = lstat_at(dst, s.name)
+                if moved is None or moved.st_ino != s.ino:  # replaced between the check and the rename
+                    if moved is not None and lstat_at(src, s.name) is None:
+                        os.rename(s.name, s.name, src_dir_fd=dst, dst_dir_fd=src)
+                    missing.append(s.name)
+                if crash_hook:
+                    crash_hook("claim_partial")
+            os.fsync(dst)
+        os.fsync(priv)
+        os.fsync(src)
     return missing
 
 
-def unclaim(outbox_path: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any]) -> None:
+def unclaim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str,
+            sources: Sequence[Any]) -> None:
     """Undo a claim that failed part-way: every file that was moved goes back under its
     name (never over a new file of that name), then the job's folders are removed.
     Raises OSError if anything of the job is left in its folder."""
-    outbox = Path(outbox_path)
-    src_dir = outbox / rel_dir
-    dst_dir = job_dir(outbox, job_id) / rel_dir
-    for s in sources:
-        src, dst = src_dir / s.name, dst_dir / s.name
+    with ExitStack() as stack:
         try:
-            os.lstat(dst)
-        except FileNotFoundError:
-            continue
+            dst = stack.enter_context(open_dir(private, os.path.join(str(job_id), rel_dir)))
         except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                continue  # the folder could not even be named: nothing was moved there
-            raise
-        if os.path.lexists(src):
-            raise SpoolError(f"{src} was written again while its claim was undone")
-        os.rename(dst, src)
-    remove_job_dir(outbox, job_id)
-    if os.path.lexists(job_dir(outbox, job_id)):
-        raise SpoolError(f"{job_dir(outbox, job_id)} could not be removed")
-    fsync_dir(src_dir)
+            if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENAMETOOLONG:
+                raise
+            dst = None  # nothing was moved there
+        if dst is not None:
+            src = stack.enter_context(open_dir(outbox, rel_dir))
+            for s in sources:
+                st = lstat_at(dst, s.name)
+                if st is None or st.st_ino != s.ino:
+                    continue
+                if lstat_at(src, s.name) is not None:
+                    raise SpoolError(f"{shown(s.name)} was written again while its claim was undone")
+                os.rename(s.name, s.name, src_dir_fd=dst, dst_dir_fd=src)
+            os.fsync(src)
+    remove_job_dir(private, job_id)
+    if os.path.lexists(job_dir(private, job_id)):
+        raise SpoolError(f"{job_dir(private, job_id)} could not be removed")
 
+
+def remove_job_dir(private: str | Path, job_id: int) -> None:
+    """Only empty folders are removed: a file left behind is never deleted."""
+    try:
+        with open_dir(private) as priv:
+            name = str(job_id)
+            if lstat_at(priv, name) is None:
+                return
+            for _dirpath, dirnames, _files, dfd in os.fwalk(name, topdown=False, dir_fd=priv):
+                for d in dirnames:
+                    try:
+                        os.rmdir(d, dir_fd=dfd)
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(name, dir_fd=priv)
+            except OSError:
+                pass
+    except FileNotFoundError:
+        return
+
+
+# -- names on filing ------------------------------------------------------------------
 
 def suffixed(name: str, n: int, bases: Iterable[str]) -> str:
     """`NAME.EXT` -> `NAME-N.EXT`; a sidecar or result named after a document follows it
@@ -169,131 +282,163 @@ def result_name(primary: str, job_id: int) -> str:
     return result_file_name(primary, job_id)
 
 
-def choose_suffix(dest_dir: Path, names: Sequence[str], bases: Sequence[str]) -> int:
+def choose_suffix(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str]) -> int:
     """The lowest N for which no file of the job (result included) would overwrite one."""
-    n = 0
-    while True:
-        if not any(os.path.lexists(dest_dir / suffixed(name, n, bases)) for name in names):
+    try:
+        with open_dir(dest_root, rel_dir) as d:
+            n = 0
+            while any(lstat_at(d, suffixed(name, n, bases)) is not None for name in names):
+                n += 1
             return n
-        n += 1
+    except FileNotFoundError:
+        return 0
 
 
-def move_file(src: Path, dst: Path) -> None:
-    """Rename, or copy-fsync-rename-unlink across filesystems; never overwrites."""
-    if os.path.lexists(dst):
-        if os.path.lexists(src):
-            if _same_content(src, dst):
-                os.unlink(src)  # the copy finished before a crash; the unlink did not
+# -- moving, never overwriting -----------------------------------------------------------
+
+def move_at(src: int, name: str, dst: int, new: str) -> None:
+    """Rename between two folders, or copy-fsync-rename-unlink across filesystems; never
+    overwrites, and safe to repeat after a crash at any point."""
+    there, here = lstat_at(dst, new), lstat_at(src, name)
+    if there is not None:
+        if here is not None:
+            if _same_content_at(src, name, dst, new):
+                os.unlink(name, dir_fd=src)  # the copy finished before a crash; the unlink did not
                 return
-            raise SpoolError(f"{dst} already exists and differs from {src}; left both in place")
+            raise SpoolError(f"{shown(new)} already exists and differs from the file being filed; "
+                             "left both in place")
+        return
+    if here is None:
         return
     try:
-        os.rename(src, dst)
+        os.rename(name, new, src_dir_fd=src, dst_dir_fd=dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        def copy(out: Any, tmp: str) -> None:
-            with open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
-            shutil.copystat(src, tmp)
-
-        _write_atomically(dst, copy)
-        os.unlink(src)
+        _copy_across(src, name, dst, new, here)
+        os.unlink(name, dir_fd=src)
 
 
-def _write_atomically(path: Path, fill: Any, mode: int | None = None) -> None:
-    """Write beside the target, fsync, rename over it, sync the folder: a reader sees the
-    old state or the complete new file, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".fax-gateway-tmp", dir=path.parent)
+def _copy_across(src: int, name: str, dst: int, new: str, st: os.stat_result) -> None:
+    inp = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
     try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out, tmp)
-            out.flush()
-            os.fsync(out.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def _same_content(a: Path, b: Path) -> bool:
-    try:
-        if os.path.getsize(a) != os.path.getsize(b):
-            return False
-        with open(a, "rb") as fa, open(b, "rb") as fb:
+        def fill(out: int) -> None:
             while True:
-                x, y = fa.read(1 << 20), fb.read(1 << 20)
-                if x != y:
-                    return False
-                if not x:
-                    return True
+                chunk = os.read(inp, 1 << 20)
+                if not chunk:
+                    break
+                _write_all(out, chunk)
+        _write_atomically_at(dst, new, fill, stat.S_IMODE(st.st_mode) or FILE_MODE)
+        os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+    finally:
+        os.close(inp)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_atomically_at(dir_fd: int, name: str, fill: Any, mode: int) -> None:
+    """Write beside the target, fsync, rename over it, sync the folder: a reader sees no
+    file or the complete one, never a part."""
+    tmp = f".fax-gateway-tmp-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            fill(fd)
+            _adopt_group(dir_fd, fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    os.fsync(dir_fd)
+
+
+def _same_content_at(a_dir: int, a: str, b_dir: int, b: str) -> bool:
+    try:
+        fa = os.open(a, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=a_dir)
     except OSError:
         return False
+    try:
+        fb = os.open(b, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=b_dir)
+    except OSError:
+        os.close(fa)
+        return False
+    try:
+        if os.fstat(fa).st_size != os.fstat(fb).st_size:
+            return False
+        while True:
+            x, y = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """`move_at` between two paths (their folders are opened as they are)."""
+    with open_dir(src.parent) as s, open_dir(dst.parent) as d:
+        move_at(s, src.name, d, dst.name)
+
+
+def write_result_at(dir_fd: int, name: str, document: dict[str, Any]) -> None:
+    """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    _write_atomically_at(dir_fd, name, lambda fd: _write_all(fd, data), FILE_MODE)
 
 
 def write_result(path: Path, document: dict[str, Any]) -> None:
-    """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
-    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    _write_atomically(path, lambda out, _tmp: out.write(data), FILE_MODE)
-    _adopt_parent_group(path, FILE_MODE)
+    with open_dir(path.parent) as d:
+        write_result_at(d, path.name, document)
 
 
-def file_job(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
+# -- filing and taking back -------------------------------------------------------------
+
+def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
              bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
-             result: dict[str, Any], crash_hook: Any = None) -> list[str]:
+             result: Callable[[list[str]], dict[str, Any]], crash_hook: Any = None) -> list[str]:
     """Move the job's files to `dest_root/rel_dir/` under their suffixed names, then write
-    the result file, then remove the job's folder.  Returns the names as filed."""
+    the result file (`result(names as filed)`), then remove the job's folder.  A symbolic
+    link is never filed: it is removed (its result records what it pointed at).  Returns
+    the names as filed."""
     if not dest_root.is_dir():
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
-    dest_dir = dest_root / rel_dir
-    make_dirs(dest_dir, dest_root)
-    _check_folder_path(dest_root, rel_dir)
-    src_dir = job_dir(outbox_path, job_id) / rel_dir
     filed = []
-    for name in names:
-        new = suffixed(name, suffix, bases)
-        src, dst = src_dir / name, dest_dir / new
-        if os.path.lexists(src) or os.path.lexists(dst):
-            move_file(src, dst)
-            filed.append(new)
-        if crash_hook:
-            crash_hook("filing")
-    fsync_dir(dest_dir)
-    write_result(dest_dir / suffixed(result_name, suffix, bases), result)
-    remove_job_dir(outbox_path, job_id)
+    with ExitStack() as stack:
+        dst = stack.enter_context(open_dir(dest_root, rel_dir, create=True))
+        try:
+            src: int | None = stack.enter_context(open_dir(private, os.path.join(str(job_id), rel_dir)))
+        except FileNotFoundError:
+            src = None  # moved and removed before a crash: only the result is left to write
+        for name in names:
+            new = suffixed(name, suffix, bases)
+            here = lstat_at(src, name) if src is not None else None
+            if here is not None and stat.S_ISLNK(here.st_mode):
+                os.unlink(name, dir_fd=src)
+                continue
+            if src is not None and (here is not None or lstat_at(dst, new) is not None):
+                move_at(src, name, dst, new)
+                filed.append(new)
+            elif src is None and lstat_at(dst, new) is not None:
+                filed.append(new)
+            if crash_hook:
+                crash_hook("filing")
+        os.fsync(dst)
+        write_result_at(dst, suffixed(result_name, suffix, bases), result(filed))
+    remove_job_dir(private, job_id)
     return filed
-
-
-def _check_folder_path(root: Path, rel_dir: str) -> None:
-    """A file (or a link) where a folder of the job's path is expected: say which, and
-    what to do, instead of a bare 'Not a directory'."""
-    p = root
-    for part in [x for x in rel_dir.split(os.sep) if x]:
-        p = p / part
-        try:
-            st = os.lstat(p)
-        except OSError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            kind = "a link" if stat.S_ISLNK(st.st_mode) else "a file"
-            raise SpoolError(f"{p} is {kind} where a folder is expected: move it away and the job is "
-                             "filed there")
-
-
-def remove_job_dir(outbox_path: str | Path, job_id: int) -> None:
-    """Only empty folders are removed: a file left behind is never deleted."""
-    root = job_dir(outbox_path, job_id)
-    if not root.exists():
-        return
-    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        try:
-            os.rmdir(dirpath)
-        except OSError:
-            pass
 
 
 def filed_paths(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str],
@@ -301,29 +446,28 @@ def filed_paths(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequ
     return [dest_root / rel_dir / suffixed(n, suffix, bases) for n in names]
 
 
-def unfile(*, outbox_path: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
+def unfile(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
            bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
            crash_hook: Any = None) -> list[str]:
-    """Take a finished job's files back from failed/ into .fax-gateway/<job>/ (under their
+    """Take a finished job's files back from failed/ into its private folder (under their
     original names) to send them again, and remove its result file.  Safe to repeat.
     Returns the names found in neither place."""
-    held = job_dir(outbox_path, job_id) / rel_dir
-    make_dirs(held, Path(outbox_path))
     missing = []
-    for name, filed in zip(names, filed_paths(dest_root, rel_dir, names, bases, suffix), strict=True):
-        src, dst = filed, held / name
-        if os.path.lexists(dst) and not os.path.lexists(src):
-            continue
-        if not os.path.lexists(src):
-            missing.append(name)
-            continue
-        move_file(src, dst)
-        if crash_hook:
-            crash_hook("unfiling")
-    fsync_dir(held)
-    result = dest_root / rel_dir / suffixed(result_name, suffix, bases)
-    if os.path.lexists(result):
-        os.unlink(result)
-        fsync_dir(result.parent)
+    with open_dir(private, os.path.join(str(job_id), rel_dir), create=True, mode=PRIVATE_MODE) as held, \
+            open_dir(dest_root, rel_dir) as filed_dir:
+        for name in names:
+            filed = suffixed(name, suffix, bases)
+            if lstat_at(held, name) is not None and lstat_at(filed_dir, filed) is None:
+                continue
+            if lstat_at(filed_dir, filed) is None:
+                missing.append(name)
+                continue
+            move_at(filed_dir, filed, held, name)
+            if crash_hook:
+                crash_hook("unfiling")
+        os.fsync(held)
+        result = suffixed(result_name, suffix, bases)
+        if lstat_at(filed_dir, result) is not None:
+            os.unlink(result, dir_fd=filed_dir)
+            os.fsync(filed_dir)
     return missing
-

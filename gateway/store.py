@@ -187,6 +187,7 @@ class Job:
     filed_suffix: int | None
     sent_root: str | None = None     # recorded at the claim, so a job outlives its outbox's config
     failed_root: str | None = None
+    private_root: str = ""           # the private folder its files wait in (SPEC 4.4)
     kinds: list[str] = field(default_factory=list)  # each document's detected type
     recipients: list[Recipient] = field(default_factory=list)
 
@@ -264,7 +265,7 @@ class Store:
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
-        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str)):
+        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str)):
             if name not in have:  # schema 2 databases
                 db["jobs"].add_column(name, kind)
         db["blocked"].create({
@@ -319,7 +320,7 @@ class Store:
                             sidecar: str | None, primary: str, simulated: bool,
                             settled_at: float | None, reason_code: str | None = None,
                             reason: str | None = None, sent_root: str | None = None,
-                            failed_root: str | None = None) -> int:
+                            failed_root: str | None = None, private_root: str | None = None) -> int:
         """Commit which files are about to be renamed into the job's folder, before renaming.
         The job's sent/ and failed/ are recorded with it, so that it is filed where its
         outbox said even after the outbox left the configuration."""
@@ -328,11 +329,12 @@ class Store:
             cur = c.execute(
                 "INSERT INTO jobs(outbox, outbox_path, state, phase, simulated, rel_dir, sources,"
                 " documents, sidecar, primary_name, options, sha256, created_at, settled_at,"
-                " reason_code, reason, sent_root, failed_root) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " reason_code, reason, sent_root, failed_root, private_root)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (outbox, outbox_path, S.QUEUED, Phase.CLAIMING, int(simulated), _name_in(rel_dir),
                  json.dumps([s.__dict__ for s in sources]), json.dumps(list(documents)),
                  _name_in(sidecar), _name_in(primary), "{}", "[]", now, settled_at, reason_code,
-                 _shown(reason), sent_root, failed_root))
+                 _shown(reason), sent_root, failed_root, private_root))
             job_id = int(cur.lastrowid)
             self._event(c, job_id, "claiming", ", ".join(s.name for s in sources), at=now)
         return job_id
@@ -674,6 +676,17 @@ class Store:
 
     # -- recovery -------------------------------------------------------------------
 
+    def job_ids_with_legacy_private(self, outbox: str) -> list[int]:
+        """Jobs claimed before private folders, whose folder may still lie in the outbox."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT id FROM jobs WHERE outbox=? AND private_root IS NULL ORDER BY id", (outbox,))
+            return [r[0] for r in rows]
+
+    def set_private_root(self, job_id: int, private_root: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET private_root=? WHERE id=?", (private_root, job_id))
+
     def job_ids_in_phase(self, phase: str) -> list[int]:
         with self._lock:
             rows = self.conn.execute("SELECT id FROM jobs WHERE phase=? ORDER BY id", (phase,))
@@ -849,5 +862,6 @@ def _job(r: sqlite3.Row) -> Job:
                sha256=json.loads(r["sha256"] or "[]"), pages=r["pages"], created_at=r["created_at"],
                settled_at=r["settled_at"], completed_at=r["completed_at"], filed_to=r["filed_to"],
                filed_root=r["filed_root"], filed_suffix=r["filed_suffix"], sent_root=r["sent_root"],
-               failed_root=r["failed_root"], kinds=json.loads(r["kinds"] or "[]"))
+               failed_root=r["failed_root"], kinds=json.loads(r["kinds"] or "[]"),
+               private_root=r["private_root"] or str(Path(r["outbox_path"]) / ".fax-gateway"))
 

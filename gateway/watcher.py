@@ -24,16 +24,17 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from gateway.names import shown
-from gateway.spool import JOB_DIR
+from gateway.spool import LEGACY_JOB_DIR
 
 log = logging.getLogger("gateway.watcher")
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload", ".swp")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "@eadir", "#recycle", ".ds_store"}
 LONG_WAIT = 600.0  # a file waiting longer than this is logged (SPEC 4.1)
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def is_ignored(rel: str) -> bool:
@@ -87,6 +88,7 @@ class WatchedOutbox:
     settle: float
     rescan: float
     polling: bool
+    skip: str | None = None  # the private folder, when it lies inside the outbox: never looked at
     observer: object | None = None
     next_rescan: float = 0.0
     files: dict[str, Seen] = field(default_factory=dict)  # by path relative to root
@@ -115,12 +117,21 @@ class WatchedOutbox:
 class _Enqueue(FileSystemEventHandler):
     """Runs in watchdog's thread: only enqueue, never decide."""
 
-    def __init__(self, outbox: str, q: queue.SimpleQueue) -> None:
+    def __init__(self, outbox: str, q: queue.SimpleQueue, skip: str | None = None) -> None:
         self.outbox, self.q = outbox, q
+        self.skip = skip  # the private folder inside the outbox: its events are dropped here
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if self.skip is not None and _below(event.src_path, self.skip) and \
+                _below(getattr(event, "dest_path", "") or event.src_path, self.skip):
+            return
         self.q.put((self.outbox, event.event_type, event.src_path, getattr(event, "dest_path", ""),
                     event.is_directory))
+
+
+def _below(path: str | bytes, folder: str) -> bool:
+    p = os.fsdecode(path)
+    return p == folder or p.startswith(folder + os.sep)
 
 
 class _OverflowFlag(logging.Handler):
@@ -151,11 +162,20 @@ class Watcher:
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
 
-    def add(self, name: str, root: Path, *, settle: float, rescan: float, polling: bool) -> None:
-        wo = WatchedOutbox(name, root, settle, rescan, polling)
+    def add(self, name: str, root: Path, *, settle: float, rescan: float, polling: bool,
+            private: Path | None = None) -> None:
+        skip = None
+        if private is not None and root in private.parents:
+            skip = str(private.relative_to(root))
+        wo = WatchedOutbox(name, root, settle, rescan, polling, skip)
         self.outboxes[name] = wo
-        observer = PollingObserver(timeout=max(0.2, min(1.0, settle / 2))) if polling else Observer()
-        observer.schedule(_Enqueue(name, self.q), str(root), recursive=True)
+        if polling:  # lstat, so that a linked folder is never descended into (SPEC 4.5)
+            interval = max(0.2, min(1.0, settle / 2))
+            observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+        else:
+            observer = Observer()
+        observer.schedule(_Enqueue(name, self.q, str(root / skip) if skip else None), str(root),
+                          recursive=True)
         observer.daemon = True
         observer.start()
         wo.observer = observer
@@ -265,7 +285,7 @@ class Watcher:
         now = self.clock()
         wo.next_rescan = now + wo.rescan
         found: set[str] = set()
-        for rel, sig in _walk(wo.root):
+        for rel, sig in _walk(wo.root, wo.skip):
             found.add(rel)
             seen = wo.files.get(rel)
             if seen is None:
@@ -423,24 +443,38 @@ def _signature(path: str | Path) -> tuple[int, int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
-    """Every file below root with its signature; links to folders are not followed."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        try:
-            entries = list(os.scandir(root / rel_dir))
-        except OSError:
-            continue
-        for e in entries:
-            rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
-            if e.name == JOB_DIR or is_ignored(rel):
-                continue
+def _walk(root: Path, skip: str | None = None) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+    """Every file below root with its signature.  Folders are opened with O_NOFOLLOW from
+    the root down and listed by descriptor, so a link never leads the walk out (SPEC 4.5)."""
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    stack = [("", top)]
+    try:
+        while stack:
+            rel_dir, fd = stack.pop()
             try:
-                st = e.stat(follow_symlinks=False)
+                with os.scandir(fd) as it:
+                    entries = list(it)
             except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(rel)
-                continue
-            yield rel, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+                entries = []
+            for e in entries:
+                rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
+                if e.name == LEGACY_JOB_DIR or is_ignored(rel) or rel == skip:
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        stack.append((rel, os.open(e.name, _NOFOLLOW_DIR, dir_fd=fd)))
+                    except OSError:
+                        pass
+                    continue
+                yield rel, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+            os.close(fd)
+    finally:
+        for _rel, fd in stack:
+            os.close(fd)

@@ -78,6 +78,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.outbox, self.sent, self.failed = root / "outbox", root / "sent", root / "failed"
+        self.private = root / ".fax-gateway-main"  # the outbox `main`'s private folder (SPEC 4.4)
 
     def folder(self, name: str) -> Path:
         """A (number) folder in the outbox, created as a scanner would."""
@@ -102,7 +103,7 @@ class Spool:
         return wait_for(enough, timeout, f"{n} result file(s) in {where}")
 
     def outbox_files(self) -> list[str]:
-        """Visible files left in the outbox (the gateway's own .fax-gateway folder excluded)."""
+        """Visible files left in the outbox."""
         return sorted(str(p.relative_to(self.outbox)) for p in self.outbox.rglob("*")
                       if p.is_file() and ".fax-gateway" not in p.parts)
 

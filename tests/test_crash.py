@@ -30,7 +30,7 @@ def _everything_filed_once(spool, datas: dict[str, bytes], where: str):
         assert len(copies) == 1, f"{name} found {len(copies)} times: {copies}"
         assert getattr(spool, where) in copies[0].parents, f"{name} is in {copies[0]}"
     assert spool.outbox_files() == []
-    assert not any((spool.outbox / ".fax-gateway").rglob("*.pdf"))
+    assert not any(spool.private.rglob("*.pdf"))
 
 
 @pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed"])

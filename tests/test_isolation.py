@@ -132,7 +132,7 @@ def test_folder_the_gateway_may_not_write_blocks_only_its_files(daemon, two_outb
     import time
     time.sleep(3)  # several tries of the blocked claim, each with its backoff
     assert job_rows(tmp_path / "jobs.db") == rows == 2, "a blocked claim left job rows behind"
-    assert list((spool.outbox / ".fax-gateway").iterdir()) == [], "a blocked claim left folders behind"
+    assert list(spool.private.iterdir()) == [], "a blocked claim left folders behind"
     log = d.log.read_text()
     assert log.count("blocked (claim)") == 1 and "Traceback" not in log
     os.chown(locked, 0, 0)  # the administrator fixes the folder
@@ -181,7 +181,7 @@ def test_path_too_long_to_claim_is_blocked_not_multiplied(daemon, two_outboxes, 
     import time
     time.sleep(2)
     assert job_rows(tmp_path / "jobs.db") == 2
-    assert list((spool.outbox / ".fax-gateway").iterdir()) == []
+    assert list(spool.private.iterdir()) == []
     assert "Traceback" not in d.log.read_text()
 
 
@@ -302,9 +302,11 @@ def test_jobs_of_an_outbox_removed_from_the_configuration_are_filed_where_it_sai
 
 
 def test_a_burst_in_one_folder_does_not_starve_other_folders_or_outboxes(daemon, two_outboxes, spool,
-                                                                        other, simulator):
+                                                                        other, simulator, tmp_path):
+    """Claims are numbered in the order they happen: documents dropped into another folder
+    and another outbox just after a burst began are claimed long before the burst ends."""
     d = daemon(two_outboxes()).start()
-    burst = spool.folder("+15551230518")
+    burst = spool.folder("555-1234")  # not a valid number: each is rejected, nothing is sent
     data = make_pdf(1)
     for i in range(800):
         (burst / f"b{i:04d}.pdf").write_bytes(data)
@@ -315,10 +317,14 @@ def test_a_burst_in_one_folder_does_not_starve_other_folders_or_outboxes(daemon,
 
     def both_done() -> bool:
         samples.append(_health(d)[0])
-        return bool(other.results("sent")) and any(
-            r["files"] == ["side.pdf"] for r in spool.results("sent"))
-    wait_for(both_done, 30, "the other folder's and the other outbox's documents")
-    assert os.listdir(burst), "the burst was over before the others were looked at"
+        return bool(other.results("sent")) and any(r["files"] == ["side.pdf"] for r in spool.results("sent"))
+    wait_for(both_done, 60, "the other folder's and the other outbox's documents")
+    wait_for(lambda: not os.listdir(burst), 60, "the whole burst claimed")
+    [side] = [r["job"] for r in spool.results("sent") if r["files"] == ["side.pdf"]]
+    [elsewhere] = [r["job"] for r in other.results("sent")]
+    last = job_rows(tmp_path / "jobs.db")
+    assert last == 802
+    assert max(side, elsewhere) < last - 200, "the others waited for most of the burst"
     assert set(samples) == {200}
 
 
