@@ -60,6 +60,8 @@ def test_a_planted_old_style_private_folder_full_of_links_is_never_read(daemon, 
     (spool.folder("+15551230702") / "scan.pdf").write_bytes(data)
     [result] = spool.wait_results(1, "sent")
     assert sent_documents(simulator) == [("+15551230702", data)]
+    assert result["job"] == 1 and spool.results("failed") == [], "a planted folder was used for a job"
+    assert not any(p.is_symlink() for p in spool.failed.rglob("*"))
     _untouched(secret, simulator)
 
 
