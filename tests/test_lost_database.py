@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from conftest import run_cli
+
 from gateway.store import SCHEMA_VERSION, SourceFile, Store
 
 # The tables as gateway/store.py made them at schema 3 (sqlite-utils, no AUTOINCREMENT).
@@ -98,3 +100,16 @@ def test_schema_3_database_keeps_its_rows_and_never_gives_an_id_twice(tmp_path):
         assert _claim(store) == 6
     finally:
         store.close()
+
+
+def test_a_second_daemon_through_a_symlink_to_the_database_exits_2(daemon, make_config, tmp_path):
+    first = daemon(make_config()).start()
+    (tmp_path / "other").mkdir()
+    link = tmp_path / "other" / "jobs.db"
+    link.symlink_to(tmp_path / "jobs.db")
+    second = make_config(name="second.yaml", extra={"database": str(link)})
+    p = run_cli("run", "-c", str(second), timeout=20)
+    assert p.returncode == 2, p.stderr
+    assert f"process {first.proc.pid}" in p.stderr
+    assert first.healthy()
+    assert first.terminate() == 0
