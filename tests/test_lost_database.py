@@ -7,10 +7,14 @@ job folders the database does not know is refused; the README's recovery steps w
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import sqlite3
 from pathlib import Path
 
-from conftest import run_cli
+import httpx
+from conftest import make_pdf, run_cli, sent_documents, wait_for
 
 from gateway.store import SCHEMA_VERSION, SourceFile, Store
 
@@ -38,6 +42,7 @@ SCHEMA_3 = [
     'CREATE INDEX "idx_jobs_simulated_state" ON "jobs" ("simulated", "state")',
     "INSERT INTO meta VALUES ('schema_version', '3')",
 ]
+ORPHANED = re.compile(r"^jobs\.db\.orphaned-\d{8}T\d{6}Z$")
 
 
 def _schema_3_database(path: Path) -> None:
@@ -113,3 +118,103 @@ def test_a_second_daemon_through_a_symlink_to_the_database_exits_2(daemon, make_
     assert f"process {first.proc.pid}" in p.stderr
     assert first.healthy()
     assert first.terminate() == 0
+
+
+# -- deleted or replaced while running ----------------------------------------------------------
+
+def _sending_fax(daemon, spool, simulator):
+    """A daemon whose job 1 stays sending (the simulator keeps ...888 sending)."""
+    d = daemon().start()
+    (spool.folder("+15551230888") / "a.pdf").write_bytes(make_pdf(1, text="sending"))
+    wait_for(lambda: simulator.requests("fax-status"), 15, "the fax to be sent and polled")
+    assert (spool.outbox / ".fax-gateway" / "1").is_dir()
+    return d
+
+
+def _health(d) -> tuple[int, dict]:
+    r = httpx.get(d.url + "/healthz", timeout=10)
+    return r.status_code, r.json()
+
+
+def _halted(d, tmp_path: Path, what: str) -> Path:
+    """/healthz turns 503 within a few seconds and the saved copy holds the job."""
+    status, body = wait_for(lambda: (h := _health(d))[0] == 503 and h, 5, "/healthz to turn 503")
+    [reason] = [r for r in body["reasons"] if "database file" in r]
+    assert f"was {what}" in reason and "A lost database" in reason
+    copy = wait_for(lambda: [p for p in tmp_path.iterdir() if ORPHANED.match(p.name)], 5, "the copy")[0]
+    assert any(str(copy) in r for r in _health(d)[1]["reasons"])
+    conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    try:
+        assert conn.execute("SELECT id, state FROM jobs").fetchall() == [(1, "sending")]
+        [(ifax_job_id,)] = conn.execute("SELECT ifax_job_id FROM recipients").fetchall()
+        assert ifax_job_id is not None
+    finally:
+        conn.close()
+    assert d.log.read_text().count("was " + what) == 1, "logged once"
+    return copy
+
+
+def _restart_is_refused(d, copy: Path) -> None:
+    before = len(d.log.read_text())
+    d.start(wait_healthy=False)
+    assert d.wait_exit() == 1
+    said = d.log.read_text()[before:]
+    assert ".fax-gateway/1 is not in the database" in said and "A lost database" in said
+    assert str(copy) in said, "the message names the saved copy"
+
+
+def _recover_as_the_readme_says(d, tmp_path: Path, copy: Path) -> None:
+    """README "A lost database": (the daemon is stopped) move aside what lies at the database
+    path, put the newest copy in its place, start."""
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("jobs.db", "jobs.db-wal", "jobs.db-shm"):
+        if (tmp_path / name).exists():
+            shutil.move(tmp_path / name, aside / name)
+    newest = sorted(p for p in tmp_path.iterdir() if ORPHANED.match(p.name))[-1]
+    assert newest == copy
+    shutil.copy2(newest, tmp_path / "jobs.db")
+    d.start()
+
+
+def _carries_on_without_sending_twice(d, spool, simulator) -> None:
+    n = len(simulator.requests("fax-status"))
+    wait_for(lambda: len(simulator.requests("fax-status")) > n, 15, "job 1 polled again")
+    (spool.folder("+15551230202") / "b.pdf").write_bytes(make_pdf(1, text="new"))
+    [result] = spool.wait_results(1, "sent")
+    assert result["job"] == 2
+    assert [number for number, _ in sent_documents(simulator)] == ["+15551230888", "+15551230202"]
+    assert len(simulator.requests("fax-send")) == 2
+
+
+def test_deleted_database_stops_the_daemon_and_is_saved_never_a_second_fax(daemon, spool, simulator,
+                                                                              tmp_path):
+    d = _sending_fax(daemon, spool, simulator)
+    for path in tmp_path.glob("jobs.db*"):  # rm jobs.db*
+        path.unlink()
+    copy = _halted(d, tmp_path, "deleted")
+    assert d.terminate() == 0
+    assert len(simulator.requests("fax-send")) == 1
+
+    _restart_is_refused(d, copy)
+    assert not (tmp_path / "jobs.db").exists(), "a refused start made an empty database"
+    _recover_as_the_readme_says(d, tmp_path, copy)
+    _carries_on_without_sending_twice(d, spool, simulator)
+
+
+def test_replaced_database_stops_the_daemon_and_is_saved_never_a_second_fax(daemon, spool, simulator,
+                                                                               tmp_path):
+    d = _sending_fax(daemon, spool, simulator)
+    other = tmp_path / "other.db"
+    Store(other).close()  # an empty gateway database, as an old backup restored over it would be
+    os.replace(other, tmp_path / "jobs.db")
+    copy = _halted(d, tmp_path, "replaced by another file")
+    # SQLite leaves the open database's write-ahead log beside the path when its file was
+    # replaced; the next start would apply it to the new file.
+    assert not (tmp_path / "jobs.db-wal").exists() and not (tmp_path / "jobs.db-shm").exists()
+    assert d.terminate() == 0
+    assert len(simulator.requests("fax-send")) == 1
+
+    _restart_is_refused(d, copy)
+    _recover_as_the_readme_says(d, tmp_path, copy)
+    _carries_on_without_sending_twice(d, spool, simulator)
