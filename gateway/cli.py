@@ -277,13 +277,16 @@ def _request(config: Config, action: str, job_id: int) -> int:
     with the service, and the daemon is the only one that changes the job."""
     if not config.database.exists():
         raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
+    # Before SQLite opens the file: the probe closes its descriptor, which would drop the
+    # locks SQLite holds on it (dblock.py).
+    daemon_running = DatabaseLock(config.database).held_by_another()
     store = Store(config.database)
     try:
         job = store.get_job(job_id)
         if job.state not in ALLOWED[action]:
             raise ActionNotAllowed(f"job {job_id} is {job.state}: {action} needs a job that is "
                                    + " or ".join(ALLOWED[action]))
-        if not DatabaseLock(config.database).held_by_another():
+        if not daemon_running:
             raise GatewayError(f"no fax-gateway daemon is running for {config.database}, so nothing was "
                                f"done: start it (systemctl start fax-gateway) and run {action} again")
         request_id = store.add_request(job_id, action)

@@ -93,6 +93,8 @@ class Dispatcher(Stage):
         self.store.forget_poll_clocks()
 
     def turn(self) -> float:
+        if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
+            return 1.0
         self._handle_requests()
         if self.paused_reason:
             self._probe()
@@ -189,6 +191,8 @@ class Dispatcher(Stage):
             return
         if self._stop.is_set() or self.paused_reason or self.backoff.remaining() > 0:
             return  # still queued: nothing was committed
+        if self.halted() is not None:  # the database file changed since this was handed out (dbguard.py)
+            return
         if not self.store.record_submit_intent(rec.id):
             return
         crash_point("resubmit" if resend else "submit")

@@ -50,6 +50,8 @@ class Filing(Stage):
         self._cursor = 0
 
     def turn(self) -> float:
+        if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
+            return IDLE
         end = time.monotonic() + SLICE
         batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
         for job_id, outbox in batch:

@@ -120,6 +120,8 @@ class Intake(Stage):
                 self._check_folders(ob)
         self.watcher.drain()
         self.watcher.tick(budget=SLICE / 2)
+        if self.halted() is not None:  # the database file was deleted or replaced: no claims (dbguard.py)
+            return TICK
         more = self._retry_unfinished(end)
         names = list(self.outboxes)
         self._turns += 1

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway import spool
 from gateway.config import Config, OutboxConfig
+from gateway.dbguard import DatabaseGuard, refuse_unknown_job_folders
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
 from gateway.errors import GatewayError, StartupError, UsageError
@@ -58,6 +59,7 @@ class Service:
         self.dispatcher: Dispatcher | None = None
         self.filing: Filing | None = None
         self.web: WebServer | None = None
+        self.guard: DatabaseGuard | None = None  # a deleted or replaced database file (dbguard.py)
         self.paused: dict[str, str] = {}  # outbox -> why; shared by the stages
         self._lock = DatabaseLock(config.database)
         self._stop = threading.Event()
@@ -73,6 +75,8 @@ class Service:
         if threading.current_thread() is threading.main_thread():
             # Lease breaks arrive as SIGIO, which would kill us (see watcher.open_for_writing).
             signal.signal(signal.SIGIO, signal.SIG_IGN)
+        if not self._lock.path.exists():  # a lost database, refused before an empty one is made (dbguard.py)
+            refuse_unknown_job_folders(self._private_folders(), lambda ids: set(), self.config.database)
         self._lock.acquire()
         try:
             self._start()
@@ -86,6 +90,11 @@ class Service:
         if self.simulate and store.has_real_jobs():
             raise UsageError(f"--simulate refuses database {cfg.database}: it holds jobs sent to a "
                                "real API; use another database for simulated runs")
+        # A lost or replaced database (dbguard.py): job folders it does not know refuse the
+        # start; from now on the file is watched, and the stages stop if it changes.
+        refuse_unknown_job_folders(self._private_folders(), store.existing_job_ids, cfg.database)
+        self.guard = DatabaseGuard(cfg.database, os.fstat(self._lock.fd), store.backup,
+                                   beside=self._lock.path)
         store.clear_all_blocked()
         self.metrics.watch_store(store.count_by_state, store.oldest_active_created_at, store.count_blocked)
         for ob in self.outboxes.values():
@@ -111,6 +120,8 @@ class Service:
                                      on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
         self.dispatcher.folder_problem = self.intake.folder_problem
+        for stage in (self.intake, self.dispatcher, self.filing):
+            stage.halted = self.guard.check
         self.intake.start_watching()
         for ob in self.outboxes.values():  # job folders of an older version move into the private folder
             if ob.name not in self.paused:
@@ -125,6 +136,10 @@ class Service:
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
                  base_url, " (simulated)" if self.simulate else "", cfg.http.listen)
         notify("READY=1")
+
+    def _private_folders(self) -> list[Path]:
+        """Where job folders lie (dbguard.py): today `.fax-gateway/` in each outbox."""
+        return [Path(ob.path) / spool.JOB_DIR for ob in self.config.outboxes]
 
     def _wake_all(self) -> None:
         for stage in (self.dispatcher, self.filing):
@@ -195,12 +210,16 @@ class Service:
         if self.dispatcher is not None and self.dispatcher.paused_reason:
             problems.append("iFax refuses the account: " + self.dispatcher.paused_reason)
         problems.extend(self.paused.values())
+        halted = self.guard.check() if self.guard is not None else None
+        if halted:  # the database file was deleted or replaced (dbguard.py)
+            problems.append(halted)
         blocked: list[dict[str, Any]] = []
         n_blocked = 0
         try:
             if self.store is None:
                 raise GatewayError("no database")
-            self.store.check_writable()
+            if not halted:  # the open file is no longer the database: writing it proves nothing
+                self.store.check_writable()
             n_blocked = sum(self.store.count_blocked().values())
             blocked = [{"outbox": b.outbox, "stage": b.stage, "item": b.item, "reason": b.reason}
                        for b in self.store.list_blocked(limit=BLOCKED_SHOWN)]
@@ -227,6 +246,8 @@ class Service:
                 self._signal = None
                 log.warning("SIGHUP: reloading the configuration is not supported yet by this version; "
                             "restart the service to apply changes")
+            if self.guard is not None:
+                self.guard.check()  # at least every second (dbguard.py)
             now = time.monotonic()
             if now >= next_ping:
                 # Only a stuck or dead thread withholds the ping: an API pause or a paused
@@ -262,9 +283,11 @@ class Service:
             self.web.stop()
         if self.simulator:
             self.simulator.stop()
+        if self.guard:
+            self.guard.save_again()  # with what requests under way wrote after the change (dbguard.py)
         if self.store:
             self.store.close()
-        self._lock.release()
+        self._lock.release()  # only after the store closed: it would drop SQLite's locks (dblock.py)
 
 
 def _resolved(ob: OutboxConfig) -> OutboxConfig:

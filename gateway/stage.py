@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from gateway.quietlog import Problems
 
@@ -30,6 +31,9 @@ class Stage:
         self.heartbeat = time.monotonic()
         self.log = logging.getLogger(f"gateway.{self.name}")
         self.problems = Problems(self.log)
+        # Asked before each turn's work: a reason once the database file was deleted or
+        # replaced, and then the stage starts nothing (dbguard.py; the service sets it).
+        self.halted: Callable[[], str | None] = lambda: None
 
     # -- the three parts ------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,7 +27,38 @@ import sqlite_utils
 from gateway.errors import InvalidTransition, JobNotFound, StoreError
 from gateway.names import shown
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
+# that was deleted (an abandoned claim, retention): an id names the job's folder and its
+# result file, and a reused one could pick up another job's documents (SPEC 4.5).
+_JOBS_DDL = """CREATE TABLE {if_not_exists}"{name}" (
+   "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+   "outbox" TEXT NOT NULL,
+   "outbox_path" TEXT,
+   "state" TEXT NOT NULL,
+   "phase" TEXT NOT NULL,
+   "reason" TEXT,
+   "reason_code" TEXT,
+   "simulated" INTEGER,
+   "rel_dir" TEXT,
+   "sources" TEXT,
+   "documents" TEXT,
+   "sidecar" TEXT,
+   "primary_name" TEXT,
+   "options" TEXT,
+   "sha256" TEXT,
+   "pages" INTEGER,
+   "created_at" REAL,
+   "settled_at" REAL,
+   "completed_at" REAL,
+   "filed_to" TEXT,
+   "filed_root" TEXT,
+   "filed_suffix" INTEGER,
+   "sent_root" TEXT,
+   "failed_root" TEXT,
+   "kinds" TEXT
+)"""
 
 
 class JobState(StrEnum):
@@ -239,14 +270,8 @@ class Store:
     def _migrate(self) -> None:
         db = self.db
         db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        db["jobs"].create({
-            "id": int, "outbox": str, "outbox_path": str, "state": str, "phase": str,
-            "reason": str, "reason_code": str, "simulated": int, "rel_dir": str,
-            "sources": str, "documents": str, "sidecar": str, "primary_name": str,
-            "options": str, "sha256": str, "pages": int, "created_at": float,
-            "settled_at": float, "completed_at": float, "filed_to": str, "filed_root": str,
-            "filed_suffix": int,
-        }, pk="id", if_not_exists=True, not_null={"outbox", "state", "phase"})
+        self._refuse_newer_schema()
+        self.conn.execute(_JOBS_DDL.format(if_not_exists="IF NOT EXISTS ", name="jobs"))
         db["recipients"].create({
             "id": int, "job_id": int, "position": int, "number": str, "state": str,
             "attempts": int, "ifax_job_id": str, "pages": int, "transferred_pages": int,
@@ -268,6 +293,8 @@ class Store:
         for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str)):
             if name not in have:  # schema 2 databases
                 db["jobs"].add_column(name, kind)
+        if "AUTOINCREMENT" not in (db["jobs"].schema or "").upper():  # schema 3 databases
+            self._rebuild_jobs_with_autoincrement()
         db["blocked"].create({
             "id": int, "outbox": str, "stage": str, "item": str, "reason": str, "since": float,
             "job_id": int,
@@ -294,6 +321,40 @@ class Store:
             raise StoreError(f"database {self.path} was written by a newer fax-gateway "
                              f"(schema {version}); upgrade fax-gateway")
         self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+
+    def _refuse_newer_schema(self) -> None:
+        """Before anything changes: a database of a newer version is left as it is."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"database {self.path} was written by a newer fax-gateway "
+                             f"(schema {row[0]}); upgrade fax-gateway")
+
+    def _rebuild_jobs_with_autoincrement(self) -> None:
+        """Schema 3 to 4.  SQLite cannot add AUTOINCREMENT to a table, so `jobs` is built
+        again in one transaction (SQLite's documented way: new table, copy, drop, rename,
+        indexes), with foreign keys off meanwhile, since recipients and events refer to
+        `jobs` by name.  The sequence starts at the highest id, so no id is given twice."""
+        c = self.conn
+        c.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction does this take effect
+        try:
+            with self.transaction():
+                indexes = [r[0] for r in c.execute("SELECT sql FROM sqlite_master WHERE type='index'"
+                                                   " AND tbl_name='jobs' AND sql IS NOT NULL")]
+                old = {r[1] for r in c.execute('PRAGMA table_info("jobs")')}
+                c.execute('DROP TABLE IF EXISTS "jobs_rebuilt"')
+                c.execute(_JOBS_DDL.format(if_not_exists="", name="jobs_rebuilt"))
+                cols = ", ".join(f'"{r[1]}"' for r in c.execute('PRAGMA table_info("jobs_rebuilt")')
+                                 if r[1] in old)
+                c.execute(f'INSERT INTO "jobs_rebuilt" ({cols}) SELECT {cols} FROM "jobs"')
+                c.execute('DROP TABLE "jobs"')
+                c.execute('ALTER TABLE "jobs_rebuilt" RENAME TO "jobs"')
+                for sql in indexes:
+                    c.execute(sql)
+                c.execute("DELETE FROM sqlite_sequence WHERE name IN ('jobs', 'jobs_rebuilt')")
+                c.execute("INSERT INTO sqlite_sequence(name, seq)"
+                          " SELECT 'jobs', COALESCE(MAX(id), 0) FROM jobs")
+        finally:
+            c.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -774,6 +835,35 @@ class Store:
                 "SELECT MIN(created_at) FROM jobs WHERE state IN"
                 " ('queued','submitting','retry_wait','sending')").fetchone()
         return row[0]
+
+    def existing_job_ids(self, ids: Iterable[int]) -> set[int]:
+        """Which of these job ids have a row (at start-up: job folders the database knows)."""
+        wanted = sorted({i for i in ids if 0 < i < 2**63})
+        found: set[int] = set()
+        with self._lock:
+            for chunk in range(0, len(wanted), 500):
+                part = wanted[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                rows = self.conn.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", part)
+                found.update(r[0] for r in rows)
+        return found
+
+    def backup(self, target: str | Path) -> None:
+        """An online copy with SQLite's backup API: consistent while the stages run (they wait
+        for the store's lock), and a single file (rollback journal, not WAL) that opens
+        anywhere without its -wal beside it."""
+        try:
+            dst = sqlite3.connect(target)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create {target}: {exc}") from exc
+        try:
+            with self._lock:
+                self.conn.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot copy database {self.path} to {target}: {exc}") from exc
+        finally:
+            dst.close()
 
     def check_writable(self) -> None:
         with self.transaction() as c:
