@@ -138,8 +138,10 @@ class Service:
         notify("READY=1")
 
     def _private_folders(self) -> list[Path]:
-        """Where job folders lie (dbguard.py): today `.fax-gateway/` in each outbox."""
-        return [Path(ob.path) / spool.JOB_DIR for ob in self.config.outboxes]
+        """Where job folders lie (dbguard.py): each outbox's private folder.  Not the old
+        `OUTBOX/.fax-gateway/`: writers can reach that one, and a folder planted there must
+        never keep the daemon from starting (its known jobs are moved out at start)."""
+        return [ob.private for ob in self.outboxes.values()]
 
     def _wake_all(self) -> None:
         for stage in (self.dispatcher, self.filing):

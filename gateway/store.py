@@ -57,7 +57,8 @@ _JOBS_DDL = """CREATE TABLE {if_not_exists}"{name}" (
    "filed_suffix" INTEGER,
    "sent_root" TEXT,
    "failed_root" TEXT,
-   "kinds" TEXT
+   "kinds" TEXT,
+   "private_root" TEXT
 )"""
 
 
@@ -291,7 +292,7 @@ class Store:
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
         for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str)):
-            if name not in have:  # schema 2 databases
+            if name not in have:  # schema 2 and 3 databases
                 db["jobs"].add_column(name, kind)
         if "AUTOINCREMENT" not in (db["jobs"].schema or "").upper():  # schema 3 databases
             self._rebuild_jobs_with_autoincrement()

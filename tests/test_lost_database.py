@@ -127,7 +127,7 @@ def _sending_fax(daemon, spool, simulator):
     d = daemon().start()
     (spool.folder("+15551230888") / "a.pdf").write_bytes(make_pdf(1, text="sending"))
     wait_for(lambda: simulator.requests("fax-status"), 15, "the fax to be sent and polled")
-    assert (spool.outbox / ".fax-gateway" / "1").is_dir()
+    assert (spool.private / "1").is_dir()
     return d
 
 
@@ -159,7 +159,7 @@ def _restart_is_refused(d, copy: Path) -> None:
     d.start(wait_healthy=False)
     assert d.wait_exit() == 1
     said = d.log.read_text()[before:]
-    assert ".fax-gateway/1 is not in the database" in said and "A lost database" in said
+    assert ".fax-gateway-main/1 is not in the database" in said and "A lost database" in said
     assert str(copy) in said, "the message names the saved copy"
 
 
