@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
@@ -103,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     resend = cmd("resend", "send a finished, not delivered job again to the recipients that did not "
                  "get it (carried out by the running daemon)")
     resend.add_argument("job", help="job id")
+    backup = cmd("backup", "write an online copy of the database to FILE (safe while the daemon runs)")
+    backup.add_argument("file", metavar="FILE", help="the copy to write (replaced whole if it exists)")
     sim = cmd("simulator", "run the iFax-compatible simulator as a standalone server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
@@ -140,7 +144,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "simulator":
         return _simulator(args)
-    config = load_config(args.config)
+    # Commands that never call the API never open the key file (SPEC 2): they work where
+    # only the service may read it.
+    config = load_config(args.config, read_key=command not in KEYLESS)
     if command == "check-config":
         sys.stdout.write(dump_redacted(config))
         for w in config.warnings:
@@ -157,7 +163,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _show(config, args)
     if command in ("cancel", "resend"):
         return _request(config, command, _job_id(args.job))
+    if command == "backup":
+        return _backup(config, Path(args.file))
     raise UsageError(f"unknown command {command}")
+
+
+KEYLESS = {"backup"}
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
@@ -304,3 +315,29 @@ def _request(config: Config, action: str, job_id: int) -> int:
     raise GatewayError(f"the daemon has not finished the {action} of job {job_id} within "
                        f"{REQUEST_WAIT:.0f} seconds; it carries on: see `fax-gateway show {job_id}`")
 
+
+
+def _backup(config: Config, target: Path) -> int:
+    """SQLite's backup API through a read-only connection (Store.backup): a consistent copy
+    while the daemon writes, never a copy of the files under it.  Written beside FILE and
+    renamed over it, so FILE is always a whole copy, mode 0600 (it holds fax numbers)."""
+    if not config.database.exists():
+        raise GatewayError(f"the database {config.database} does not exist yet: nothing to back up")
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder: name the file to write, e.g. {target / 'jobs.db'}")
+    if target.exists() and os.path.samefile(target, config.database):
+        raise UsageError(f"{target} is the database itself: name another file")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        store = Store(config.database, readonly=True)
+        try:
+            store.backup(tmp)
+        finally:
+            store.close()
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"copied {config.database} to {target}")
+    return 0

@@ -47,8 +47,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
 # in their `defaults.` form and are checked under every outbox as well. Delete an entry
 # in the same change that implements the key.
 NOT_SUPPORTED_YET: set[str] = {
-    "retention.sent",
-    "retention.jobs",
     "defaults.max_faxes_per_hour",
 }
 
@@ -167,8 +165,11 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
+    """Seconds after a job completed (None: kept for ever); see retention.py."""
+
     sent: float | None
     jobs: float | None
+    failed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -640,6 +641,7 @@ _TOP: dict[str, Any] = {
     "notify": {"command": _Field(_text(nullable=True), None)},
     "retention": {
         "sent": _Field(_duration(positive=True, nullable=True), None),
+        "failed": _Field(_duration(positive=True, nullable=True), None),
         "jobs": _Field(_duration(positive=True, nullable=True), None),
     },
     "defaults": _PER_OUTBOX,
@@ -750,11 +752,13 @@ def _check_not_supported(ctx: _Context, top: dict[str, Any], outboxes: list[_Ite
 # --- load ----------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike[str] | None = None, *,
-                environ: Mapping[str, str] | None = None) -> Config:
+                environ: Mapping[str, str] | None = None, read_key: bool = True) -> Config:
     """Read, validate and resolve the configuration file; raise ConfigError on any problem.
 
     ``environ`` stands in for os.environ (IFAX_API_KEY, FAX_GATEWAY_CONFIG) so tests
-    and callers never have to touch the process environment.
+    and callers never have to touch the process environment.  ``read_key=False`` is for
+    commands that never call the API (`backup`): the key file is not opened, so they work
+    where only the service may read it, and `api.key` is then None.
     """
     env = os.environ if environ is None else environ
     given = default_config_path(env) if path is None else Path(path)
@@ -796,7 +800,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     warnings: list[str] = []
     api = ApiConfig(
         base_url=get("api.base_url"),
-        key=_api_key(ctx, top, env, config_path, warnings),
+        key=_api_key(ctx, top, env, config_path, warnings, read_key=read_key),
         key_file=get("api.key_file"),
         timeout=get("api.timeout"),
         max_in_flight=get("api.max_in_flight"),
@@ -822,7 +826,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         log=LogConfig(level=get("log.level"), format=get("log.format"),
                       file_names=get("log.file_names")),
         notify=NotifyConfig(command=get("notify.command")),
-        retention=RetentionConfig(sent=get("retention.sent"), jobs=get("retention.jobs")),
+        retention=RetentionConfig(sent=get("retention.sent"), failed=get("retention.failed"),
+                                  jobs=get("retention.jobs")),
         outboxes=outboxes,
         warnings=tuple(warnings),
     )
@@ -930,7 +935,7 @@ def _readable_by_others(path: Path) -> bool:
 
 
 def _api_key(ctx: _Context, top: dict[str, Any], env: Mapping[str, str], config_path: Path,
-             warnings: list[str]) -> Secret | None:
+             warnings: list[str], *, read_key: bool = True) -> Secret | None:
     """api.key_file, else api.key, else $IFAX_API_KEY; None when there is none at all.
 
     No key is not an error here: commands such as `jobs` never call the API and
@@ -941,6 +946,8 @@ def _api_key(ctx: _Context, top: dict[str, Any], env: Mapping[str, str], config_
     if inline and inline.value is not None and key_file and key_file.value is not None:
         raise ConfigError("is set together with api.key: keep only one of them (api.key_file is "
                           "the safer)", file=ctx.file, key=key_file.key, line=key_file.line)
+    if not read_key:
+        return None
     if key_file and key_file.value is not None:
         try:
             text = key_file.value.read_text(encoding="utf-8").strip()
@@ -1001,7 +1008,8 @@ def dump_redacted(config: Config) -> str:
         "log": {"level": config.log.level, "format": config.log.format,
                 "file_names": config.log.file_names},
         "notify": {"command": config.notify.command},
-        "retention": {"sent": config.retention.sent, "jobs": config.retention.jobs},
+        "retention": {"sent": config.retention.sent, "failed": config.retention.failed,
+                      "jobs": config.retention.jobs},
         "outboxes": [
             {
                 "name": outbox.name,

@@ -77,6 +77,11 @@ class Metrics:
                                         ["outbox"], registry=r)
         self.outbox_paused = Gauge(P + "outbox_paused", "1 while the outbox is paused (a folder missing "
                                    "or unmounted).", ["outbox"], registry=r)
+        self.retention_deleted = Counter(P + "retention_deleted", "What retention deleted: files the "
+                                         "gateway filed in sent/ and failed/, finished jobs from the "
+                                         "database.", ["what"], registry=r)
+        for what in ("sent", "failed", "jobs"):
+            self.retention_deleted.labels(what)
         self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self._outboxes = list(outboxes)

@@ -1,8 +1,9 @@
 """The daemon: wiring only.  It opens the database, creates the folders, starts the
-three stages (intake, sending, filing) and the HTTP server, says READY, and stops them.
+stages (intake, sending, filing, and retention off the sending path) and the HTTP
+server, says READY, and stops them.
 
 Threads: watchdog observers (enqueue events only), one thread per stage (`Intake`,
-`Dispatcher` with its HTTP workers, `Filing`), and the HTTP server.  Work left by a
+`Dispatcher` with its HTTP workers, `Filing`, `Retention`), and the HTTP server.  Work left by a
 crash is picked up by each stage's `initialize`, after READY, so that start-up never
 waits for it.  Signal handlers only set flags; the main thread acts on them.
 """
@@ -33,6 +34,7 @@ from gateway.intake import Intake
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.private import move_legacy_jobs
+from gateway.retention import Retention
 from gateway.stage import Stage
 from gateway.store import Job, Store
 from gateway.systemd import notify
@@ -58,6 +60,7 @@ class Service:
         self.intake: Intake | None = None
         self.dispatcher: Dispatcher | None = None
         self.filing: Filing | None = None
+        self.retention: Retention | None = None
         self.web: WebServer | None = None
         self.guard: DatabaseGuard | None = None  # a deleted or replaced database file (dbguard.py)
         self.paused: dict[str, str] = {}  # outbox -> why; shared by the stages
@@ -67,7 +70,7 @@ class Service:
 
     @property
     def stages(self) -> list[Stage]:
-        return [s for s in (self.intake, self.dispatcher, self.filing) if s is not None]
+        return [s for s in (self.intake, self.dispatcher, self.filing, self.retention) if s is not None]
 
     # -- start ----------------------------------------------------------------------
 
@@ -120,7 +123,10 @@ class Service:
                                      on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
         self.dispatcher.folder_problem = self.intake.folder_problem
-        for stage in (self.intake, self.dispatcher, self.filing):
+        self.retention = Retention(store, self.metrics, sent=cfg.retention.sent, failed=cfg.retention.failed,
+                                   jobs=cfg.retention.jobs, paused=self.paused,
+                                   folder_problem=self.intake.folder_problem)
+        for stage in self.stages:
             stage.halted = self.guard.check
         self.intake.start_watching()
         for ob in self.outboxes.values():  # job folders of an older version move into the private folder
@@ -200,7 +206,7 @@ class Service:
         problems = []
         if self.intake is None or not self.intake.watcher.alive():
             problems.append("the folder watchers are not running")
-        for stage in (self.intake, self.dispatcher, self.filing):
+        for stage in (self.intake, self.dispatcher, self.filing, self.retention):
             if stage is None or not stage.alive():
                 problems.append(f"the {stage.name if stage else 'pipeline'} loop is not running")
             elif stage.stuck_for() > STUCK_AFTER:
@@ -281,6 +287,8 @@ class Service:
             self.dispatcher.client.close()
         if self.filing:
             self.filing.stop(10)
+        if self.retention:
+            self.retention.stop(10)
         if self.web:
             self.web.stop()
         if self.simulator:

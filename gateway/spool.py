@@ -16,6 +16,7 @@ before calling, so a restart knows what to repeat.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -471,3 +472,136 @@ def unfile(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[st
             os.unlink(result, dir_fd=filed_dir)
             os.fsync(filed_dir)
     return missing
+
+
+# -- retention: deleting what the gateway filed ---------------------------------------------
+
+RESULT_READ_MAX = 1 << 20  # a result file is a few KB; anything larger is not one of ours
+
+
+def delete_filed(*, dest_root: Path, rel_dir: str, files: Sequence[tuple[str, str | None]],
+                 result: str, job_id: int, crash_hook: Any = None) -> tuple[int, int]:
+    """Delete a filed job from `dest_root/rel_dir/` (retention.py): each of `files` (the
+    name as filed, its sha256 when filed) only while it is still that file, then the result
+    file only when nothing of the job was kept (it explains what is left) and it is still
+    the job's, then the folders left empty.  Reached without following a link, like every
+    other move.  Safe to repeat: what is already gone is skipped.  Returns (deleted, kept)."""
+    deleted = kept = 0
+    try:
+        with open_dir(dest_root, rel_dir) as d:
+            for name, sha in files:
+                outcome = _delete_if_unchanged(d, name, sha)
+                if outcome is True:
+                    deleted += 1
+                    if crash_hook:
+                        crash_hook("retention")
+                elif outcome is False:
+                    kept += 1
+            if kept == 0:
+                outcome = _delete_result_if_ours(d, result, job_id)
+                deleted += outcome is True
+                kept += outcome is False
+            os.fsync(d)
+    except FileNotFoundError:
+        return deleted, kept  # its folder is gone: nothing of it is left to delete
+    remove_empty_dirs(dest_root, rel_dir)
+    return deleted, kept
+
+
+def _delete_if_unchanged(dir_fd: int, name: str, sha256: str | None) -> bool | None:
+    """True: deleted; False: kept (changed, replaced, a link, not a plain file, or never
+    hashed); None: not there.  The name is unlinked only if it still names the inode whose
+    content was just hashed."""
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return None
+    if sha256 is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return False
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != sha256:
+        return False
+    return _unlink_if_same(dir_fd, name, opened)
+
+
+def _delete_result_if_ours(dir_fd: int, name: str, job_id: int) -> bool | None:
+    """The result file goes only if it is still a plain file that says it is this job's."""
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > RESULT_READ_MAX:
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        opened = os.fstat(fd)
+        data = os.read(fd, RESULT_READ_MAX + 1)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict) or doc.get("job") != job_id:
+        return False
+    return _unlink_if_same(dir_fd, name, opened)
+
+
+def _unlink_if_same(dir_fd: int, name: str, opened: os.stat_result) -> bool | None:
+    now = lstat_at(dir_fd, name)
+    if now is None:
+        return None
+    if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != \
+            (opened.st_dev, opened.st_ino, opened.st_size, opened.st_mtime_ns):
+        return False  # replaced or written to since it was read
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    return True
+
+
+def remove_empty_dirs(root: Path, rel_dir: str) -> None:
+    """The job's folders below `root`, deepest first, each only while empty (rmdir never
+    removes anything else, and never follows a link: a link is not a directory to it).
+    `root` itself stays.  A folder that filing is about to use may go: filing makes it
+    again when its move fails (it is retried)."""
+    parts = _parts(rel_dir)
+    while parts:
+        try:
+            with open_dir(root, os.path.join(*parts[:-1]) if len(parts) > 1 else "") as parent:
+                os.rmdir(parts[-1], dir_fd=parent)
+        except (OSError, SpoolError):
+            return  # not empty, gone, or not ours to walk: stop here
+        parts = parts[:-1]
+
+
+def files_left(*, dest_root: Path, rel_dir: str, names: Sequence[str]) -> bool | None:
+    """Whether any of `names` lies in `dest_root/rel_dir/` (lstat only, nothing opened);
+    None when that cannot be told (the root is missing, a link in the way)."""
+    if not dest_root.is_dir():
+        return None
+    try:
+        with open_dir(dest_root, rel_dir) as d:
+            return any(lstat_at(d, n) is not None for n in names)
+    except FileNotFoundError:
+        return False
+    except (OSError, SpoolError):
+        return None

@@ -28,6 +28,7 @@ from gateway.errors import InvalidTransition, JobNotFound, StoreError
 from gateway.names import shown
 
 SCHEMA_VERSION = 4
+VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
 
 # Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
 # that was deleted (an abandoned claim, retention): an id names the job's folder and its
@@ -58,7 +59,8 @@ _JOBS_DDL = """CREATE TABLE {if_not_exists}"{name}" (
    "sent_root" TEXT,
    "failed_root" TEXT,
    "kinds" TEXT,
-   "private_root" TEXT
+   "private_root" TEXT,
+   "swept_at" REAL
 )"""
 
 
@@ -251,6 +253,9 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10)
+                # Takes effect only in a new, empty database; an older one is switched by
+                # `_switch_to_incremental_vacuum` (retention frees pages: the file must shrink).
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -291,8 +296,9 @@ class Store:
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
-        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str)):
-            if name not in have:  # schema 2 and 3 databases
+        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str),
+                           ("swept_at", float)):
+            if name not in have:  # schema 2 and 3 databases; swept_at: retention (retention.py)
                 db["jobs"].add_column(name, kind)
         if "AUTOINCREMENT" not in (db["jobs"].schema or "").upper():  # schema 3 databases
             self._rebuild_jobs_with_autoincrement()
@@ -315,6 +321,12 @@ class Store:
         db["recipients"].create_index(["job_id"], if_not_exists=True)
         db["recipients"].create_index(["ifax_job_id"], if_not_exists=True)
         db["events"].create_index(["job_id"], if_not_exists=True)
+        # Retention (retention.py) finds what is old enough from these, never by walking
+        # sent/ or failed/: only filed jobs are in them, and swept ones leave the first.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_to_sweep ON jobs(filed_to, completed_at)"
+                          " WHERE phase='filed' AND swept_at IS NULL")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_filed_completed ON jobs(completed_at)"
+                          " WHERE phase='filed'")
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                           (str(SCHEMA_VERSION),))
         version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
@@ -322,6 +334,41 @@ class Store:
             raise StoreError(f"database {self.path} was written by a newer fax-gateway "
                              f"(schema {version}); upgrade fax-gateway")
         self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self._switch_to_incremental_vacuum()
+
+    def _switch_to_incremental_vacuum(self) -> None:
+        """A database made before retention has `auto_vacuum=NONE`: pages that deleted jobs
+        free would stay in the file for ever.  Switching needs one full VACUUM, which
+        rewrites the file; done here, at start-up, only while the file is small enough
+        that it takes well under a second.  A larger one keeps working and is switched by
+        the operator (README, "Retention"), since a long VACUUM would delay start-up."""
+        if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+            return
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size <= VACUUM_AT_START_MAX:
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("VACUUM")
+
+    def shrinks(self) -> bool:
+        """Whether freed pages can be given back to the filesystem (incremental vacuum)."""
+        with self._lock:
+            return bool(self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2)
+
+    def give_back_pages(self, pages: int) -> int:
+        """Return up to `pages` free pages to the filesystem, a short step at a time so the
+        other stages wait at most milliseconds; returns how many free pages remain.  In WAL
+        mode the file shrinks once the log is checkpointed, done when none remain."""
+        with self._lock:
+            if not self.shrinks():
+                return 0
+            self.conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            left = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if left == 0:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return left
 
     def _refuse_newer_schema(self) -> None:
         """Before anything changes: a database of a newer version is left as it is."""
@@ -627,6 +674,55 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE jobs SET phase=? WHERE id=?", (Phase.FILED, job_id))
             self._event(c, job_id, "filed")
+
+    # -- retention (retention.py) -----------------------------------------------------
+
+    def jobs_to_sweep(self, filed_to: str, *, before: float, after: tuple[float, int] = (0.0, 0),
+                      limit: int = 50) -> list[tuple[float, int]]:
+        """(completed_at, id) of jobs filed in `filed_to` that completed before `before` and
+        whose files retention has not looked at yet, from `after` on, oldest first.  An
+        indexed range: its cost follows what is due, not the history kept."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT completed_at, id FROM jobs INDEXED BY jobs_to_sweep WHERE phase='filed'"
+                " AND swept_at IS NULL AND filed_to=? AND completed_at<? AND (completed_at, id)>(?, ?)"
+                " ORDER BY completed_at, id LIMIT ?", (filed_to, before, *after, limit)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def mark_swept(self, job_id: int, detail: str) -> None:
+        """Retention deleted what was still the gateway's of this job; it never looks again."""
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET swept_at=? WHERE id=? AND phase='filed'", (_now(), job_id))
+            self._event(c, job_id, "swept", detail)
+
+    def old_filed_jobs(self, *, before: float, after: tuple[float, int] = (0.0, 0),
+                       limit: int = 50) -> list[tuple[float, int]]:
+        """(completed_at, id) of filed jobs that completed before `before`, from `after` on."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT completed_at, id FROM jobs INDEXED BY jobs_filed_completed WHERE phase='filed'"
+                " AND completed_at<? AND (completed_at, id)>(?, ?) ORDER BY completed_at, id LIMIT ?",
+                (before, *after, limit)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def delete_jobs(self, job_ids: Sequence[int], *, before: float) -> list[int]:
+        """Remove finished, filed jobs with their recipients, events, requests and blocked
+        rows, in one transaction; a job that changed meanwhile (taken back for a resend, or
+        with a request pending) stays.  Ids are never given again (AUTOINCREMENT keeps
+        the highest in sqlite_sequence).  Returns the ids removed."""
+        removed = []
+        with self.transaction() as c:
+            for job_id in job_ids:
+                row = c.execute("SELECT 1 FROM jobs WHERE id=? AND phase='filed' AND completed_at<? AND NOT"
+                                " EXISTS (SELECT 1 FROM requests WHERE job_id=jobs.id AND done_at IS NULL)",
+                                (job_id, before)).fetchone()
+                if row is None:
+                    continue
+                for table in ("events", "recipients", "requests", "blocked"):
+                    c.execute(f"DELETE FROM {table} WHERE job_id=?", (job_id,))
+                c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+                removed.append(job_id)
+        return removed
 
     # -- operator requests (cancel, resend) -----------------------------------------
 

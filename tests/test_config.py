@@ -151,7 +151,7 @@ def test_minimal_config_gets_every_default_of_spec_3(tmp_path):
     assert (config.poll.interval, config.poll.give_up_after) == (30.0, 6 * 3600.0)
     assert (config.log.level, config.log.format, config.log.file_names) == ("info", "text", True)
     assert config.notify.command is None
-    assert (config.retention.sent, config.retention.jobs) == (None, None)
+    assert (config.retention.sent, config.retention.failed, config.retention.jobs) == (None, None, None)
     assert config.warnings == ()
     [outbox] = config.outboxes
     assert outbox.name == "main"
@@ -190,6 +190,7 @@ def test_every_key_can_be_set(tmp_path):
           command: /usr/local/bin/fax-failed
         retention:
           sent: 90d
+          failed: 30d
           jobs: 365d
         defaults:
           country: de
@@ -223,7 +224,8 @@ def test_every_key_can_be_set(tmp_path):
     assert (config.poll.interval, config.poll.give_up_after) == (0.5, 3600.0)
     assert (config.log.level, config.log.format, config.log.file_names) == ("debug", "json", False)
     assert config.notify.command == "/usr/local/bin/fax-failed"
-    assert (config.retention.sent, config.retention.jobs) == (90 * 86400.0, 365 * 86400.0)
+    assert (config.retention.sent, config.retention.failed, config.retention.jobs) == (
+        90 * 86400.0, 30 * 86400.0, 365 * 86400.0)
     [outbox] = config.outboxes
     assert (outbox.name, outbox.number, outbox.polling) == ("Front_desk-2", "+4930555", True)
     assert (outbox.country, outbox.caller_id, outbox.quality) == ("DE", "+4930123", "HD")
