@@ -182,13 +182,11 @@ class Retention(Stage):
 
     def _finish(self, run: _Run) -> None:
         d = run.deleted
-        busy = any(d.values()) or run.kept or run.skipped
         note = ""
         if d["jobs"] and not self.store.shrinks() and not self._said_no_shrink:
             self._said_no_shrink = True
             note = (f"; {self.store.path} was made by an older version and does not shrink: "
                     "switch it once (README, 'Retention')")
-        self.log.log(20 if busy else 10,
-                     "retention: deleted %d file(s) from sent/, %d from failed/ and %d finished job(s) "
-                     "from the database; %d file(s) kept (changed since filed), %d job(s) left for the "
-                     "next run%s", d["sent"], d["failed"], d["jobs"], run.kept, run.skipped, note)
+        self.log.info("retention: deleted %d file(s) from sent/, %d from failed/ and %d finished job(s) "
+                      "from the database; %d file(s) kept (changed since filed), %d job(s) left for the "
+                      "next run%s", d["sent"], d["failed"], d["jobs"], run.kept, run.skipped, note)
