@@ -681,11 +681,13 @@ class Store:
                       limit: int = 50) -> list[tuple[float, int]]:
         """(completed_at, id) of jobs filed in `filed_to` that completed before `before` and
         whose files retention has not looked at yet, from `after` on, oldest first.  An
-        indexed range: its cost follows what is due, not the history kept."""
+        indexed range: its cost follows what is due, not the history kept.  A job with an
+        operator's request pending (a resend takes its files back) waits."""
         with self._lock:
             rows = self.conn.execute(
                 "SELECT completed_at, id FROM jobs INDEXED BY jobs_to_sweep WHERE phase='filed'"
                 " AND swept_at IS NULL AND filed_to=? AND completed_at<? AND (completed_at, id)>(?, ?)"
+                " AND NOT EXISTS (SELECT 1 FROM requests WHERE job_id=jobs.id AND done_at IS NULL)"
                 " ORDER BY completed_at, id LIMIT ?", (filed_to, before, *after, limit)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
@@ -782,7 +784,8 @@ class Store:
             rows = c.execute("SELECT id, ifax_job_id FROM recipients WHERE job_id=? AND state IN"
                              " ('failed','canceled')", (job_id,)).fetchall()
             c.execute("UPDATE jobs SET phase=?, filed_to=NULL, filed_root=NULL, filed_suffix=NULL,"
-                      " completed_at=NULL, reason=NULL, reason_code=NULL WHERE id=?", (Phase.HELD, job_id))
+                      " completed_at=NULL, reason=NULL, reason_code=NULL, swept_at=NULL WHERE id=?",
+                      (Phase.HELD, job_id))
             for r in rows:
                 c.execute("UPDATE recipients SET given_up=0, awaiting_fresh=0, message=NULL, code=NULL"
                           " WHERE id=?", (r["id"],))

@@ -249,3 +249,20 @@ def test_backup_refuses_a_folder_and_a_missing_database(make_config, tmp_path):
     assert proc.returncode == 2 and "is a folder" in proc.stderr
     proc = run_cli("backup", "-c", str(cfg), str(tmp_path / "jobs.db"))
     assert proc.returncode == 2 and "the database itself" in proc.stderr
+
+
+def test_resend_of_a_job_whose_files_retention_deleted_says_they_are_gone(daemon, spool, make_config,
+                                                                           tmp_path):
+    d = daemon(defaults={"resend": {"max": 0}})
+    d.start()
+    _drop(spool, "+15551230666", "f.pdf")
+    [result] = spool.wait_results(1, "failed")
+    assert d.terminate() == 0
+    _age(tmp_path / "jobs.db")
+    cfg = make_config(defaults={"resend": {"max": 0}}, extra={"retention": {"failed": "1d"}}, name="c2.yaml")
+    d2 = daemon(cfg)
+    d2.start()
+    assert "2 from failed/" in _wait_run(d2)
+    proc = run_cli("resend", "-c", str(cfg), str(result["job"]))
+    assert proc.returncode == 1 and "gone" in proc.stderr, proc.stderr
+    assert list(spool.failed.rglob("*")) == []
