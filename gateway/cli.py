@@ -328,7 +328,11 @@ def _backup(config: Config, target: Path) -> int:
     if target.exists() and os.path.samefile(target, config.database):
         raise UsageError(f"{target} is the database itself: name another file")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise GatewayError(f"cannot write the copy beside {target}: {exc.strerror}; choose a folder "
+                           "you may write to") from None
     try:
         store = Store(config.database, readonly=True)
         try:

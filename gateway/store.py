@@ -349,8 +349,11 @@ class Store:
         except OSError:
             return
         if size <= VACUUM_AT_START_MAX:
-            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self.conn.execute("VACUUM")
+            try:
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self.conn.execute("VACUUM")
+            except sqlite3.OperationalError:
+                pass  # busy (a daemon is writing it): switched at the daemon's next start
 
     def shrinks(self) -> bool:
         """Whether freed pages can be given back to the filesystem (incremental vacuum)."""

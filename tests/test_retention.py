@@ -249,6 +249,9 @@ def test_backup_refuses_a_folder_and_a_missing_database(make_config, tmp_path):
     assert proc.returncode == 2 and "is a folder" in proc.stderr
     proc = run_cli("backup", "-c", str(cfg), str(tmp_path / "jobs.db"))
     assert proc.returncode == 2 and "the database itself" in proc.stderr
+    proc = run_cli("backup", "-c", str(cfg), str(tmp_path / "no-such-folder" / "copy.db"))
+    assert proc.returncode == 1 and "cannot write the copy" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_resend_of_a_job_whose_files_retention_deleted_says_they_are_gone(daemon, spool, make_config,
