@@ -102,8 +102,11 @@ class Filing(Stage):
             sent, failed = self._roots(job)
             root = sent if filed_to == "sent" else failed
             names = job.names + [result_name(job)]
-            suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job))
-            self.store.record_filing_intent(job.id, filed_to, str(root), suffix)
+            key = (str(root / job.rel_dir), job.primary)
+            used = self.store.highest_suffix(*key)
+            suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job),
+                                         start=0 if used is None else used + 1)
+            self.store.record_filing_intent(job.id, filed_to, str(root), suffix, suffix_key=key)
             job = self.store.get_job(job.id)
         assert job.filed_root is not None and job.filed_suffix is not None
         b = bases(job)
@@ -113,11 +116,8 @@ class Filing(Stage):
                        result=lambda filed: result_document(job, [shown(f) for f in filed]),
                        crash_hook=crash_point)
         self.store.mark_filed(job.id)
-        if first_time:
-            if job.state == JobState.REJECTED:
-                self.metrics.files_rejected.labels(job.outbox, job.reason_code or "unknown").inc()
-            else:
-                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
+        if first_time and job.state != JobState.REJECTED:  # rejections are counted when judged
+            self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
         what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
         self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
         if self.on_finished:

@@ -340,6 +340,7 @@ class Intake(Stage):
         except Rejected as exc:
             self.store.reject_job(job.id, exc.reason_code, exc.reason,
                                   sha256=[file_sha256(held / n) for n in job.names])
+            self.metrics.files_rejected.labels(job.outbox, exc.reason_code).inc()
             what = shown(", ".join(job.names)) if self.file_names else f"job {job.id}"
             self.log.warning("%s: %s rejected: %s", ob.name, what, shown(exc.reason))
         except Exception as exc:

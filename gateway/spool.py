@@ -283,11 +283,14 @@ def result_name(primary: str, job_id: int) -> str:
     return result_file_name(primary, job_id)
 
 
-def choose_suffix(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str]) -> int:
-    """The lowest N for which no file of the job (result included) would overwrite one."""
+def choose_suffix(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str],
+                  start: int = 0) -> int:
+    """The lowest N from `start` for which no file of the job (result included) would
+    overwrite one.  The caller starts after the highest N it used for the name, so a name
+    filed 10,000 times costs a check or two, not 10,000."""
     try:
         with open_dir(dest_root, rel_dir) as d:
-            n = 0
+            n = start
             while any(lstat_at(d, suffixed(name, n, bases)) is not None for name in names):
                 n += 1
             return n

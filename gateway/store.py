@@ -307,6 +307,11 @@ class Store:
             "job_id": int,
         }, pk="id", if_not_exists=True)
         db["blocked"].create_index(["outbox", "stage", "item"], unique=True, if_not_exists=True)
+        self._maintain_job_counts()
+        # The highest collision suffix used per folder and name (SPEC 4.4): the next filing of
+        # a name filed 10,000 times starts there instead of trying every earlier N.
+        self.conn.execute("CREATE TABLE IF NOT EXISTS suffixes (folder BLOB NOT NULL, name BLOB NOT NULL,"
+                          " n INTEGER NOT NULL, PRIMARY KEY (folder, name))")
         db["requests"].create({
             "id": int, "job_id": int, "action": str, "created_at": float, "done_at": float,
             "ok": int, "outcome": str,
@@ -372,6 +377,30 @@ class Store:
             if left == 0:
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return left
+
+    def _maintain_job_counts(self) -> None:
+        """fax_gateway_jobs must be exact and cost the same with a million jobs as with ten
+        (SPEC 8): a small table of counts, kept by triggers in the same transaction as every
+        insert, state change and delete of a job, whichever code path makes it.  Filled from
+        the jobs once when it is new (or its triggers were lost with a rebuilt table)."""
+        c = self.conn
+        have = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
+        if "job_counts" in have and {"jobs_count_insert", "jobs_count_update", "jobs_count_delete"} <= have:
+            return
+        with self.transaction():
+            c.execute("CREATE TABLE IF NOT EXISTS job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            c.execute("DELETE FROM job_counts")
+            c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN"
+                      " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
+                      " ON CONFLICT(state) DO UPDATE SET n = n + 1; END")
+            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs"
+                      " WHEN OLD.state IS NOT NEW.state BEGIN"
+                      " UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;"
+                      " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
+                      " ON CONFLICT(state) DO UPDATE SET n = n + 1; END")
+            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN"
+                      " UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END")
 
     def _refuse_newer_schema(self) -> None:
         """Before anything changes: a database of a newer version is left as it is."""
@@ -664,10 +693,23 @@ class Store:
                 " ORDER BY id LIMIT ?", (after, *skip_outboxes, limit)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def record_filing_intent(self, job_id: int, filed_to: str, filed_root: str, suffix: int) -> None:
+    def highest_suffix(self, folder: str, name: str) -> int | None:
+        """The highest collision suffix the gateway used for `name` in `folder`, if any."""
+        with self._lock:
+            row = self.conn.execute("SELECT n FROM suffixes WHERE folder=? AND name=?",
+                                    (_name_in(folder), _name_in(name))).fetchone()
+        return row[0] if row else None
+
+    def record_filing_intent(self, job_id: int, filed_to: str, filed_root: str, suffix: int,
+                             suffix_key: tuple[str, str] | None = None) -> None:
         """Commit where the files go before the first one moves, so a restart repeats the
-        same move instead of choosing another name."""
+        same move instead of choosing another name.  `suffix_key` (folder, name) remembers
+        the suffix as the highest used for that name."""
         with self.transaction() as c:
+            if suffix_key is not None:
+                c.execute("INSERT INTO suffixes(folder, name, n) VALUES (?,?,?) ON CONFLICT(folder, name)"
+                          " DO UPDATE SET n = MAX(n, excluded.n)",
+                          (_name_in(suffix_key[0]), _name_in(suffix_key[1]), suffix))
             c.execute("UPDATE jobs SET phase=?, filed_to=?, filed_root=?, filed_suffix=?"
                       " WHERE id=? AND phase=?", (Phase.FILING, filed_to, filed_root, suffix, job_id,
                                                   Phase.HELD))
@@ -924,12 +966,12 @@ class Store:
                 for r in rows]
 
     def count_by_state(self) -> dict[str, int]:
-        """Exact counts per state.  Final states are counted through the state index, so
-        the cost is an index scan, not a table scan with JSON decoding."""
+        """Exact counts per state, read from the counts the triggers keep: the cost does
+        not grow with the history kept in the database."""
         with self._lock:
-            rows = self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+            rows = self.conn.execute("SELECT state, n FROM job_counts").fetchall()
         counts = {s: 0 for s in JOB_STATES}
-        counts.update({r[0]: r[1] for r in rows})
+        counts.update({r[0]: r[1] for r in rows if r[1]})
         return counts
 
     def oldest_active_created_at(self) -> float | None:

@@ -1,0 +1,95 @@
+"""Metrics whose cost does not grow with the history kept (SPEC 8), rejections counted when
+they happen, and collision suffixes that start after the highest one used (SPEC 4.4)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from conftest import make_pdf, metric_value, wait_for
+
+from gateway.store import JOB_STATES, SourceFile, Store
+
+
+def _real_counts(db) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    finally:
+        conn.close()
+
+
+def _job(store: Store, name: str = "a.pdf") -> int:
+    job_id = store.record_claim_intent(outbox="main", outbox_path="/x", rel_dir="", sources=[
+        SourceFile(name, 1, 1, 1)], documents=[name], sidecar=None, primary=name, simulated=True,
+        settled_at=None)
+    store.mark_held(job_id)
+    return job_id
+
+
+def test_job_counts_follow_every_insert_change_and_delete(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    a, b, c = _job(store), _job(store), _job(store)
+    store.accept_job(a, numbers=["+15551234567"], options={}, sha256=["x"], pages=1)
+    store.reject_job(b, "empty", "empty")
+    [rec] = store.get_job(a).recipients
+    store.record_submit_intent(rec.id)
+    store.mark_submit_accepted(rec.id, "9", next_poll_at=0)
+    store.abandon_claim(_job_for_abandon(store))
+    expected = {s: 0 for s in JOB_STATES}
+    expected.update(_real_counts(tmp_path / "jobs.db"))
+    assert store.count_by_state() == expected
+    assert expected["sending"] == 1 and expected["rejected"] == 1 and expected["queued"] == 1
+    store.conn.execute("DELETE FROM events WHERE job_id=?", (c,))
+    store.conn.execute("DELETE FROM jobs WHERE id=?", (c,))
+    assert store.count_by_state()["queued"] == 0
+    store.close()
+
+
+def _job_for_abandon(store: Store) -> int:
+    return store.record_claim_intent(outbox="main", outbox_path="/x", rel_dir="", sources=[],
+                                     documents=[], sidecar=None, primary="z.pdf", simulated=True,
+                                     settled_at=None)
+
+
+def test_counts_are_built_once_for_a_database_that_had_none(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    _job(store)
+    _job(store)
+    store.conn.execute("DROP TRIGGER jobs_count_insert")
+    store.conn.execute("DROP TABLE job_counts")
+    store.close()
+    again = Store(tmp_path / "jobs.db")
+    assert again.count_by_state()["queued"] == 2
+    again.close()
+
+
+def test_metrics_are_exact_have_no_created_series_and_count_rejections_when_judged(service, spool,
+                                                                                  simulator, tmp_path):
+    svc = service()
+    (spool.failed / "555-1234").write_bytes(b"in the way: this rejection cannot be filed yet")
+    (spool.folder("555-1234") / "r.pdf").write_bytes(make_pdf(1))
+    (spool.folder("+15551230801") / "ok.pdf").write_bytes(make_pdf(1))
+    spool.wait_results(1, "sent")
+    text = svc.metrics.render().decode()
+    assert "_created" not in text
+    wait_for(lambda: metric_value(svc.metrics.render().decode(), "fax_gateway_files_rejected_total",
+                                  outbox="main", reason="invalid_number") == 1, 10, "the rejection counted")
+    assert spool.results("failed") == []  # counted although it is not filed
+    text = svc.metrics.render().decode()
+    for state, n in _real_counts(tmp_path / "jobs.db").items():
+        assert metric_value(text, "fax_gateway_jobs", state=state) == n
+
+
+def test_a_name_filed_again_starts_after_the_highest_suffix_used(service, spool, simulator):
+    service()
+    folder = spool.folder("+15551230802")
+    for i in range(3):
+        (folder / "scan.pdf").write_bytes(make_pdf(1, text=str(i)))
+        spool.wait_results(i + 1, "sent")
+    sent = spool.sent / "+15551230802"
+    assert sorted(p.name for p in sent.glob("*.pdf")) == ["scan-1.pdf", "scan-2.pdf", "scan.pdf"]
+    (sent / "scan-1.pdf").unlink()  # someone tidies up: the gap is not filled again
+    (sent / "scan-1.pdf.result.json").unlink()
+    (folder / "scan.pdf").write_bytes(make_pdf(1, text="3"))
+    wait_for(lambda: (sent / "scan-3.pdf").exists(), 20, "scan-3.pdf")
+    assert not (sent / "scan-1.pdf").exists()
