@@ -305,10 +305,15 @@ class Dispatcher(Stage):
         job = self.store.get_job(rec.job_id) if final else None
         ob = self.outboxes.get(job.outbox) if job else None
         if job and new_state == JobState.FAILED:
-            if ob is not None and rec.attempts - 1 < ob.resend.max:
+            # Only `failed` is resent; blocked, failed_chargeable and partially_cancelled are
+            # final failures that another attempt cannot cure and would pay for again (6.2).
+            if st.resendable and ob is not None and rec.attempts - 1 < ob.resend.max:
                 new_state, next_at = JobState.RETRY_WAIT, now + ob.resend.delay
                 log.info("job %s: fax to %s failed (%s); resending in %.0fs", job.id, rec.number,
                          st.message, ob.resend.delay)
+            elif not st.resendable:
+                log.info("job %s: fax to %s ended %s (%s): final, not resent", job.id, rec.number,
+                         st.status, st.message)
         elif final is None and seconds >= self.give_up_after:
             new_state, given_up = JobState.FAILED, True
             message = (f"iFax gave no final status after {_human(self.give_up_after)} of polling, so "

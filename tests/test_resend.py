@@ -168,3 +168,22 @@ def test_give_up_counts_from_send_at_when_it_is_later(service, spool, simulator)
     whole_second = int(send_at)  # the sidecar's time has whole seconds
     assert cancel["time"] >= whole_second + 1.0
     assert simulator.requests("fax-send")[0]["body"]["send_at"].startswith(stamp[:19])
+
+
+# -- sending policy: only `failed` is resent (SPEC 6.2) ----------------------------------
+
+@pytest.mark.parametrize(("suffix", "word", "state"), [
+    ("661", "blocked", "failed"),
+    ("662", "failed_chargeable", "failed"),
+    ("663", "partially_cancelled", "failed"),
+    ("664", "canceled", "canceled"),
+])
+def test_final_failures_other_than_failed_are_never_resent(service, spool, simulator, suffix, word, state):
+    service(defaults={"resend": {"max": 2, "delay": "0.1s"}})
+    _drop(spool, "+1555123" + "0" + suffix)
+    [result] = spool.wait_results(1, "failed")
+    assert simulator.requests("fax-resend") == []
+    [send] = simulator.requests("fax-send")
+    assert simulator.job(send["job_id"])["faxStatus"] == word
+    [r] = result["recipients"]
+    assert (result["state"], r["state"], r["attempts"]) == (state, state, 1)
