@@ -189,10 +189,9 @@ class Service:
         if job_id is None:
             return
         rec = self.store.find_recipient_by_ifax_job(str(job_id).strip())
-        if rec is not None:
-            self.store.poll_now(rec.id)
-            if self.dispatcher:
-                self.dispatcher.wake()
+        # Only a fax that is sending is polled sooner; one waiting to be resent keeps its delay.
+        if rec is not None and self.store.poll_now(rec.id) and self.dispatcher:
+            self.dispatcher.wake()
 
     # -- running --------------------------------------------------------------------
 

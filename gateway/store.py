@@ -594,8 +594,14 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE recipients SET next_action_at=? WHERE id=?", (at, recipient_id))
 
-    def poll_now(self, recipient_id: int) -> None:
-        self.reschedule(recipient_id, _now())
+    def poll_now(self, recipient_id: int) -> bool:
+        """Poll a recipient that is `sending` at once (a webhook, a refused fax-cancel).  Only
+        that wait is shortened: a recipient waiting to be resent keeps its `resend.delay`,
+        whatever a webhook says (SPEC 6.4).  True if it was sending."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE recipients SET next_action_at=? WHERE id=? AND state='sending'",
+                            (_now(), recipient_id))
+            return cur.rowcount > 0
 
     # -- filing ---------------------------------------------------------------------
 

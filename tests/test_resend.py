@@ -187,3 +187,25 @@ def test_final_failures_other_than_failed_are_never_resent(service, spool, simul
     assert simulator.job(send["job_id"])["faxStatus"] == word
     [r] = result["recipients"]
     assert (result["state"], r["state"], r["attempts"]) == (state, state, 1)
+
+
+def test_webhook_for_a_fax_waiting_to_be_resent_keeps_the_resend_delay(service, spool, simulator, tmp_path):
+    import json
+    import time
+
+    import httpx
+    svc = service(defaults={"resend": {"max": 2, "delay": "1h"}},
+                  extra={"webhook": {"enabled": True, "secret": "s3cr3t"}})
+    _drop(spool, "+15551230777")
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    wait_for(lambda: db.execute("SELECT 1 FROM recipients WHERE state='retry_wait'").fetchone(), 15,
+             "retry_wait")
+    [(due,)] = db.execute("SELECT next_action_at FROM recipients").fetchall()
+    assert due > time.time() + 3000
+    [send] = simulator.requests("fax-send")
+    body = json.dumps({"jobId": send["job_id"], "faxStatus": "failed"}).encode()
+    url = f"http://{svc.config.http.listen}/ifax/webhook/s3cr3t"
+    assert httpx.post(url, content=body).status_code == 200
+    svc.webhook(body)  # the same, synchronously: the HTTP handler answers before it acts
+    assert db.execute("SELECT next_action_at, state FROM recipients").fetchone() == (due, "retry_wait")
+    assert simulator.requests("fax-resend") == []
