@@ -324,17 +324,20 @@ class Dispatcher(Stage):
             except ApiError as exc:
                 log.warning("job %s: fax-cancel after giving up failed: %s", rec.job_id, exc)
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
+        # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
+        cost = None if awaiting_fresh else st.cost
         self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
-                                 transferred_pages=st.transferred_pages, cost=st.cost, code=st.code,
+                                 transferred_pages=st.transferred_pages, cost=cost, code=st.code,
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
+        if new_state is not None and cost:  # every attempt that ends, a resent one too (SPEC 4.4)
+            job = job or self.store.get_job(rec.job_id)
+            self.metrics.cost.labels(job.outbox).inc(cost)
         if new_state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
             job = job or self.store.get_job(rec.job_id)
             if new_state == JobState.DELIVERED:
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
-            if st.cost:
-                self.metrics.cost.labels(job.outbox).inc(st.cost)
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)

@@ -287,7 +287,8 @@ class Store:
         have = {c.name for c in db["recipients"].columns}
         for name, kind in (("send_at", float), ("call_start", float), ("stale_call_start", float),
                            ("awaiting_fresh", int), ("last_ok_poll_at", float),
-                           ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str)):
+                           ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str),
+                           ("prior_cost", float)):
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
@@ -499,9 +500,11 @@ class Store:
             ids = json.loads(r["ifax_job_ids"] or "[]")
             if ifax_job_id not in ids:
                 ids.append(ifax_job_id)
+            # `cost` is the sum over every attempt (SPEC 4.4): what earlier attempts were
+            # charged stays, in prior_cost, and this attempt's actualCost is added to it.
             c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?,"
                       " awaiting_fresh=?, stale_call_start=?, last_ok_poll_at=?, sending_seconds=0,"
-                      " transferred_pages=NULL, cost=NULL, code=NULL, message=NULL, ifax_job_ids=?"
+                      " transferred_pages=NULL, prior_cost=cost, code=NULL, message=NULL, ifax_job_ids=?"
                       " WHERE id=?",
                       (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
                        json.dumps(ids), recipient_id))
@@ -561,16 +564,20 @@ class Store:
                       sending_seconds: float, polled_at: float, awaiting_fresh: bool,
                       given_up: bool = False) -> None:
         """Store what a successful poll read.  `new_state` (delivered, failed, canceled, or
-        retry_wait for a resend) ends this attempt; None keeps polling."""
+        retry_wait for a resend) ends this attempt; None keeps polling.  `cost` is this
+        attempt's actualCost: the recipient's cost is it plus what earlier attempts cost
+        (null only while iFax has reported none for any attempt)."""
         with self.transaction() as c:
             row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
             if row is None or row["state"] != "sending":
                 return
-            c.execute("UPDATE recipients SET transferred_pages=?, cost=?, code=?, message=?,"
+            c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN prior_cost"
+                      " ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
                       " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
                       " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=? WHERE id=?",
-                      (transferred_pages, cost, _text(code), message, next_action_at, _now(), call_start,
-                       sending_seconds, polled_at, int(awaiting_fresh), int(given_up), recipient_id))
+                      (transferred_pages, cost, cost, _text(code), message, next_action_at, _now(),
+                       call_start, sending_seconds, polled_at, int(awaiting_fresh), int(given_up),
+                       recipient_id))
             if new_state:
                 detail = message if given_up else (
                     f"iFax status {ifax_status}" + (f": {message}" if message else ""))

@@ -209,3 +209,14 @@ def test_webhook_for_a_fax_waiting_to_be_resent_keeps_the_resend_delay(service, 
     svc.webhook(body)  # the same, synchronously: the HTTP handler answers before it acts
     assert db.execute("SELECT next_action_at, state FROM recipients").fetchone() == (due, "retry_wait")
     assert simulator.requests("fax-resend") == []
+
+
+def test_cost_sums_every_attempt_including_a_charged_failure_that_was_resent(service, spool, simulator):
+    from conftest import metric_value
+    svc = service(defaults={"resend": {"max": 1, "delay": "0.1s"}})
+    _drop(spool, "+15551230665", pages=2)  # fails charged (0.22), then delivered (0.22)
+    [result] = spool.wait_results(1, "sent")
+    [r] = result["recipients"]
+    assert (r["state"], r["attempts"], r["cost"]) == ("delivered", 2, 0.44)
+    assert metric_value(svc.metrics.render().decode(), "fax_gateway_cost_total", outbox="main") == 0.44
+
