@@ -16,7 +16,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.private import move_legacy_jobs
 from gateway.stage import Stage
-from gateway.store import Job, Store
+from gateway.store import Store
 from gateway.systemd import notify
 from gateway.web import WebServer
 
@@ -110,7 +109,7 @@ class Service:
                              on_judged=self._wake_all)
         self.filing = Filing(store, self.outboxes, self.metrics, file_names=cfg.log.file_names,
                              paused=self.paused, folder_problem=self.intake.folder_problem,
-                             on_finished=self._notifier(),
+                             notifier=Notifier(cfg.notify.command) if cfg.notify.command else None,
                              on_reopened=lambda: self.dispatcher.wake() if self.dispatcher else None)
         self.dispatcher = Dispatcher(store, client, outboxes=self.outboxes, metrics=self.metrics,
                                      max_in_flight=cfg.api.max_in_flight,
@@ -147,17 +146,6 @@ class Service:
         for stage in (self.dispatcher, self.filing):
             if stage is not None:
                 stage.wake()
-
-    def _notifier(self) -> Callable[[Job, Path | None], None] | None:
-        if not self.config.notify.command:
-            return None
-        notifier = Notifier(self.config.notify.command)
-
-        def finished(job: Job, result_path: Path | None) -> None:
-            if result_path is not None:
-                notifier.job_ended(job_id=job.id, state=job.state, reason_code=job.reason_code,
-                                   outbox=job.outbox, result_path=result_path)
-        return finished
 
     def _api_endpoint(self) -> tuple[str, str]:
         if self.simulate:

@@ -58,7 +58,8 @@ _JOBS_DDL = """CREATE TABLE {if_not_exists}"{name}" (
    "sent_root" TEXT,
    "failed_root" TEXT,
    "kinds" TEXT,
-   "private_root" TEXT
+   "private_root" TEXT,
+   "notify_pending" INTEGER
 )"""
 
 
@@ -292,8 +293,9 @@ class Store:
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
-        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str)):
-            if name not in have:  # schema 2 and 3 databases
+        for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str),
+                           ("notify_pending", int)):
+            if name not in have:  # schema 2 and 3 databases; notify_pending: schema 4 before issue 8
                 db["jobs"].add_column(name, kind)
         if "AUTOINCREMENT" not in (db["jobs"].schema or "").upper():  # schema 3 databases
             self._rebuild_jobs_with_autoincrement()
@@ -316,6 +318,10 @@ class Store:
         db["recipients"].create_index(["job_id"], if_not_exists=True)
         db["recipients"].create_index(["ifax_job_id"], if_not_exists=True)
         db["events"].create_index(["job_id"], if_not_exists=True)
+        # Partial: only notifications still owed are in it, so finding them costs nothing
+        # however many jobs were filed.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS idx_jobs_notify_pending ON jobs(id)"
+                          " WHERE notify_pending=1")
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                           (str(SCHEMA_VERSION),))
         version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
@@ -636,10 +642,25 @@ class Store:
                                                   Phase.HELD))
             self._event(c, job_id, "filing", f"to {filed_to}/" + (f" as -{suffix}" if suffix else ""))
 
-    def mark_filed(self, job_id: int) -> None:
+    def mark_filed(self, job_id: int, *, notify: bool = False) -> None:
+        """The files are in sent/ or failed/.  With `notify`, the intent to run
+        notify.command is committed in the same transaction, so a crash before the
+        command ran never loses it: it is carried out at the next start (at least once)."""
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET phase=? WHERE id=?", (Phase.FILED, job_id))
+            c.execute("UPDATE jobs SET phase=?, notify_pending=? WHERE id=?",
+                      (Phase.FILED, 1 if notify else None, job_id))
             self._event(c, job_id, "filed")
+
+    def jobs_to_notify(self) -> list[int]:
+        """Filed jobs whose notify.command has not run to its end yet (a crash, a stop)."""
+        with self._lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE notify_pending=1 ORDER BY id")]
+
+    def mark_notified(self, job_id: int, detail: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET notify_pending=NULL WHERE id=? AND notify_pending=1", (job_id,))
+            self._event(c, job_id, "notified", detail)
 
     # -- operator requests (cancel, resend) -----------------------------------------
 
