@@ -49,7 +49,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
 NOT_SUPPORTED_YET: set[str] = {
     "retention.sent",
     "retention.jobs",
-    "defaults.max_faxes_per_hour",
 }
 
 

@@ -217,6 +217,14 @@ class Service:
         body: dict[str, Any] = {"status": "ok" if not problems else "unhealthy",
                                 "simulated": self.simulate,
                                 "blocked": {"count": n_blocked, "items": blocked}}
+        if self.dispatcher is not None and self.dispatcher.rate_limited:
+            # Not a problem (200): the operator chose the cap; the faxes wait, none fails.
+            body["rate_limited"] = [
+                {"outbox": name, "max_faxes_per_hour": self.outboxes[name].max_faxes_per_hour,
+                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+                 "reason": f"max_faxes_per_hour ({self.outboxes[name].max_faxes_per_hour}) reached: "
+                           "its faxes wait until the hour has room"}
+                for name, until in sorted(self.dispatcher.rate_limited.items())]
         if problems:
             body["reasons"] = problems
         return not problems, body

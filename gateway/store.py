@@ -28,6 +28,7 @@ from gateway.errors import InvalidTransition, JobNotFound, StoreError
 from gateway.names import shown
 
 SCHEMA_VERSION = 4
+HOUR = 3600.0  # max_faxes_per_hour's rolling window
 
 # Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
 # that was deleted (an abandoned claim, retention): an id names the job's folder and its
@@ -309,6 +310,13 @@ class Store:
             "ok": int, "outcome": str,
         }, pk="id", if_not_exists=True)
         db["requests"].create_index(["done_at"], if_not_exists=True)
+        # Submissions of the last hour per outbox, for max_faxes_per_hour: a row per request
+        # that iFax accepted or may have accepted (resends too), pruned as it leaves the hour,
+        # so counting never costs more than the cap itself.
+        db["submissions"].create({"id": int, "outbox": str, "recipient_id": int, "at": float},
+                                 pk="id", if_not_exists=True)
+        db["submissions"].create_index(["outbox", "at"], if_not_exists=True)
+        db["submissions"].create_index(["recipient_id"], if_not_exists=True)
         # Indexes keep the daemon's hot queries proportional to the active jobs, never to
         # the history kept in the database (SPEC 6.4, 8).
         db["jobs"].create_index(["state"], if_not_exists=True)
@@ -468,32 +476,86 @@ class Store:
 
     # -- submitting -----------------------------------------------------------------
 
-    def due_submissions(self, now: float, limit: int) -> list[Recipient]:
+    def due_submissions(self, now: float, limit: int, *,
+                        skip_outboxes: Sequence[str] = ()) -> list[Recipient]:
+        """Recipients waiting to be submitted whose time has come, except those of outboxes
+        that may not submit now (max_faxes_per_hour)."""
+        marks = ",".join("?" * len(skip_outboxes))
+        skip = f" AND j.outbox NOT IN ({marks})" if skip_outboxes else ""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT * FROM recipients WHERE state IN ('queued','retry_wait') AND next_action_at<=?"
-                " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
+                "SELECT r.* FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.state IN"
+                " ('queued','retry_wait') AND r.next_action_at<=?" + skip +
+                " ORDER BY r.next_action_at, r.id LIMIT ?", (now, *skip_outboxes, limit)).fetchall()
         return [_recipient(r) for r in rows]
 
-    def next_submission_time(self) -> float | None:
+    def next_submission_time(self, *, skip_outboxes: Sequence[str] = ()) -> float | None:
+        if not skip_outboxes:
+            with self._lock:
+                row = self.conn.execute(
+                    "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
+                ).fetchone()
+            return row[0]
+        marks = ",".join("?" * len(skip_outboxes))
         with self._lock:
             row = self.conn.execute(
-                "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
-            ).fetchone()
+                "SELECT MIN(r.next_action_at) FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE"
+                f" r.state IN ('queued','retry_wait') AND j.outbox NOT IN ({marks})",
+                tuple(skip_outboxes)).fetchone()
         return row[0]
 
-    def record_submit_intent(self, recipient_id: int) -> bool:
+    def outboxes_with_due_submissions(self, now: float, outboxes: Sequence[str]) -> set[str]:
+        """Which of these outboxes have a recipient whose submission is due (held back)."""
+        found = set()
+        with self._lock:
+            for outbox in outboxes:
+                if self.conn.execute(
+                        "SELECT 1 FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.state IN"
+                        " ('queued','retry_wait') AND r.next_action_at<=? AND j.outbox=? LIMIT 1",
+                        (now, outbox)).fetchone():
+                    found.add(outbox)
+        return found
+
+    def hourly_cap_until(self, outbox: str, per_hour: int, now: float | None = None) -> float | None:
+        """When `outbox` may submit again under max_faxes_per_hour = `per_hour` (a rolling
+        hour, resends counted), or None if it may now.  Reads at most `per_hour` index
+        entries, whatever the history."""
+        now = _now() if now is None else now
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT at FROM submissions WHERE outbox=? AND at>? ORDER BY at DESC LIMIT 1 OFFSET ?",
+                (outbox, now - HOUR, per_hour - 1)).fetchone()
+        return None if row is None else row[0] + HOUR
+
+    def record_submit_intent(self, recipient_id: int, *, per_hour: int | None = None) -> bool:
         """Commit that the request (fax-send, or fax-resend for a recipient iFax knows) is
-        about to leave.  False if the recipient is no longer waiting (canceled meanwhile),
-        so the caller must not send."""
+        about to leave, and count it toward its outbox's hour.  False if the recipient is
+        no longer waiting (canceled meanwhile) or its outbox reached `per_hour` submissions
+        in the last hour, so the caller must not send; checked in the same transaction, so
+        the cap holds however many workers submit at once."""
+        now = _now()
         with self.transaction() as c:
-            r = c.execute("SELECT job_id, state, ifax_job_id FROM recipients WHERE id=?",
-                          (recipient_id,)).fetchone()
+            r = c.execute("SELECT r.job_id, r.state, r.ifax_job_id, j.outbox FROM recipients r"
+                          " JOIN jobs j ON j.id=r.job_id WHERE r.id=?", (recipient_id,)).fetchone()
             if r is None or r["state"] not in (S.QUEUED, S.RETRY_WAIT):
                 return False
+            c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (r["outbox"], now - HOUR))
+            if per_hour is not None:
+                (n,) = c.execute("SELECT COUNT(*) FROM submissions WHERE outbox=?", (r["outbox"],)).fetchone()
+                if n >= per_hour:
+                    return False
+            c.execute("INSERT INTO submissions(outbox, recipient_id, at) VALUES (?,?,?)",
+                      (r["outbox"], recipient_id, now))
             self._set_recipient(c, recipient_id, r["job_id"], S.SUBMITTING,
                                 f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None)
         return True
+
+    def _uncount_submission(self, c: sqlite3.Connection, recipient_id: int) -> None:
+        """A request that certainly sent no fax does not count toward max_faxes_per_hour."""
+        row = c.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+        if row is not None and row["state"] == S.SUBMITTING:
+            c.execute("DELETE FROM submissions WHERE id=(SELECT MAX(id) FROM submissions"
+                      " WHERE recipient_id=?)", (recipient_id,))
 
     def mark_submit_accepted(self, recipient_id: int, ifax_job_id: str, *, next_poll_at: float) -> None:
         """A new attempt: its give-up clock starts now.  If iFax answered a resend with the
@@ -521,12 +583,14 @@ class Store:
         """The request certainly did not reach iFax: back to waiting, nothing counted."""
         with self.transaction() as c:
             r = c.execute("SELECT job_id, ifax_job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            self._uncount_submission(c, recipient_id)
             self._set_recipient(c, recipient_id, r["job_id"], S.RETRY_WAIT if r["ifax_job_id"] else S.QUEUED,
                                 detail, next_action_at=retry_at)
 
     def mark_submit_refused(self, recipient_id: int, message: str, code: Any = None) -> None:
         with self.transaction() as c:
             job_id = self._job_of(c, recipient_id)
+            self._uncount_submission(c, recipient_id)
             c.execute("UPDATE recipients SET message=?, code=? WHERE id=?",
                       (message, _text(code), recipient_id))
             self._set_recipient(c, recipient_id, job_id, S.FAILED, f"refused by iFax: {message}")
