@@ -220,3 +220,16 @@ def test_cost_sums_every_attempt_including_a_charged_failure_that_was_resent(ser
     assert (r["state"], r["attempts"], r["cost"]) == ("delivered", 2, 0.44)
     assert metric_value(svc.metrics.render().decode(), "fax_gateway_cost_total", outbox="main") == 0.44
 
+
+
+def test_sigkill_after_a_charged_failure_keeps_its_cost(daemon, spool, simulator, tmp_path):
+    d = daemon(defaults={"resend": {"max": 1, "delay": "2s"}}).start()
+    _drop(spool, "+15551230665")  # fails charged (0.11), delivered on resend (0.11)
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    wait_for(lambda: db.execute("SELECT 1 FROM jobs WHERE state='retry_wait'").fetchone(), 15, "retry_wait")
+    d.kill()
+    d.start()
+    [result] = spool.wait_results(1, "sent")
+    [r] = result["recipients"]
+    assert (r["attempts"], r["cost"]) == (2, 0.22)
+    assert len(simulator.requests("fax-resend")) == 1
