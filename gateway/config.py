@@ -46,9 +46,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
 # anything but their default, never accepted and ignored). Per-outbox keys are written
 # in their `defaults.` form and are checked under every outbox as well. Delete an entry
 # in the same change that implements the key.
-NOT_SUPPORTED_YET: set[str] = {
-    "defaults.max_faxes_per_hour",
-}
+NOT_SUPPORTED_YET: set[str] = set()
 
 
 class Secret:

@@ -74,6 +74,10 @@ class Dispatcher(Stage):
         self.folder_problem: Callable[[str], str | None] = lambda outbox: None
         self._next_probe = 0.0
         self._refusals: list[tuple[str, int]] = []  # (message, job id) of consecutive refusals
+        # max_faxes_per_hour: outbox -> when it may submit again, for outboxes at their cap,
+        # and those of them that hold submissions back right now (/healthz, the metric).
+        self.capped: dict[str, float] = {}
+        self.rate_limited: dict[str, float] = {}
 
     # -- the stage ------------------------------------------------------------------
 
@@ -96,6 +100,7 @@ class Dispatcher(Stage):
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return 1.0
         self._handle_requests()
+        self._check_hourly_caps()
         if self.paused_reason:
             self._probe()
         else:
@@ -109,8 +114,9 @@ class Dispatcher(Stage):
 
     def _sleep_time(self) -> float:
         now = time.time()
-        nxt = [now + 1.0]
-        for t in (self.store.next_submission_time(), self.store.next_poll_time()):
+        nxt = [now + 1.0, *self.capped.values()]
+        for t in (self.store.next_submission_time(skip_outboxes=list(self.capped)),
+                  self.store.next_poll_time()):
             if t is not None:
                 nxt.append(t)
         return max(0.01, min(nxt) - now)
@@ -119,7 +125,33 @@ class Dispatcher(Stage):
 
     def _start_submissions(self) -> None:
         if self.backoff.remaining() == 0:
-            self._start("submit", self.store.due_submissions, self._submit, self.max_in_flight)
+            skip = list(self.capped)
+            self._start("submit", lambda now, n: self.store.due_submissions(now, n, skip_outboxes=skip),
+                        self._submit, self.max_in_flight)
+
+    def _check_hourly_caps(self) -> None:
+        """max_faxes_per_hour (a rolling hour, resends counted), from the database, so a
+        restart forgets nothing: an outbox at its cap submits nothing until the hour has
+        room; its faxes wait, none fails.  `record_submit_intent` enforces the cap
+        exactly; this only keeps such an outbox from being handed out and says so."""
+        now = time.time()
+        capped = {}
+        for name, ob in self.outboxes.items():
+            if ob.max_faxes_per_hour is not None:
+                until = self.store.hourly_cap_until(name, ob.max_faxes_per_hour, now)
+                if until is not None:
+                    capped[name] = until
+        holding = self.store.outboxes_with_due_submissions(now, list(capped)) if capped else set()
+        limited = {name: until for name, until in capped.items() if name in holding}
+        for name in limited.keys() - self.rate_limited.keys():
+            log.warning("outbox %s: max_faxes_per_hour (%d) reached; its faxes wait until %s UTC", name,
+                        self.outboxes[name].max_faxes_per_hour,
+                        time.strftime("%H:%M:%S", time.gmtime(limited[name])))
+        for name in self.rate_limited.keys() - limited.keys():
+            log.info("outbox %s: no longer held back by max_faxes_per_hour", name)
+        for name in self.outboxes:
+            self.metrics.rate_limited.labels(name).set(1 if name in limited else 0)
+        self.capped, self.rate_limited = capped, limited
 
     def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
                work: Callable[[Recipient], None], limit: int) -> None:
@@ -193,7 +225,9 @@ class Dispatcher(Stage):
             return  # still queued: nothing was committed
         if self.halted() is not None:  # the database file changed since this was handed out (dbguard.py)
             return
-        if not self.store.record_submit_intent(rec.id):
+        ob = self.outboxes.get(job.outbox)
+        if not self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None):
+            self._wake.set()  # canceled meanwhile, or the outbox reached its hourly cap
             return
         crash_point("resubmit" if resend else "submit")
         try:
@@ -305,10 +339,15 @@ class Dispatcher(Stage):
         job = self.store.get_job(rec.job_id) if final else None
         ob = self.outboxes.get(job.outbox) if job else None
         if job and new_state == JobState.FAILED:
-            if ob is not None and rec.attempts - 1 < ob.resend.max:
+            # Only `failed` is resent; blocked, failed_chargeable and partially_cancelled are
+            # final failures that another attempt cannot cure and would pay for again (6.2).
+            if st.resendable and ob is not None and rec.attempts - 1 < ob.resend.max:
                 new_state, next_at = JobState.RETRY_WAIT, now + ob.resend.delay
                 log.info("job %s: fax to %s failed (%s); resending in %.0fs", job.id, rec.number,
                          st.message, ob.resend.delay)
+            elif not st.resendable:
+                log.info("job %s: fax to %s ended %s (%s): final, not resent", job.id, rec.number,
+                         st.status, st.message)
         elif final is None and seconds >= self.give_up_after:
             new_state, given_up = JobState.FAILED, True
             message = (f"iFax gave no final status after {_human(self.give_up_after)} of polling, so "
@@ -319,17 +358,20 @@ class Dispatcher(Stage):
             except ApiError as exc:
                 log.warning("job %s: fax-cancel after giving up failed: %s", rec.job_id, exc)
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
+        # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
+        cost = None if awaiting_fresh else st.cost
         self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
-                                 transferred_pages=st.transferred_pages, cost=st.cost, code=st.code,
+                                 transferred_pages=st.transferred_pages, cost=cost, code=st.code,
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
+        if new_state is not None and cost:  # every attempt that ends, a resent one too (SPEC 4.4)
+            job = job or self.store.get_job(rec.job_id)
+            self.metrics.cost.labels(job.outbox).inc(cost)
         if new_state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
             job = job or self.store.get_job(rec.job_id)
             if new_state == JobState.DELIVERED:
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
-            if st.cost:
-                self.metrics.cost.labels(job.outbox).inc(st.cost)
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)

@@ -20,6 +20,7 @@ from gateway.errors import SpoolError
 from gateway.faults import crash_point
 from gateway.metrics import Metrics
 from gateway.names import shown
+from gateway.notify import Notifier
 from gateway.results import result_document
 from gateway.stage import Stage
 from gateway.store import Job, JobState, Phase, Store
@@ -35,19 +36,36 @@ class Filing(Stage):
     def __init__(self, store: Store, outboxes: Mapping[str, OutboxConfig], metrics: Metrics, *,
                  file_names: bool, paused: dict[str, str],
                  folder_problem: Callable[[str], str | None] = lambda outbox: None,
-                 on_finished: Callable[[Job, Path | None], None] | None = None,
+                 notifier: Notifier | None = None,
                  on_reopened: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.store, self.outboxes, self.metrics = store, dict(outboxes), metrics
         self.file_names = file_names
         self.paused = paused
         self.folder_problem = folder_problem  # asked right before writing: the periodic check may be late
-        self.on_finished = on_finished
+        self.notifier = notifier  # notify.command, if configured
         self.on_reopened = on_reopened
         self.blocked = BlockedItems(store, "filing", self.log,
                                     lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
                                     else 60.0)
         self._cursor = 0
+
+    def initialize(self) -> None:
+        """Notifications whose intent was committed with the filing but whose command did
+        not run to its end (a crash, a stop) are carried out now: at least once."""
+        for job_id in self.store.jobs_to_notify():
+            job = self.store.get_job(job_id)
+            if self.notifier is None:
+                self.store.mark_notified(job_id, "notify.command is no longer configured")
+            else:
+                self.log.info("job %s: running notify.command that the last run did not finish", job_id)
+                self._notify(job)
+
+    def _notify(self, job: Job) -> None:
+        assert self.notifier is not None
+        self.notifier.job_ended(job_id=job.id, state=job.state, reason_code=job.reason_code,
+                                outbox=job.outbox, result_path=result_path(job),
+                                on_done=lambda outcome: self.store.mark_notified(job.id, outcome))
 
     def turn(self) -> float:
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
@@ -115,15 +133,15 @@ class Filing(Stage):
                        suffix=job.filed_suffix, result_name=result_name(job),
                        result=lambda filed: result_document(job, [shown(f) for f in filed]),
                        crash_hook=crash_point)
-        self.store.mark_filed(job.id)
+        notice = self.notifier is not None and self.notifier.wants(job.state)
+        self.store.mark_filed(job.id, notify=notice)  # with the intent to notify, if any
+        crash_point("filed")
         if first_time and job.state != JobState.REJECTED:  # rejections are counted when judged
             self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
         what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
         self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
-        if self.on_finished:
-            result_path = (Path(job.filed_root) / job.rel_dir /
-                           spool.suffixed(result_name(job), job.filed_suffix, b))
-            self.on_finished(job, result_path)
+        if notice:
+            self._notify(job)
 
     # -- taking back for a resend -------------------------------------------------------
 
@@ -141,6 +159,12 @@ class Filing(Stage):
 def bases(job: Job) -> list[str]:
     """The names a collision suffix follows (documents first, then the sidecar)."""
     return job.documents + ([job.sidecar] if job.sidecar else [])
+
+
+def result_path(job: Job) -> Path:
+    """Where a filed job's result file lies."""
+    assert job.filed_root is not None and job.filed_suffix is not None
+    return Path(job.filed_root) / job.rel_dir / spool.suffixed(result_name(job), job.filed_suffix, bases(job))
 
 
 def result_name(job: Job) -> str:

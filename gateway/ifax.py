@@ -26,8 +26,13 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 ENDPOINTS = ("fax-send", "fax-resend", "fax-status", "fax-cancel", "fax-delete")
+# Every final failure and the state its recipient ends in (SPEC 6.2).  Only plain `failed`
+# may be resent automatically: `blocked` (the number refuses us), `failed_chargeable` and
+# `partially_cancelled` (charged, partly transmitted) cannot succeed by trying again, and
+# another attempt would cost money and may fax pages twice; `canceled` is final.
 FINAL_FAILURES = {"failed": "failed", "canceled": "canceled", "partially_cancelled": "failed",
                   "failed_chargeable": "failed", "blocked": "failed"}
+RESENDABLE = frozenset({"failed"})
 
 Observer = Callable[[str, str, float], None]  # (endpoint, outcome, seconds)
 
@@ -51,6 +56,7 @@ class PreparedRequest:
 class FaxStatus:
     status: str                    # iFax's word, lower case, "cancelled" spelled "canceled"
     final_state: str | None        # delivered | failed | canceled, or None while not final
+    resendable: bool               # a final failure the resend policy may resend (only `failed`)
     total_pages: int | None
     transferred_pages: int | None
     cost: float | None
@@ -105,7 +111,8 @@ def parse_status(data: dict[str, Any]) -> FaxStatus:
     else:
         final = FINAL_FAILURES.get(status)
     return FaxStatus(
-        status=status, final_state=final, total_pages=_int(data.get("faxTotalPages")),
+        status=status, final_state=final, resendable=status in RESENDABLE,
+        total_pages=_int(data.get("faxTotalPages")),
         transferred_pages=_int(data.get("faxTransferredPages")), cost=_float(data.get("actualCost")),
         code=data.get("code"), message=data.get("message") or data.get("errorMessage"),
         call_start=parse_time(data.get("faxCallStart")), call_end=parse_time(data.get("faxCallEnd")))

@@ -92,6 +92,8 @@ class Metrics:
                                          "database.", ["what"], registry=r)
         for what in ("sent", "failed", "jobs"):
             self.retention_deleted.labels(what)
+        self.rate_limited = Gauge(P + "rate_limited", "1 while max_faxes_per_hour holds the outbox's "
+                                  "submissions back.", ["outbox"], registry=r)
         self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self._outboxes = list(outboxes)
@@ -101,7 +103,7 @@ class Metrics:
     def add_outbox(self, name: str) -> None:
         """Create every labelled series at 0, so dashboards see them before the first event."""
         for m in (self.files_detected, self.jobs_submitted, self.files_waiting, self.pages_sent,
-                  self.cost, self.files_waiting_long, self.outbox_paused):
+                  self.cost, self.files_waiting_long, self.outbox_paused, self.rate_limited):
             m.labels(name)
         for code in REASONS:
             self.files_rejected.labels(name, code)

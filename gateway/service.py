@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from gateway.notify import Notifier
 from gateway.private import move_legacy_jobs
 from gateway.retention import Retention
 from gateway.stage import Stage
-from gateway.store import Job, Store
+from gateway.store import Store
 from gateway.systemd import notify
 from gateway.web import WebServer
 
@@ -113,7 +112,7 @@ class Service:
                              on_judged=self._wake_all)
         self.filing = Filing(store, self.outboxes, self.metrics, file_names=cfg.log.file_names,
                              paused=self.paused, folder_problem=self.intake.folder_problem,
-                             on_finished=self._notifier(),
+                             notifier=Notifier(cfg.notify.command) if cfg.notify.command else None,
                              on_reopened=lambda: self.dispatcher.wake() if self.dispatcher else None)
         self.dispatcher = Dispatcher(store, client, outboxes=self.outboxes, metrics=self.metrics,
                                      max_in_flight=cfg.api.max_in_flight,
@@ -154,17 +153,6 @@ class Service:
             if stage is not None:
                 stage.wake()
 
-    def _notifier(self) -> Callable[[Job, Path | None], None] | None:
-        if not self.config.notify.command:
-            return None
-        notifier = Notifier(self.config.notify.command)
-
-        def finished(job: Job, result_path: Path | None) -> None:
-            if result_path is not None:
-                notifier.job_ended(job_id=job.id, state=job.state, reason_code=job.reason_code,
-                                   outbox=job.outbox, result_path=result_path)
-        return finished
-
     def _api_endpoint(self) -> tuple[str, str]:
         if self.simulate:
             from gateway.simulator import Simulator
@@ -195,10 +183,9 @@ class Service:
         if job_id is None:
             return
         rec = self.store.find_recipient_by_ifax_job(str(job_id).strip())
-        if rec is not None:
-            self.store.poll_now(rec.id)
-            if self.dispatcher:
-                self.dispatcher.wake()
+        # Only a fax that is sending is polled sooner; one waiting to be resent keeps its delay.
+        if rec is not None and self.store.poll_now(rec.id) and self.dispatcher:
+            self.dispatcher.wake()
 
     # -- running --------------------------------------------------------------------
 
@@ -236,6 +223,14 @@ class Service:
         body: dict[str, Any] = {"status": "ok" if not problems else "unhealthy",
                                 "simulated": self.simulate,
                                 "blocked": {"count": n_blocked, "items": blocked}}
+        if self.dispatcher is not None and self.dispatcher.rate_limited:
+            # Not a problem (200): the operator chose the cap; the faxes wait, none fails.
+            body["rate_limited"] = [
+                {"outbox": name, "max_faxes_per_hour": self.outboxes[name].max_faxes_per_hour,
+                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+                 "reason": f"max_faxes_per_hour ({self.outboxes[name].max_faxes_per_hour}) reached: "
+                           "its faxes wait until the hour has room"}
+                for name, until in sorted(self.dispatcher.rate_limited.items())]
         if problems:
             body["reasons"] = problems
         return not problems, body

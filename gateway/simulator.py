@@ -25,14 +25,22 @@ decide:
             delivered when resent with fax-resend
     ...888  stays ``sending`` until fax-cancel (then ``canceled``, code 487,
             "ORIGINATOR_CANCEL")
+    ...661  ``blocked`` (code 21, "CALL_REJECTED"), on every attempt
+    ...662  ``failed_chargeable`` (code 41, "TEMPORARY_FAILURE"), charged, on every attempt
+    ...663  ``partially_cancelled`` (code 487, "ORIGINATOR_CANCEL") after half the pages
+            (rounded up), charged for those, on every attempt
+    ...664  ``canceled`` by iFax itself (code 487, "ORIGINATOR_CANCEL"), no fax-cancel needed
+    ...665  fails on the first transmission *and is charged* (code 38,
+            "NETWORK_OUT_OF_ORDER"), delivered when resent with fax-resend
     other   delivered (code 0, "NORMAL_CLEARING")
 
 A delivered fax reports faxTransferredPages = faxTotalPages and actualCost =
-pages x 0.11; a failed or canceled one 0 and 0. fax-resend takes the jobId of a
-``failed`` or ``canceled`` fax and its ``faxData`` again and returns a new jobId
-for the same destination. fax-delete removes a final fax (a later fax-status
-says "Fax not found"); a fax still sending must be canceled first. Job ids
-start at 1000 and are never reused by one Simulator, not even after reset().
+pages x 0.11; a failed or canceled one 0 and 0, except the charged outcomes
+above. fax-resend takes the jobId of a fax that ended other than delivered and
+its ``faxData`` again and returns a new jobId for the same destination.
+fax-delete removes a final fax (a later fax-status says "Fax not found"); a
+fax still sending must be canceled first. Job ids start at 1000 and are never
+reused by one Simulator, not even after reset().
 
 Faults (``Simulator.set_fault`` or ``POST /_simulator/faults``) make the next
 ``count`` matching requests (all of them when ``count`` is None) misbehave:
@@ -92,7 +100,7 @@ MAX_RECORDS = 1000  # recorded requests kept (with their full bodies), oldest dr
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _QUALITIES = ("Low", "Standard", "HD")
-_FINAL_FAILED = ("failed", "canceled")
+_FINAL_FAILED = ("failed", "canceled", "blocked", "failed_chargeable", "partially_cancelled")
 # Modes decided before the request is looked at, and those decided after it was processed.
 _BEFORE = ("error", "drop_before", "rate_limit", "down")
 _AFTER = ("bad_gateway", "drop_after", "slow")
@@ -132,6 +140,8 @@ class _Fax:
     code: int | None = None
     message: str = "Fax is being sent"
     ended_at: float | None = None
+    transferred: int = 0
+    cost: float = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def settle(self, now: float) -> None:
@@ -141,6 +151,7 @@ class _Fax:
             # A resend under the same jobId: the old final status has lagged until now.
             del self.extra["stale_until"]
             self.status, self.code, self.message, self.ended_at = "sending", None, "Fax is being sent", None
+            self.transferred, self.cost = 0, 0
             self.accepted_at, self.ready_at = stale_until, stale_until + (self.ready_at - self.accepted_at)
         if self.status != "sending" or now < self.ready_at:
             return
@@ -151,19 +162,31 @@ class _Fax:
             self._end("failed", 17, "USER_BUSY")
         elif suffix == "777" and self.attempt == 0:
             self._end("failed", 19, "NO_ANSWER")
+        elif suffix == "661":
+            self._end("blocked", 21, "CALL_REJECTED")
+        elif suffix == "662":
+            self._end("failed_chargeable", 41, "TEMPORARY_FAILURE", charged=self.pages)
+        elif suffix == "663":
+            half = (self.pages + 1) // 2
+            self._end("partially_cancelled", 487, "ORIGINATOR_CANCEL", transferred=half, charged=half)
+        elif suffix == "664":
+            self._end("canceled", 487, "ORIGINATOR_CANCEL")
+        elif suffix == "665" and self.attempt == 0:
+            self._end("failed", 38, "NETWORK_OUT_OF_ORDER", charged=self.pages)
         else:
-            self._end("delivered", 0, "NORMAL_CLEARING")
+            self._end("delivered", 0, "NORMAL_CLEARING", transferred=self.pages, charged=self.pages)
         self.ended_at = self.ready_at
 
     def cancel(self, now: float) -> None:
         self._end("canceled", 487, "ORIGINATOR_CANCEL")
         self.ended_at = now
 
-    def _end(self, status: str, code: int, message: str) -> None:
+    def _end(self, status: str, code: int, message: str, *, transferred: int = 0, charged: int = 0) -> None:
+        """`charged` pages are billed at PRICE_PER_PAGE (actualCost), whatever the status."""
         self.status, self.code, self.message = status, code, message
+        self.transferred, self.cost = transferred, round(charged * PRICE_PER_PAGE, 2)
 
     def as_fax_object(self, now: float) -> dict[str, Any]:
-        delivered = self.status == "delivered"
         start = int(self.accepted_at)
         end = int(self.ended_at if self.ended_at is not None else now)
         obj: dict[str, Any] = {
@@ -177,9 +200,9 @@ class _Fax:
             obj["faxCallEnd"] = end
         obj.update({
             "faxTotalPages": self.pages,
-            "faxTransferredPages": self.pages if delivered else 0,
+            "faxTransferredPages": self.transferred,
             "pricePerPage": PRICE_PER_PAGE,
-            "actualCost": round(self.pages * PRICE_PER_PAGE, 2) if delivered else 0,
+            "actualCost": self.cost,
             "faxStatus": self.status,
             "retryAttempt": self.attempt,
             "message": self.message,

@@ -29,6 +29,7 @@ from gateway.names import shown
 
 SCHEMA_VERSION = 4
 VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
+HOUR = 3600.0  # max_faxes_per_hour's rolling window
 
 # Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
 # that was deleted (an abandoned claim, retention): an id names the job's folder and its
@@ -60,7 +61,8 @@ _JOBS_DDL = """CREATE TABLE {if_not_exists}"{name}" (
    "failed_root" TEXT,
    "kinds" TEXT,
    "private_root" TEXT,
-   "swept_at" REAL
+   "swept_at" REAL,
+   "notify_pending" INTEGER
 )"""
 
 
@@ -292,13 +294,14 @@ class Store:
         have = {c.name for c in db["recipients"].columns}
         for name, kind in (("send_at", float), ("call_start", float), ("stale_call_start", float),
                            ("awaiting_fresh", int), ("last_ok_poll_at", float),
-                           ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str)):
+                           ("sending_seconds", float), ("given_up", int), ("ifax_job_ids", str),
+                           ("prior_cost", float)):
             if name not in have:  # schema 1 databases
                 db["recipients"].add_column(name, kind)
         have = {c.name for c in db["jobs"].columns}
         for name, kind in (("sent_root", str), ("failed_root", str), ("kinds", str), ("private_root", str),
-                           ("swept_at", float)):
-            if name not in have:  # schema 2 and 3 databases; swept_at: retention (retention.py)
+                           ("swept_at", float), ("notify_pending", int)):
+            if name not in have:  # schema 2 and 3 databases; swept_at (retention.py), notify_pending
                 db["jobs"].add_column(name, kind)
         if "AUTOINCREMENT" not in (db["jobs"].schema or "").upper():  # schema 3 databases
             self._rebuild_jobs_with_autoincrement()
@@ -317,6 +320,13 @@ class Store:
             "ok": int, "outcome": str,
         }, pk="id", if_not_exists=True)
         db["requests"].create_index(["done_at"], if_not_exists=True)
+        # Submissions of the last hour per outbox, for max_faxes_per_hour: a row per request
+        # that iFax accepted or may have accepted (resends too), pruned as it leaves the hour,
+        # so counting never costs more than the cap itself.
+        db["submissions"].create({"id": int, "outbox": str, "recipient_id": int, "at": float},
+                                 pk="id", if_not_exists=True)
+        db["submissions"].create_index(["outbox", "at"], if_not_exists=True)
+        db["submissions"].create_index(["recipient_id"], if_not_exists=True)
         # Indexes keep the daemon's hot queries proportional to the active jobs, never to
         # the history kept in the database (SPEC 6.4, 8).
         db["jobs"].create_index(["state"], if_not_exists=True)
@@ -332,6 +342,10 @@ class Store:
                           " WHERE phase='filed' AND swept_at IS NULL")
         self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_filed_completed ON jobs(completed_at)"
                           " WHERE phase='filed'")
+        # Partial: only notifications still owed are in it, so finding them costs nothing
+        # however many jobs were filed.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS idx_jobs_notify_pending ON jobs(id)"
+                          " WHERE notify_pending=1")
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                           (str(SCHEMA_VERSION),))
         version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
@@ -540,32 +554,86 @@ class Store:
 
     # -- submitting -----------------------------------------------------------------
 
-    def due_submissions(self, now: float, limit: int) -> list[Recipient]:
+    def due_submissions(self, now: float, limit: int, *,
+                        skip_outboxes: Sequence[str] = ()) -> list[Recipient]:
+        """Recipients waiting to be submitted whose time has come, except those of outboxes
+        that may not submit now (max_faxes_per_hour)."""
+        marks = ",".join("?" * len(skip_outboxes))
+        skip = f" AND j.outbox NOT IN ({marks})" if skip_outboxes else ""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT * FROM recipients WHERE state IN ('queued','retry_wait') AND next_action_at<=?"
-                " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
+                "SELECT r.* FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.state IN"
+                " ('queued','retry_wait') AND r.next_action_at<=?" + skip +
+                " ORDER BY r.next_action_at, r.id LIMIT ?", (now, *skip_outboxes, limit)).fetchall()
         return [_recipient(r) for r in rows]
 
-    def next_submission_time(self) -> float | None:
+    def next_submission_time(self, *, skip_outboxes: Sequence[str] = ()) -> float | None:
+        if not skip_outboxes:
+            with self._lock:
+                row = self.conn.execute(
+                    "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
+                ).fetchone()
+            return row[0]
+        marks = ",".join("?" * len(skip_outboxes))
         with self._lock:
             row = self.conn.execute(
-                "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
-            ).fetchone()
+                "SELECT MIN(r.next_action_at) FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE"
+                f" r.state IN ('queued','retry_wait') AND j.outbox NOT IN ({marks})",
+                tuple(skip_outboxes)).fetchone()
         return row[0]
 
-    def record_submit_intent(self, recipient_id: int) -> bool:
+    def outboxes_with_due_submissions(self, now: float, outboxes: Sequence[str]) -> set[str]:
+        """Which of these outboxes have a recipient whose submission is due (held back)."""
+        found = set()
+        with self._lock:
+            for outbox in outboxes:
+                if self.conn.execute(
+                        "SELECT 1 FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.state IN"
+                        " ('queued','retry_wait') AND r.next_action_at<=? AND j.outbox=? LIMIT 1",
+                        (now, outbox)).fetchone():
+                    found.add(outbox)
+        return found
+
+    def hourly_cap_until(self, outbox: str, per_hour: int, now: float | None = None) -> float | None:
+        """When `outbox` may submit again under max_faxes_per_hour = `per_hour` (a rolling
+        hour, resends counted), or None if it may now.  Reads at most `per_hour` index
+        entries, whatever the history."""
+        now = _now() if now is None else now
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT at FROM submissions WHERE outbox=? AND at>? ORDER BY at DESC LIMIT 1 OFFSET ?",
+                (outbox, now - HOUR, per_hour - 1)).fetchone()
+        return None if row is None else row[0] + HOUR
+
+    def record_submit_intent(self, recipient_id: int, *, per_hour: int | None = None) -> bool:
         """Commit that the request (fax-send, or fax-resend for a recipient iFax knows) is
-        about to leave.  False if the recipient is no longer waiting (canceled meanwhile),
-        so the caller must not send."""
+        about to leave, and count it toward its outbox's hour.  False if the recipient is
+        no longer waiting (canceled meanwhile) or its outbox reached `per_hour` submissions
+        in the last hour, so the caller must not send; checked in the same transaction, so
+        the cap holds however many workers submit at once."""
+        now = _now()
         with self.transaction() as c:
-            r = c.execute("SELECT job_id, state, ifax_job_id FROM recipients WHERE id=?",
-                          (recipient_id,)).fetchone()
+            r = c.execute("SELECT r.job_id, r.state, r.ifax_job_id, j.outbox FROM recipients r"
+                          " JOIN jobs j ON j.id=r.job_id WHERE r.id=?", (recipient_id,)).fetchone()
             if r is None or r["state"] not in (S.QUEUED, S.RETRY_WAIT):
                 return False
+            c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (r["outbox"], now - HOUR))
+            if per_hour is not None:
+                (n,) = c.execute("SELECT COUNT(*) FROM submissions WHERE outbox=?", (r["outbox"],)).fetchone()
+                if n >= per_hour:
+                    return False
+            c.execute("INSERT INTO submissions(outbox, recipient_id, at) VALUES (?,?,?)",
+                      (r["outbox"], recipient_id, now))
             self._set_recipient(c, recipient_id, r["job_id"], S.SUBMITTING,
                                 f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None)
         return True
+
+    def _uncount_submission(self, c: sqlite3.Connection, recipient_id: int) -> None:
+        """A request that certainly sent no fax does not count toward max_faxes_per_hour."""
+        row = c.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+        if row is not None and row["state"] == S.SUBMITTING:
+            c.execute("DELETE FROM submissions WHERE id=(SELECT MAX(id) FROM submissions"
+                      " WHERE recipient_id=?)", (recipient_id,))
 
     def mark_submit_accepted(self, recipient_id: int, ifax_job_id: str, *, next_poll_at: float) -> None:
         """A new attempt: its give-up clock starts now.  If iFax answered a resend with the
@@ -578,9 +646,11 @@ class Store:
             ids = json.loads(r["ifax_job_ids"] or "[]")
             if ifax_job_id not in ids:
                 ids.append(ifax_job_id)
+            # `cost` is the sum over every attempt (SPEC 4.4): what earlier attempts were
+            # charged stays, in prior_cost, and this attempt's actualCost is added to it.
             c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?,"
                       " awaiting_fresh=?, stale_call_start=?, last_ok_poll_at=?, sending_seconds=0,"
-                      " transferred_pages=NULL, cost=NULL, code=NULL, message=NULL, ifax_job_ids=?"
+                      " transferred_pages=NULL, prior_cost=cost, code=NULL, message=NULL, ifax_job_ids=?"
                       " WHERE id=?",
                       (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
                        json.dumps(ids), recipient_id))
@@ -591,12 +661,14 @@ class Store:
         """The request certainly did not reach iFax: back to waiting, nothing counted."""
         with self.transaction() as c:
             r = c.execute("SELECT job_id, ifax_job_id FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            self._uncount_submission(c, recipient_id)
             self._set_recipient(c, recipient_id, r["job_id"], S.RETRY_WAIT if r["ifax_job_id"] else S.QUEUED,
                                 detail, next_action_at=retry_at)
 
     def mark_submit_refused(self, recipient_id: int, message: str, code: Any = None) -> None:
         with self.transaction() as c:
             job_id = self._job_of(c, recipient_id)
+            self._uncount_submission(c, recipient_id)
             c.execute("UPDATE recipients SET message=?, code=? WHERE id=?",
                       (message, _text(code), recipient_id))
             self._set_recipient(c, recipient_id, job_id, S.FAILED, f"refused by iFax: {message}")
@@ -640,16 +712,20 @@ class Store:
                       sending_seconds: float, polled_at: float, awaiting_fresh: bool,
                       given_up: bool = False) -> None:
         """Store what a successful poll read.  `new_state` (delivered, failed, canceled, or
-        retry_wait for a resend) ends this attempt; None keeps polling."""
+        retry_wait for a resend) ends this attempt; None keeps polling.  `cost` is this
+        attempt's actualCost: the recipient's cost is it plus what earlier attempts cost
+        (null only while iFax has reported none for any attempt)."""
         with self.transaction() as c:
             row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
             if row is None or row["state"] != "sending":
                 return
-            c.execute("UPDATE recipients SET transferred_pages=?, cost=?, code=?, message=?,"
+            c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN prior_cost"
+                      " ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
                       " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
                       " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=? WHERE id=?",
-                      (transferred_pages, cost, _text(code), message, next_action_at, _now(), call_start,
-                       sending_seconds, polled_at, int(awaiting_fresh), int(given_up), recipient_id))
+                      (transferred_pages, cost, cost, _text(code), message, next_action_at, _now(),
+                       call_start, sending_seconds, polled_at, int(awaiting_fresh), int(given_up),
+                       recipient_id))
             if new_state:
                 detail = message if given_up else (
                     f"iFax status {ifax_status}" + (f": {message}" if message else ""))
@@ -673,8 +749,14 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE recipients SET next_action_at=? WHERE id=?", (at, recipient_id))
 
-    def poll_now(self, recipient_id: int) -> None:
-        self.reschedule(recipient_id, _now())
+    def poll_now(self, recipient_id: int) -> bool:
+        """Poll a recipient that is `sending` at once (a webhook, a refused fax-cancel).  Only
+        that wait is shortened: a recipient waiting to be resent keeps its `resend.delay`,
+        whatever a webhook says (SPEC 6.4).  True if it was sending."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE recipients SET next_action_at=? WHERE id=? AND state='sending'",
+                            (_now(), recipient_id))
+            return cur.rowcount > 0
 
     # -- filing ---------------------------------------------------------------------
 
@@ -715,9 +797,13 @@ class Store:
                                                   Phase.HELD))
             self._event(c, job_id, "filing", f"to {filed_to}/" + (f" as -{suffix}" if suffix else ""))
 
-    def mark_filed(self, job_id: int) -> None:
+    def mark_filed(self, job_id: int, *, notify: bool = False) -> None:
+        """The files are in sent/ or failed/.  With `notify`, the intent to run
+        notify.command is committed in the same transaction, so a crash before the
+        command ran never loses it: it is carried out at the next start (at least once)."""
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET phase=? WHERE id=?", (Phase.FILED, job_id))
+            c.execute("UPDATE jobs SET phase=?, notify_pending=? WHERE id=?",
+                      (Phase.FILED, 1 if notify else None, job_id))
             self._event(c, job_id, "filed")
 
     # -- retention (retention.py) -----------------------------------------------------
@@ -761,7 +847,8 @@ class Store:
         with self.transaction() as c:
             for job_id in job_ids:
                 row = c.execute("SELECT 1 FROM jobs WHERE id=? AND phase='filed' AND completed_at<? AND NOT"
-                                " EXISTS (SELECT 1 FROM requests WHERE job_id=jobs.id AND done_at IS NULL)",
+                                " EXISTS (SELECT 1 FROM requests WHERE job_id=jobs.id AND done_at IS NULL)"
+                                " AND notify_pending IS NULL",  # a notification still owed keeps it
                                 (job_id, before)).fetchone()
                 if row is None:
                     continue
@@ -770,6 +857,16 @@ class Store:
                 c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 removed.append(job_id)
         return removed
+    def jobs_to_notify(self) -> list[int]:
+        """Filed jobs whose notify.command has not run to its end yet (a crash, a stop)."""
+        with self._lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE notify_pending=1 ORDER BY id")]
+
+    def mark_notified(self, job_id: int, detail: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET notify_pending=NULL WHERE id=? AND notify_pending=1", (job_id,))
+            self._event(c, job_id, "notified", detail)
 
     # -- operator requests (cancel, resend) -----------------------------------------
 

@@ -138,3 +138,28 @@ def test_many_kills_in_a_row_still_file_each_document_once(daemon, spool, simula
     assert sorted(d for _, d in sent_documents(simulator)) == sorted(datas.values())
     _everything_filed_once(spool, datas, "sent")
     json.dumps(results, default=str)
+
+
+def test_sigkill_between_filing_and_notify_command_still_notifies(daemon, spool, simulator, tmp_path):
+    """The intent to notify is committed with the filing: at least once (issue 8)."""
+    import sys
+    log = tmp_path / "notified.txt"
+    script = tmp_path / "notify.py"
+    script.write_text(f"import sys\nopen({str(log)!r}, 'a').write(sys.argv[-1] + '\\n')\n")
+    d = daemon(extra={"notify": {"command": f"{sys.executable} {script}"}},
+               defaults={"resend": {"max": 0}})
+    d.start(crash_at="filed")
+    datas = _drop(spool, "+15551230666")
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    [result] = spool.results("failed")
+    assert not log.exists()
+    d.start()
+    wait_for(log.exists, 15, "the notification after the restart")
+    wait_for(lambda: sqlite3.connect(tmp_path / "jobs.db").execute(
+        "SELECT 1 FROM events WHERE state='notified'").fetchone(), 10, "the notification recorded")
+    assert log.read_text().splitlines() == [str(result["_path"])]
+    _everything_filed_once(spool, datas, "failed")
+    assert d.terminate() == 0
+    d.start()  # a notification that ran is not repeated at the next start
+    d.terminate()
+    assert log.read_text().splitlines() == [str(result["_path"])]

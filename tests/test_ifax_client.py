@@ -97,3 +97,11 @@ def test_reading_is_liberal_about_both_api_versions():
                         ("partially_cancelled", "failed"), ("queued", None), ("sending", None)]:
         assert parse_status({"faxStatus": word}).final_state == final
     assert parse_time("garbage") is None
+
+
+def test_only_failed_is_a_resendable_final_failure():
+    for word, final in [("failed", "failed"), ("blocked", "failed"), ("failed_chargeable", "failed"),
+                        ("partially_cancelled", "failed"), ("cancelled", "canceled"),
+                        ("canceled", "canceled"), ("delivered", "delivered"), ("sending", None)]:
+        st = parse_status({"faxStatus": word})
+        assert st.final_state == final and st.resendable == (word == "failed"), word

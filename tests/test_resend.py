@@ -168,3 +168,68 @@ def test_give_up_counts_from_send_at_when_it_is_later(service, spool, simulator)
     whole_second = int(send_at)  # the sidecar's time has whole seconds
     assert cancel["time"] >= whole_second + 1.0
     assert simulator.requests("fax-send")[0]["body"]["send_at"].startswith(stamp[:19])
+
+
+# -- sending policy: only `failed` is resent (SPEC 6.2) ----------------------------------
+
+@pytest.mark.parametrize(("suffix", "word", "state"), [
+    ("661", "blocked", "failed"),
+    ("662", "failed_chargeable", "failed"),
+    ("663", "partially_cancelled", "failed"),
+    ("664", "canceled", "canceled"),
+])
+def test_final_failures_other_than_failed_are_never_resent(service, spool, simulator, suffix, word, state):
+    service(defaults={"resend": {"max": 2, "delay": "0.1s"}})
+    _drop(spool, "+1555123" + "0" + suffix)
+    [result] = spool.wait_results(1, "failed")
+    assert simulator.requests("fax-resend") == []
+    [send] = simulator.requests("fax-send")
+    assert simulator.job(send["job_id"])["faxStatus"] == word
+    [r] = result["recipients"]
+    assert (result["state"], r["state"], r["attempts"]) == (state, state, 1)
+
+
+def test_webhook_for_a_fax_waiting_to_be_resent_keeps_the_resend_delay(service, spool, simulator, tmp_path):
+    import json
+    import time
+
+    import httpx
+    svc = service(defaults={"resend": {"max": 2, "delay": "1h"}},
+                  extra={"webhook": {"enabled": True, "secret": "s3cr3t"}})
+    _drop(spool, "+15551230777")
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    wait_for(lambda: db.execute("SELECT 1 FROM recipients WHERE state='retry_wait'").fetchone(), 15,
+             "retry_wait")
+    [(due,)] = db.execute("SELECT next_action_at FROM recipients").fetchall()
+    assert due > time.time() + 3000
+    [send] = simulator.requests("fax-send")
+    body = json.dumps({"jobId": send["job_id"], "faxStatus": "failed"}).encode()
+    url = f"http://{svc.config.http.listen}/ifax/webhook/s3cr3t"
+    assert httpx.post(url, content=body).status_code == 200
+    svc.webhook(body)  # the same, synchronously: the HTTP handler answers before it acts
+    assert db.execute("SELECT next_action_at, state FROM recipients").fetchone() == (due, "retry_wait")
+    assert simulator.requests("fax-resend") == []
+
+
+def test_cost_sums_every_attempt_including_a_charged_failure_that_was_resent(service, spool, simulator):
+    from conftest import metric_value
+    svc = service(defaults={"resend": {"max": 1, "delay": "0.1s"}})
+    _drop(spool, "+15551230665", pages=2)  # fails charged (0.22), then delivered (0.22)
+    [result] = spool.wait_results(1, "sent")
+    [r] = result["recipients"]
+    assert (r["state"], r["attempts"], r["cost"]) == ("delivered", 2, 0.44)
+    assert metric_value(svc.metrics.render().decode(), "fax_gateway_cost_total", outbox="main") == 0.44
+
+
+
+def test_sigkill_after_a_charged_failure_keeps_its_cost(daemon, spool, simulator, tmp_path):
+    d = daemon(defaults={"resend": {"max": 1, "delay": "2s"}}).start()
+    _drop(spool, "+15551230665")  # fails charged (0.11), delivered on resend (0.11)
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    wait_for(lambda: db.execute("SELECT 1 FROM jobs WHERE state='retry_wait'").fetchone(), 15, "retry_wait")
+    d.kill()
+    d.start()
+    [result] = spool.wait_results(1, "sent")
+    [r] = result["recipients"]
+    assert (r["attempts"], r["cost"]) == (2, 0.22)
+    assert len(simulator.requests("fax-resend")) == 1

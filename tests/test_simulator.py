@@ -175,6 +175,32 @@ def test_888_stays_sending_until_canceled(client: httpx.Client) -> None:
     refusal(call(client, "fax-cancel", {"jobId": job_id}), "canceled")
 
 
+@pytest.mark.parametrize(("suffix", "word", "code", "message", "transferred", "cost"), [
+    ("661", "blocked", 21, "CALL_REJECTED", 0, 0),
+    ("662", "failed_chargeable", 41, "TEMPORARY_FAILURE", 0, 0.33),
+    ("663", "partially_cancelled", 487, "ORIGINATOR_CANCEL", 2, 0.22),
+    ("664", "canceled", 487, "ORIGINATOR_CANCEL", 0, 0),
+])
+def test_final_failure_statuses_by_number_suffix(client: httpx.Client, suffix: str, word: str, code: int,
+                                                 message: str, transferred: int, cost: float) -> None:
+    job_id = send(client, "+15551234" + suffix)  # three pages
+    fax = wait_final(client, job_id)
+    assert (fax["faxStatus"], fax["code"], fax["message"]) == (word, code, message)
+    assert (fax["faxTransferredPages"], fax["actualCost"]) == (transferred, cost)
+    answer = call(client, "fax-resend", {"jobId": job_id, "faxData": [attachment()]})
+    assert answer["status"] == 1  # a person may still ask; the outcome is the same
+    assert wait_final(client, answer["data"]["jobId"])["faxStatus"] == word
+
+
+def test_665_fails_charged_first_and_is_delivered_when_resent(client: httpx.Client) -> None:
+    job_id = send(client, "+15551234665")
+    fax = wait_final(client, job_id)
+    assert (fax["faxStatus"], fax["code"], fax["actualCost"]) == ("failed", 38, 0.33)
+    answer = call(client, "fax-resend", {"jobId": job_id, "faxData": [attachment()]})
+    fax = wait_final(client, answer["data"]["jobId"])
+    assert (fax["faxStatus"], fax["actualCost"]) == ("delivered", 0.33)
+
+
 def test_canceled_fax_can_be_resent(client: httpx.Client) -> None:
     job_id = send(client, "+15551234888")
     call(client, "fax-cancel", {"jobId": job_id})
