@@ -91,9 +91,10 @@ def test_every_key_is_in_the_readme_reference(key):
     assert f"`{_readme_name(key)}`" in README, f"README.md's configuration table lacks {key}"
 
 
-@pytest.mark.parametrize("key", sorted(NOT_SUPPORTED_YET))
-def test_keys_not_supported_yet_say_so(key):
-    rows = [line for line in README.splitlines() if line.startswith(f"| `{_readme_name(key)}`")]
-    assert rows, f"README.md has no row for {key}"
-    assert re.search(r"not supported yet|only `?\w+`? is supported yet", rows[0]), (
-        f"README.md does not say that {key} is not supported yet")
+def test_keys_not_supported_yet_say_so():
+    """Every key the running version refuses is marked so in the README (none, today)."""
+    for key in sorted(NOT_SUPPORTED_YET):
+        rows = [line for line in README.splitlines() if line.startswith(f"| `{_readme_name(key)}`")]
+        assert rows, f"README.md has no row for {key}"
+        assert re.search(r"not supported yet|only `?\w+`? is supported yet", rows[0]), (
+            f"README.md does not say that {key} is not supported yet")

@@ -362,11 +362,10 @@ def test_a_full_database_disk_logs_a_few_lines_not_a_flood(daemon, make_config, 
                                                            small_disk):
     d = daemon(make_config(extra={"database": str(small_disk / "jobs.db")})).start()
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it has nothing left to write
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     folder = spool.folder("+15551230522")
