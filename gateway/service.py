@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import spool
-from gateway.config import Config, OutboxConfig
+from gateway.config import Config, OutboxConfig, read_api_key
 from gateway.dbguard import DatabaseGuard, refuse_unknown_job_folders
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
@@ -164,7 +164,8 @@ class Service:
             from gateway.simulator import Simulator
             self.simulator = Simulator("127.0.0.1", 0, key="simulator", delay=1.0).start()
             return self.simulator.url, "simulator"
-        key = self._api_key or (self.config.api.key.reveal() if self.config.api.key else None)
+        secret = None if self._api_key else read_api_key(self.config)
+        key = self._api_key or (secret.reveal() if secret else None)
         if not key:
             raise StartupError("no iFax API key: set api.key_file (or api.key) in the configuration, or "
                                "IFAX_API_KEY in the environment; or try it with --simulate")
