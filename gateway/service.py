@@ -122,6 +122,7 @@ class Service:
         self.dispatcher.folder_problem = self.intake.folder_problem
         for stage in (self.intake, self.dispatcher, self.filing):
             stage.halted = self.guard.check
+            stage.file_names = cfg.log.file_names
         self.intake.start_watching()
         for ob in self.outboxes.values():  # job folders of an older version move into the private folder
             if ob.name not in self.paused:
