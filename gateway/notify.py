@@ -20,8 +20,9 @@ TIME_LIMIT = 60.0
 
 
 class Notifier:
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, *, file_names: bool = True) -> None:
         self.argv = shlex.split(command)
+        self.file_names = file_names  # False: the command's stderr (which may quote its path) is not logged
 
     def job_ended(self, *, job_id: int, state: str, reason_code: str | None, outbox: str,
                   result_path: Path) -> None:
@@ -45,9 +46,10 @@ class Notifier:
             log.error("job %s: notify.command did not finish within %.0fs and was killed", job_id, TIME_LIMIT)
             return
         except OSError as exc:
-            log.error("job %s: notify.command could not run: %s", job_id, exc)
+            log.error("job %s: notify.command could not run: %s", job_id,
+                      exc if self.file_names else f"[Errno {exc.errno}] {exc.strerror}")
             return
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()[-300:]
+            err = proc.stderr.decode(errors="replace").strip()[-300:] if self.file_names else ""
             log.error("job %s: notify.command exited with %d%s", job_id, proc.returncode,
                       f": {err}" if err else "")

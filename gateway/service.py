@@ -152,7 +152,7 @@ class Service:
     def _notifier(self) -> Callable[[Job, Path | None], None] | None:
         if not self.config.notify.command:
             return None
-        notifier = Notifier(self.config.notify.command)
+        notifier = Notifier(self.config.notify.command, file_names=self.config.log.file_names)
 
         def finished(job: Job, result_path: Path | None) -> None:
             if result_path is not None:

@@ -19,7 +19,8 @@ SECRETS = [
 
 
 def test_no_name_or_cover_text_reaches_the_log(daemon, spool, make_config, simulator):
-    cfg = make_config(extra={"log": {"level": "info", "file_names": False}})
+    cfg = make_config(extra={"log": {"level": "info", "file_names": False},
+                             "notify": {"command": "sh -c 'echo cannot read $0 >&2; exit 3'"}})
     d = daemon(cfg, prefix=without_root_file_access()).start()
 
     ward = spool.folder("Patients_Ward7")  # not a number folder: just a folder
@@ -46,9 +47,12 @@ def test_no_name_or_cover_text_reaches_the_log(daemon, spool, make_config, simul
     assert sorted(r["reason_code"] for r in failed) == ["empty", "invalid_number"]
     os.chown(locked, 0, 0)  # fixed: it is claimed and delivered
     spool.wait_results(2, "sent")
+    wait_for(lambda: d.log.read_text(errors="replace").count("notify.command exited with 3") == 2, 10,
+             "the notify command's failures (one per rejected job)")
     assert d.terminate() == 0
 
     log = d.log.read_text(errors="replace")
     leaked = [s for s in SECRETS if s.lower() in log.lower()]
     assert not leaked, f"{leaked} in the log:\n{log}"
     assert "rejected: empty" in log and "blocked (claim)" in log  # the log still says what happened
+    assert "notify.command exited with 3" in log
