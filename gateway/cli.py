@@ -17,7 +17,15 @@ from typing import Any
 from gateway import __version__
 from gateway.config import Config, dump_redacted, load_config
 from gateway.dblock import DatabaseLock
-from gateway.errors import ActionNotAllowed, ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
+from gateway.errors import (
+    ActionNotAllowed,
+    ConfigError,
+    DaemonRunning,
+    GatewayError,
+    JobNotFound,
+    StoreError,
+    UsageError,
+)
 from gateway.names import shown
 from gateway.results import iso, result_document
 from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
@@ -216,9 +224,14 @@ def _job_id(text: str) -> int:
 @contextmanager
 def _reading(config: Config) -> Iterator[Store | None]:
     """The database for a command that only reads; None when the daemon has not made it yet."""
-    if not config.database.exists():
+    try:
+        os.stat(config.database)
+    except FileNotFoundError:
         yield None
         return
+    except OSError as exc:  # "no jobs" would be a lie when the folder may not be searched
+        raise StoreError(f"cannot read database {config.database} ({exc.strerror}): run as a user "
+                         "who may read it and its folder (root, or one in the gateway's group)") from None
     store = Store.open_for_reading(config.database)
     try:
         yield store if store.has_jobs_table else None
@@ -229,8 +242,8 @@ def _reading(config: Config) -> Iterator[Store | None]:
 def _jobs(config: Config, args: argparse.Namespace) -> int:
     if args.state is not None and args.state not in JOB_STATES:
         raise UsageError(f"unknown state {args.state!r}: use one of " + ", ".join(JOB_STATES))
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    if not 1 <= args.limit <= MAX_JOB_ID:
+        raise UsageError(f"--limit must be from 1 to {MAX_JOB_ID}")
     if args.blocked:
         return _blocked(config, args)
     with _reading(config) as store:

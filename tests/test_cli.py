@@ -164,6 +164,8 @@ def test_job_ids_are_ascii_digits_in_range(make_config, service):
         assert len(p.stderr.strip().splitlines()) == 1
     p = run_cli("show", "-c", str(cfg), "9223372036854775807")
     assert p.returncode == 1 and "no job" in p.stderr
+    p = run_cli("jobs", "-c", str(cfg), "--limit", "99999999999999999999")
+    assert p.returncode == 2 and "--limit" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_a_closed_pipe_ends_the_listing_quietly(make_config):

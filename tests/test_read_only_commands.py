@@ -133,3 +133,13 @@ def test_a_reader_without_access_gets_one_sentence(daemon, spool, make_config, s
     p = as_nobody("jobs", "-c", str(reader))
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "jobs.db" in p.stderr
+    private = shared_dir / "private"  # a database in a folder this user may not even search
+    private.mkdir(mode=0o700)
+    os.rename(shared_dir / "jobs.db", private / "jobs.db")
+    data = yaml.safe_load(reader.read_text())
+    data["database"] = str(private / "jobs.db")
+    reader.write_text(yaml.safe_dump(data))
+    for args in (("jobs",), ("show", "1")):
+        p = as_nobody(*args, "-c", str(reader))
+        assert p.returncode == 1 and "Permission denied" in p.stderr and "no jobs" not in p.stdout, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
