@@ -318,6 +318,9 @@ def _request(config: Config, action: str, job_id: int) -> int:
     with the service, and the daemon is the only one that changes the job."""
     if not config.database.exists():
         raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
+    if not os.access(config.database, os.W_OK):  # else SQLite's "attempt to write a readonly database"
+        raise GatewayError(f"{action} records a request in the database, and this user may not write to "
+                           f"{config.database}: run it as root or as the gateway's user")
     # Before SQLite opens the file: the probe closes its descriptor, which would drop the
     # locks SQLite holds on it (dblock.py).
     daemon_running = DatabaseLock(config.database).held_by_another()

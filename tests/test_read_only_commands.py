@@ -99,6 +99,8 @@ def read_as_nobody(reader: Path, job: int) -> None:
     assert p.returncode == 0, p.stderr
     p = as_nobody("show", "-c", str(reader), str(job + 1))
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    p = as_nobody("cancel", "-c", str(reader), str(job))  # it writes a request: not for this user
+    assert p.returncode == 1 and "may not write" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert listing(db_dir) == before
 
 
