@@ -215,8 +215,9 @@ def _job_id(text: str) -> int:
     """ASCII digits only: str.isdigit() also accepts '٣' or '³', which int() would read as 3,
     and the command would act on a job nobody named."""
     digits = text.strip()
-    if not digits or not all("0" <= c <= "9" for c in digits) or not 0 < int(digits) <= MAX_JOB_ID:
-        raise UsageError(f"{shown(text)!r} is not a job id: job ids are whole numbers from 1 to "
+    if not digits or len(digits) > 30 or not all("0" <= c <= "9" for c in digits) \
+            or not 0 < int(digits) <= MAX_JOB_ID:  # (30: int() refuses more than 4300 digits)
+        raise UsageError(f"{shown(text[:40])!r} is not a job id: job ids are whole numbers from 1 to "
                          f"{MAX_JOB_ID}, written with the digits 0-9 (see `fax-gateway jobs`)")
     return int(digits)
 

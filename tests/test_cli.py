@@ -157,7 +157,8 @@ def test_job_ids_are_ascii_digits_in_range(make_config, service):
     cfg = make_config()
     service(cfg)
     for command, text in (("cancel", "\u0663"), ("resend", "\u00b3"), ("show", "\uff13"),
-                          ("show", "99999999999999999999"), ("show", "0"), ("show", "-3"), ("show", " ")):
+                          ("show", "99999999999999999999"), ("show", "7" * 5000), ("show", "0"),
+                          ("show", "-3"), ("show", " ")):
         p = run_cli(command, "-c", str(cfg), text)
         assert p.returncode == 2, (command, text, p.stderr)
         assert "not a job id" in p.stderr and "Traceback" not in p.stderr
