@@ -7,16 +7,26 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, dump_redacted, load_config
 from gateway.dblock import DatabaseLock
-from gateway.errors import ActionNotAllowed, ConfigError, DaemonRunning, GatewayError, JobNotFound, UsageError
+from gateway.errors import (
+    ActionNotAllowed,
+    ConfigError,
+    DaemonRunning,
+    GatewayError,
+    JobNotFound,
+    StoreError,
+    UsageError,
+)
 from gateway.names import shown
 from gateway.results import iso, result_document
 from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
@@ -121,15 +131,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except (ConfigError, UsageError, DaemonRunning) as exc:
         _fail(exc, debug)
         return 2
-    except (GatewayError, OSError) as exc:
+    except (GatewayError, OSError, sqlite3.Error) as exc:
         _fail(exc, debug)
         return 1
+
+
+def _reader_went_away() -> int:
+    """`fax-gateway jobs | head -1`: the reader has what it wanted.  As Python's documentation
+    on SIGPIPE advises, stdout is pointed at /dev/null so the final flush at exit cannot
+    fail again and print "Exception ignored"; SIGPIPE keeps Python's disposition (ignored),
+    so the daemon's sockets are unaffected.  Exit 0, quietly: the output was not wrong, and
+    a script with `set -o pipefail` must not fail because `head` stopped reading."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -146,12 +172,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _simulator(args)
     # Commands that never call the API never open the key file (SPEC 2): they work where
     # only the service may read it.
-    config = load_config(args.config, read_key=command not in KEYLESS)
+    config = load_config(args.config)
     if command == "check-config":
         sys.stdout.write(dump_redacted(config))
         for w in config.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        if config.api.key is None:
+        if config.api.key_file is not None:
+            # Never read here: a systemd credential exists only while the service runs.
+            print(f"note: the key file {config.api.key_file} is read when `run` starts (without "
+                  "--simulate); it is not checked here", file=sys.stderr)
+        elif config.api.key is None:
             print("note: no API key is set (api.key_file, api.key or IFAX_API_KEY); `run` needs one "
                   "unless --simulate", file=sys.stderr)
         return 0
@@ -168,7 +198,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown command {command}")
 
 
-KEYLESS = {"backup"}
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
@@ -188,28 +217,47 @@ def _simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def _job_id(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise UsageError(f"{text!r} is not a job id: job ids are positive whole numbers "
-                         "(see `fax-gateway jobs`)")
-    return int(text)
+    """ASCII digits only: str.isdigit() also accepts '٣' or '³', which int() would read as 3,
+    and the command would act on a job nobody named."""
+    digits = text.strip()
+    if not digits or len(digits) > 30 or not all("0" <= c <= "9" for c in digits) \
+            or not 0 < int(digits) <= MAX_JOB_ID:  # (30: int() refuses more than 4300 digits)
+        raise UsageError(f"{shown(text[:40])!r} is not a job id: job ids are whole numbers from 1 to "
+                         f"{MAX_JOB_ID}, written with the digits 0-9 (see `fax-gateway jobs`)")
+    return int(digits)
+
+
+@contextmanager
+def _reading(config: Config) -> Iterator[Store | None]:
+    """The database for a command that only reads; None when the daemon has not made it yet."""
+    try:
+        os.stat(config.database)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError as exc:  # "no jobs" would be a lie when the folder may not be searched
+        raise StoreError(f"cannot read database {config.database} ({exc.strerror}): run as a user "
+                         "who may read it and its folder (root, or one in the gateway's group)") from None
+    store = Store.open_for_reading(config.database)
+    try:
+        yield store if store.has_jobs_table else None
+    finally:
+        store.close()
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
     if args.state is not None and args.state not in JOB_STATES:
         raise UsageError(f"unknown state {args.state!r}: use one of " + ", ".join(JOB_STATES))
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    if not 1 <= args.limit <= MAX_JOB_ID:
+        raise UsageError(f"--limit must be from 1 to {MAX_JOB_ID}")
     if args.blocked:
         return _blocked(config, args)
-    if not config.database.exists():
-        jobs = []
-    else:
-        store = Store(config.database, readonly=True)
-        try:
-            jobs = store.list_jobs(state=args.state, limit=args.limit)
-        finally:
-            store.close()
+    with _reading(config) as store:
+        jobs = store.list_jobs(state=args.state, limit=args.limit) if store else []
     if args.json:
         print(json.dumps([result_document(j) for j in jobs], indent=2, ensure_ascii=False))
         return 0
@@ -226,13 +274,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
 
 def _blocked(config: Config, args: argparse.Namespace) -> int:
     """The daemon's own rows (SPEC 4.5): the same set /healthz and fax_gateway_blocked show."""
-    items = []
-    if config.database.exists():
-        store = Store(config.database, readonly=True)
-        try:
-            items = store.list_blocked(limit=args.limit)
-        finally:
-            store.close()
+    with _reading(config) as store:
+        items = store.list_blocked(limit=args.limit) if store and store.has_table("blocked") else []
     if args.json:
         print(json.dumps([{"outbox": b.outbox, "stage": b.stage, "item": b.item, "reason": b.reason,
                            "since": iso(b.since), "job": b.job_id} for b in items], indent=2))
@@ -247,14 +290,11 @@ def _blocked(config: Config, args: argparse.Namespace) -> int:
 
 def _show(config: Config, args: argparse.Namespace) -> int:
     job_id = _job_id(args.job)
-    if not config.database.exists():
-        raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
-    store = Store(config.database, readonly=True)
-    try:
+    with _reading(config) as store:
+        if store is None:
+            raise JobNotFound(f"no job {job_id}: the database {config.database} holds no jobs yet")
         job = store.get_job(job_id)
         events = store.events(job_id)
-    finally:
-        store.close()
     doc: dict[str, Any] = result_document(job)
     doc["events"] = [{**e, "at": iso(e["at"])} for e in events]
     if args.json:
@@ -288,6 +328,9 @@ def _request(config: Config, action: str, job_id: int) -> int:
     with the service, and the daemon is the only one that changes the job."""
     if not config.database.exists():
         raise JobNotFound(f"no job {job_id}: the database {config.database} does not exist yet")
+    if not os.access(config.database, os.W_OK):  # else SQLite's "attempt to write a readonly database"
+        raise GatewayError(f"{action} records a request in the database, and this user may not write to "
+                           f"{config.database}: run it as root or as the gateway's user")
     # Before SQLite opens the file: the probe closes its descriptor, which would drop the
     # locks SQLite holds on it (dblock.py).
     daemon_running = DatabaseLock(config.database).held_by_another()

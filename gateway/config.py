@@ -32,15 +32,22 @@ import phonenumbers
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gateway.errors import ConfigError
+from gateway import numbers
+from gateway.errors import ConfigError, Rejected
 
 __all__ = [
     "NOT_SUPPORTED_YET", "ApiConfig", "Config", "HttpConfig", "LogConfig", "NotifyConfig",
     "OutboxConfig", "PollConfig", "ResendPolicy", "RetentionConfig", "Secret", "WebhookConfig",
-    "default_config_path", "dump_redacted", "load_config", "parse_duration", "parse_size",
+    "default_config_path", "dump_redacted", "load_config", "parse_duration", "parse_size", "read_api_key",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/fax-gateway/config.yaml")
+
+# TimeoutStopSec= of systemd/fax-gateway.service (a test keeps the two in step).  At SIGTERM
+# the daemon lets the requests under way finish, which takes up to api.timeout, plus about
+# 2 s to file and close; systemd kills it (SIGKILL) when TimeoutStopSec runs out first.
+UNIT_TIMEOUT_STOP_SEC = 35.0
+STOP_MARGIN = 2.0
 
 # Keys whose behaviour this version does not implement yet (SPEC 3: refused when set to
 # anything but their default, never accepted and ignored). Per-outbox keys are written
@@ -123,11 +130,12 @@ def default_private(path: Path, name: str) -> Path:
 @dataclass(frozen=True)
 class ApiConfig:
     base_url: str
-    key: Secret | None
+    key: Secret | None  # api.key or IFAX_API_KEY; None while api.key_file is set (read_api_key reads it)
     key_file: Path | None
     timeout: float
     max_in_flight: int
     requests_per_minute: int
+    key_file_line: int | None = None  # where api.key_file is set, for read_api_key's errors
 
 
 @dataclass(frozen=True)
@@ -491,9 +499,20 @@ def _prefixes() -> _Reader:
             if not re.fullmatch(r"\+[0-9]{1,15}", text):
                 raise ctx.error(f"{text!r} is not an E.164 prefix: write '+' and digits, e.g. \"+1900\"",
                                 item_key, item)
+            if not _could_begin_a_number(text[1:]):
+                raise ctx.error(f"{text!r} matches no fax number: an E.164 number begins with a country "
+                                "code (+1, +44, +49, ...)", item_key, item)
             prefixes.append(text)
         return tuple(prefixes)
     return read
+
+
+def _could_begin_a_number(digits: str) -> bool:
+    """Whether some E.164 number starts with these digits: they begin with a country calling
+    code, or are the start of one (`+4` covers +41, +44, +49...).  A prefix that fails this
+    would make `allow` refuse every number, or `deny` refuse none, without a word."""
+    codes = [str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE]
+    return any(digits.startswith(code) or code.startswith(digits) for code in codes)
 
 
 def _path(*, nullable: bool = False) -> _Reader:
@@ -750,13 +769,12 @@ def _check_not_supported(ctx: _Context, top: dict[str, Any], outboxes: list[_Ite
 # --- load ----------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike[str] | None = None, *,
-                environ: Mapping[str, str] | None = None, read_key: bool = True) -> Config:
+                environ: Mapping[str, str] | None = None) -> Config:
     """Read, validate and resolve the configuration file; raise ConfigError on any problem.
 
     ``environ`` stands in for os.environ (IFAX_API_KEY, FAX_GATEWAY_CONFIG) so tests
-    and callers never have to touch the process environment.  ``read_key=False`` is for
-    commands that never call the API (`backup`): the key file is not opened, so they work
-    where only the service may read it, and `api.key` is then None.
+    and callers never have to touch the process environment.  The key file is never read
+    here (see `read_api_key`): only `run` needs it.
     """
     env = os.environ if environ is None else environ
     given = default_config_path(env) if path is None else Path(path)
@@ -793,17 +811,25 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
                           key="outboxes", line=outboxes_set.line if outboxes_set else 1)
     outboxes = tuple(_build_outbox(item, get) for item in items)
     _check_names(ctx, items)
+    _check_numbers(ctx, items, outboxes, top)
     _check_folders(ctx, items, top.get("database"), get("database"))
 
     warnings: list[str] = []
     api = ApiConfig(
         base_url=get("api.base_url"),
-        key=_api_key(ctx, top, env, config_path, warnings, read_key=read_key),
+        key=_api_key(ctx, top, env, config_path, warnings),
         key_file=get("api.key_file"),
         timeout=get("api.timeout"),
         max_in_flight=get("api.max_in_flight"),
         requests_per_minute=get("api.requests_per_minute"),
+        key_file_line=top["api.key_file"].line if "api.key_file" in top else None,
     )
+    if api.timeout + STOP_MARGIN > UNIT_TIMEOUT_STOP_SEC:
+        where = f"{file}, line {top['api.timeout'].line}: " if "api.timeout" in top else ""
+        warnings.append(f"{where}api.timeout ({api.timeout:g} s) + {STOP_MARGIN:g} s exceeds the systemd "
+                        f"unit's TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}, so a stop could kill a request "
+                        f"under way: raise TimeoutStopSec to at least {math.ceil(api.timeout + STOP_MARGIN)} "
+                        "(systemctl edit fax-gateway), or lower api.timeout")
     webhook = WebhookConfig(enabled=get("webhook.enabled"), secret=get("webhook.secret"))
     if webhook.enabled and webhook.secret is None:
         entry = top["webhook.enabled"]
@@ -850,6 +876,23 @@ def _build_outbox(item: _Item, get: Callable[[str], Any]) -> OutboxConfig:
         on_uncertain=pick("on_uncertain"), delete_after_delivery=pick("delete_after_delivery"),
         private=pick("private") or default_private(pick("path"), pick("name")),
     )
+
+
+def _check_numbers(ctx: _Context, items: list[_Item], outboxes: tuple[OutboxConfig, ...],
+                   top: dict[str, Any]) -> None:
+    """An outbox `number` is judged as the daemon judges it for each document (numbers.py,
+    with the outbox's country, allow and deny): one it would refuse rejects every document
+    at run time, so it is refused here, where the operator is looking."""
+    for item, outbox in zip(items, outboxes, strict=True):
+        entry = item.values.get("number")
+        if entry is None or entry.value is None:
+            continue
+        try:
+            numbers.check_allowed(numbers.normalize(entry.value, outbox.country), outbox.allow, outbox.deny)
+        except Rejected as exc:
+            raise ConfigError(f"{exc.detail or exc.reason}: every document of this outbox would be "
+                              f"rejected as {exc.reason_code}", file=ctx.file, key=entry.key,
+                              line=entry.line) from None
 
 
 def _check_names(ctx: _Context, items: list[_Item]) -> None:
@@ -933,35 +976,21 @@ def _readable_by_others(path: Path) -> bool:
 
 
 def _api_key(ctx: _Context, top: dict[str, Any], env: Mapping[str, str], config_path: Path,
-             warnings: list[str], *, read_key: bool = True) -> Secret | None:
-    """api.key_file, else api.key, else $IFAX_API_KEY; None when there is none at all.
+             warnings: list[str]) -> Secret | None:
+    """api.key, else $IFAX_API_KEY; None when api.key_file is set or there is no key at all.
 
-    No key is not an error here: commands such as `jobs` never call the API and
-    `run --simulate` needs no account; whatever calls the API checks.
+    api.key_file is not read here (see read_api_key): it is typically a systemd credential
+    that exists only while the service runs and only the service's user may read, and the
+    commands that never call the API (`jobs`, `show`, `check-config`) must work without it.
+    No key is not an error here either: whatever calls the API checks.
     """
     inline = top.get("api.key")
     key_file = top.get("api.key_file")
     if inline and inline.value is not None and key_file and key_file.value is not None:
         raise ConfigError("is set together with api.key: keep only one of them (api.key_file is "
                           "the safer)", file=ctx.file, key=key_file.key, line=key_file.line)
-    if not read_key:
-        return None
     if key_file and key_file.value is not None:
-        try:
-            text = key_file.value.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-            raise ConfigError(f"the key file {key_file.value} cannot be read ({reason}): check that "
-                              "it exists and that the gateway's user may read it", file=ctx.file,
-                              key=key_file.key, line=key_file.line) from None
-        if not text:
-            raise ConfigError(f"the key file {key_file.value} is empty: put the iFax API key in it",
-                              file=ctx.file, key=key_file.key, line=key_file.line)
-        problem = _secret_problem(text)
-        if problem:
-            raise ConfigError(f"the key in {key_file.value} {problem}", file=ctx.file,
-                              key=key_file.key, line=key_file.line)
-        return Secret(text)
+        return None
     if inline and inline.value is not None:
         if _readable_by_others(config_path):
             warnings.append(f"{ctx.file} holds api.key and is readable by other users: move the key "
@@ -973,6 +1002,29 @@ def _api_key(ctx: _Context, top: dict[str, Any], env: Mapping[str, str], config_
     problem = _secret_problem(text)
     if problem:
         raise ConfigError(f"the IFAX_API_KEY environment variable {problem}", key="IFAX_API_KEY")
+    return Secret(text)
+
+
+def read_api_key(config: Config) -> Secret | None:
+    """The key `run` sends: api.key_file read now, else api.key or $IFAX_API_KEY; None if none.
+
+    Only the daemon talking to the real API calls this, at start-up, so a stopped service's
+    missing credential or a file only its user may read never trips another command."""
+    api = config.api
+    if api.key_file is None:
+        return api.key
+    where = {"file": str(config.path), "key": "api.key_file", "line": api.key_file_line}
+    try:
+        text = api.key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"the key file {api.key_file} cannot be read ({reason}): check that "
+                          "it exists and that the gateway's user may read it", **where) from None
+    if not text:
+        raise ConfigError(f"the key file {api.key_file} is empty: put the iFax API key in it", **where)
+    problem = _secret_problem(text)
+    if problem:
+        raise ConfigError(f"the key in {api.key_file} {problem}", **where)
     return Secret(text)
 
 

@@ -47,7 +47,7 @@ class Filing(Stage):
         self.on_reopened = on_reopened
         self.blocked = BlockedItems(store, "filing", self.log,
                                     lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
-                                    else 60.0)
+                                    else 60.0, file_names=file_names)
         self._cursor = 0
 
     def initialize(self) -> None:

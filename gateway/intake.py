@@ -73,7 +73,7 @@ class Intake(Stage):
         self.simulate, self.file_names = simulate, file_names
         self.paused = paused  # shared with the other stages and /healthz: outbox -> why
         self.on_judged = on_judged
-        self.watcher = Watcher()
+        self.watcher = Watcher(file_names=file_names)
         self.guard = FolderGuard()
         self._sidecars: dict[tuple[str, tuple], Sidecar | Rejected] = {}
         self._wake_at: dict[tuple[str, str], float] = {}  # (outbox, folder) -> plan again then
@@ -87,8 +87,8 @@ class Intake(Stage):
         self._failing: set[tuple[str, str]] = set()
         self._next_folder_check = 0.0
         cap = self._rescan_of
-        self.blocked_claims = BlockedItems(store, "claim", self.log, cap)
-        self.blocked_jobs = BlockedItems(store, "intake", self.log, cap)
+        self.blocked_claims = BlockedItems(store, "claim", self.log, cap, file_names=file_names)
+        self.blocked_jobs = BlockedItems(store, "intake", self.log, cap, file_names=file_names)
         self._unfinished: dict[int, str] = {}  # job -> outbox: claims or judging to try again
         self._stuck: dict[tuple[str, str, str], int] = {}  # a group whose failed claim is not undone yet
 
@@ -341,8 +341,11 @@ class Intake(Stage):
             self.store.reject_job(job.id, exc.reason_code, exc.reason,
                                   sha256=[file_sha256(held / n) for n in job.names])
             self.metrics.files_rejected.labels(job.outbox, exc.reason_code).inc()
-            what = shown(", ".join(job.names)) if self.file_names else f"job {job.id}"
-            self.log.warning("%s: %s rejected: %s", ob.name, what, shown(exc.reason))
+            if self.file_names:
+                self.log.warning("%s: %s rejected: %s", ob.name, shown(", ".join(job.names)),
+                                 shown(exc.reason))
+            else:  # the reason may quote a name or sidecar text (SPEC 3): its code and the job say enough
+                self.log.warning("%s: job %s rejected: %s", ob.name, job.id, exc.reason_code)
         except Exception as exc:
             if raise_errors:
                 raise

@@ -24,8 +24,9 @@ TIME_LIMIT = 60.0
 
 
 class Notifier:
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, *, file_names: bool = True) -> None:
         self.argv = shlex.split(command)
+        self.file_names = file_names  # False: the command's stderr (which may quote its path) is not logged
 
     @staticmethod
     def wants(state: str) -> bool:
@@ -64,10 +65,11 @@ class Notifier:
             log.error("job %s: notify.command did not finish within %.0fs and was killed", job_id, TIME_LIMIT)
             return "notify.command killed after the time limit"
         except OSError as exc:
-            log.error("job %s: notify.command could not run: %s", job_id, exc)
-            return f"notify.command could not run: {exc}"
+            brief = f"[Errno {exc.errno}] {exc.strerror}"
+            log.error("job %s: notify.command could not run: %s", job_id, exc if self.file_names else brief)
+            return f"notify.command could not run: {brief}"
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()[-300:]
+            err = proc.stderr.decode(errors="replace").strip()[-300:] if self.file_names else ""
             log.error("job %s: notify.command exited with %d%s", job_id, proc.returncode,
                       f": {err}" if err else "")
         return f"notify.command exited with {proc.returncode}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import spool
-from gateway.config import Config, OutboxConfig
+from gateway.config import Config, OutboxConfig, read_api_key
 from gateway.dbguard import DatabaseGuard, refuse_unknown_job_folders
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
@@ -112,7 +112,8 @@ class Service:
                              on_judged=self._wake_all)
         self.filing = Filing(store, self.outboxes, self.metrics, file_names=cfg.log.file_names,
                              paused=self.paused, folder_problem=self.intake.folder_problem,
-                             notifier=Notifier(cfg.notify.command) if cfg.notify.command else None,
+                             notifier=(Notifier(cfg.notify.command, file_names=cfg.log.file_names)
+                                       if cfg.notify.command else None),
                              on_reopened=lambda: self.dispatcher.wake() if self.dispatcher else None)
         self.dispatcher = Dispatcher(store, client, outboxes=self.outboxes, metrics=self.metrics,
                                      max_in_flight=cfg.api.max_in_flight,
@@ -127,6 +128,7 @@ class Service:
                                    folder_problem=self.intake.folder_problem)
         for stage in self.stages:
             stage.halted = self.guard.check
+            stage.file_names = cfg.log.file_names
         self.intake.start_watching()
         for ob in self.outboxes.values():  # job folders of an older version move into the private folder
             if ob.name not in self.paused:
@@ -158,7 +160,8 @@ class Service:
             from gateway.simulator import Simulator
             self.simulator = Simulator("127.0.0.1", 0, key="simulator", delay=1.0).start()
             return self.simulator.url, "simulator"
-        key = self._api_key or (self.config.api.key.reveal() if self.config.api.key else None)
+        secret = None if self._api_key else read_api_key(self.config)
+        key = self._api_key or (secret.reveal() if secret else None)
         if not key:
             raise StartupError("no iFax API key: set api.key_file (or api.key) in the configuration, or "
                                "IFAX_API_KEY in the environment; or try it with --simulate")

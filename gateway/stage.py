@@ -34,6 +34,9 @@ class Stage:
         # Asked before each turn's work: a reason once the database file was deleted or
         # replaced, and then the stage starts nothing (dbguard.py; the service sets it).
         self.halted: Callable[[], str | None] = lambda: None
+        # log.file_names (SPEC 3): False keeps an unexpected error's text, which may quote a
+        # path, out of the log; its type and errno still say what kind of failure it was.
+        self.file_names = True
 
     # -- the three parts ------------------------------------------------------------
 
@@ -51,21 +54,28 @@ class Stage:
         try:
             self.initialize()
         except Exception as exc:
-            self.problems.problem("initialize", "%s: recovery at start-up failed: %s", self.name, exc,
-                                  exc=exc)
+            self.problems.problem("initialize", "%s: recovery at start-up failed: %s", self.name,
+                                  self._described(exc), exc=exc)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
                 wait = self.turn()
             except Exception as exc:
                 self.problems.problem("turn", "%s: a step failed and is tried again: %s: %s", self.name,
-                                      type(exc).__name__, exc, exc=exc)
+                                      type(exc).__name__, self._described(exc), exc=exc)
                 wait = TURN_FAILED_PAUSE
             else:
                 self.problems.clear("turn", "%s: working again", self.name)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+    def _described(self, exc: BaseException) -> str:
+        if self.file_names:
+            return str(exc)
+        if isinstance(exc, OSError):
+            return f"[Errno {exc.errno}] {exc.strerror}"
+        return "details are not logged with log.file_names: false"
 
     # -- running it -----------------------------------------------------------------
 

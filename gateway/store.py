@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -241,16 +242,25 @@ class Store:
     """SQLite job store.  One connection, serialised by a lock: SQLite allows one writer
     at a time anyway, and a single connection keeps every transaction's view simple."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, immutable: bool = False) -> None:
+        """`readonly` opens with `mode=ro`; `immutable` (read-only too) tells SQLite that
+        nobody changes the file, so it needs no lock and no -shm: see `open_for_reading`."""
         self.path = Path(path)
-        self.readonly = readonly
+        self.readonly = readonly or immutable
         self._lock = threading.RLock()
         try:
-            if readonly:
+            if self.readonly:
                 if not self.path.exists():
                     raise StoreError(f"database {self.path} does not exist yet: start the daemon first")
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
-                                       check_same_thread=False, timeout=10)
+                mode = "immutable=1" if immutable else "mode=ro"
+                conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?{mode}", uri=True,
+                                       isolation_level=None, check_same_thread=False, timeout=10)
+                try:
+                    # SQLite opens lazily: this read is where a database this user may not read fails.
+                    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                except sqlite3.Error:
+                    conn.close()
+                    raise
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -266,8 +276,46 @@ class Store:
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
-        if not readonly:
+        if not self.readonly:
             self._migrate()
+
+    @classmethod
+    def open_for_reading(cls, path: str | Path) -> Store:
+        """For the commands that only read (`jobs`, `show`): never writes, never needs the daemon.
+
+        `mode=ro` first: it sees what a running daemon has committed (through its -wal and
+        -shm).  For a user who may only read, it fails once the daemon has stopped cleanly,
+        because SQLite would have to create the -wal and -shm beside the database.  Then, and
+        only if no daemon holds the database and no -wal file exists (so the database file
+        alone is the whole truth and nobody changes it), `immutable=1` reads the file as it
+        is.  The lock probe runs with no connection of ours open: closing its descriptor
+        would drop the POSIX locks SQLite holds on the file (dblock.py)."""
+        try:
+            return cls(path, readonly=True)
+        except StoreError as exc:
+            if not Path(path).exists():
+                raise
+            first = exc
+        from gateway.dblock import DatabaseLock
+        if DatabaseLock(Path(path)).held_by_another():
+            raise StoreError(f"cannot read database {path} while the daemon runs ({first.__cause__}): "
+                             "run as a user who may read the database and its -wal and -shm files")
+        if Path(os.path.realpath(path) + "-wal").exists():  # SQLite keeps it beside the real file
+            raise StoreError(f"cannot read database {path}: the daemon stopped without closing it, and "
+                             "its -wal file can only be read by a user who may write beside it; start the "
+                             "daemon, or run this as its user")
+        return cls(path, immutable=True)
+
+    @property
+    def has_jobs_table(self) -> bool:
+        """False for a database file the daemon created but never set up (its start failed)."""
+        return self.has_table("jobs")
+
+    def has_table(self, name: str) -> bool:
+        """For readers of a database an older version wrote (no `blocked` table yet)."""
+        with self._lock:
+            return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                     (name,)).fetchone() is not None
 
     def close(self) -> None:
         with self._lock:

@@ -151,8 +151,9 @@ class Watcher:
     says it changed, when its settle deadline comes, or at a rescan; a file a writer holds
     open costs nothing until its writer closes it."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, *, file_names: bool = True) -> None:
         self.clock = clock
+        self.file_names = file_names  # log.file_names: false keeps names out of the 10-minute warning
         self.outboxes: dict[str, WatchedOutbox] = {}
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, seq, outbox, rel)
@@ -363,9 +364,10 @@ class Watcher:
                 s.warned = True
             if new:
                 held = sum(1 for s in new if s.held_open)
+                examples = f", e.g. {', '.join(shown(s.rel) for s in new[:3])}" if self.file_names else ""
                 log.warning("%s: %d file(s) have waited more than 10 minutes (%d still open by their writer, "
-                            "the others still changing or waiting for a sidecar or destination), e.g. %s",
-                            wo.name, len(new), held, ", ".join(shown(s.rel) for s in new[:3]))
+                            "the others still changing or waiting for a sidecar or destination)%s",
+                            wo.name, len(new), held, examples)
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None

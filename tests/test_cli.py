@@ -151,3 +151,50 @@ def test_simulator_command_serves_the_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_job_ids_are_ascii_digits_in_range(make_config, service):
+    cfg = make_config()
+    service(cfg)
+    for command, text in (("cancel", "\u0663"), ("resend", "\u00b3"), ("show", "\uff13"),
+                          ("show", "99999999999999999999"), ("show", "7" * 5000), ("show", "0"),
+                          ("show", "-3"), ("show", " ")):
+        p = run_cli(command, "-c", str(cfg), text)
+        assert p.returncode == 2, (command, text, p.stderr)
+        assert "not a job id" in p.stderr and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+    p = run_cli("show", "-c", str(cfg), "9223372036854775807")
+    assert p.returncode == 1 and "no job" in p.stderr
+    p = run_cli("jobs", "-c", str(cfg), "--limit", "99999999999999999999")
+    assert p.returncode == 2 and "--limit" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(make_config):
+    """`fax-gateway jobs | head -1`: the reader went away before the first line."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    cfg = make_config()
+    for args in (("jobs",), ("jobs", "--json"), ("check-config",)):
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", *args, "-c", str(cfg)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # before the command writes anything
+        err = proc.stderr.read().decode()
+        assert proc.wait(30) == 0, (args, err)
+        assert "Broken pipe" not in err and "Errno 32" not in err and "Exception ignored" not in err
+
+
+def test_check_config_refuses_an_outbox_number_that_would_reject_every_document(tmp_path):
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text("database: x.db\noutboxes:\n  - name: main\n    path: o\n    sent: s\n"
+                   "    failed: f\n    number: 555-1234\n")
+    p = run_cli("check-config", "-c", str(cfg))
+    assert p.returncode == 2
+    assert str(cfg) in p.stderr and "outboxes[0].number" in p.stderr and "line 7" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_warns_when_a_stop_could_outlast_the_unit(make_config):
+    p = run_cli("check-config", "-c", str(make_config(api={"timeout": "40s"})))
+    assert p.returncode == 0 and "TimeoutStopSec=35" in p.stderr

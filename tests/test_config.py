@@ -19,6 +19,7 @@ from gateway.config import (
     load_config,
     parse_duration,
     parse_size,
+    read_api_key,
 )
 from gateway.errors import ConfigError
 
@@ -216,7 +217,7 @@ def test_every_key_can_be_set(tmp_path):
             polling: true
         """)
     assert config.api.base_url == "http://127.0.0.1:8080/v1"  # the client adds "/fax-send"
-    assert config.api.key == Secret("k")
+    assert config.api.key is None and read_api_key(config) == Secret("k")
     assert (config.api.timeout, config.api.max_in_flight, config.api.requests_per_minute) == (5.0, 1, 10)
     assert config.database == tmp_path / "jobs.db"
     assert (config.http.host, config.http.port) == ("0.0.0.0", 0)
@@ -529,14 +530,29 @@ def test_key_and_key_file_together_are_an_error(tmp_path):
 def test_key_file_is_read_and_stripped(tmp_path):
     (tmp_path / "key").write_text(f"  {KEY}\n\n")
     config = load(tmp_path, "api:\n  key_file: key\n" + MINIMAL, environ={"IFAX_API_KEY": "from-env"})
-    assert config.api.key.reveal() == KEY
+    assert read_api_key(config).reveal() == KEY
     assert config.api.key_file == tmp_path / "key"
+
+
+def test_key_file_is_read_only_when_the_key_is_needed(tmp_path):
+    """A systemd credential exists only while the service runs: loading never reads it."""
+    config = load(tmp_path, "api:\n  key_file: /run/credentials/nowhere/ifax-api-key\n" + MINIMAL)
+    assert config.api.key is None
+    with pytest.raises(ConfigError) as err:
+        read_api_key(config)
+    assert (err.value.key, err.value.line) == ("api.key_file", 2)
+
+
+def key_file_error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        read_api_key(load(tmp_path, text))
+    return info.value
 
 
 @pytest.mark.parametrize("content", ["", " \n\n"])
 def test_empty_key_file_is_an_error_naming_it(tmp_path, content):
     (tmp_path / "key").write_text(content)
-    err = load_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
+    err = key_file_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
     assert (err.key, err.line) == ("api.key_file", 2)
     assert str(tmp_path / "key") in str(err) and "empty" in str(err)
 
@@ -545,14 +561,14 @@ def test_empty_key_file_is_an_error_naming_it(tmp_path, content):
 def test_unreadable_key_file_is_an_error_naming_it(tmp_path, make):
     if make == "directory":
         (tmp_path / "key").mkdir()
-    err = load_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
+    err = key_file_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
     assert (err.key, err.line) == ("api.key_file", 2)
     assert str(tmp_path / "key") in str(err) and "cannot be read" in str(err)
 
 
 def test_key_file_with_two_lines_is_refused_without_showing_them(tmp_path):
     (tmp_path / "key").write_text(f"{KEY}\nsecond-line\n")
-    err = load_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
+    err = key_file_error(tmp_path, "api:\n  key_file: key\n" + MINIMAL)
     assert err.key == "api.key_file" and KEY not in str(err) and "second-line" not in str(err)
 
 
@@ -763,3 +779,54 @@ def test_dump_parses_back_fully_resolved(tmp_path):
 def test_dump_shows_no_key_as_null(tmp_path):
     data = yaml.safe_load(dump_redacted(load(tmp_path, MINIMAL)))
     assert data["api"]["key"] is None and data["api"]["key_file"] is None
+
+
+# --- numbers judged as the daemon judges them (issue 8) ------------------------------------
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ("    number: 555-1234\n", "local-only"),
+    ("    number: \"+1 900 555 0100\"\n    deny: [\"+1900\"]\n", "deny rule"),
+    ("    number: \"+15551230100\"\n    allow: [\"+49\"]\n", "none of the allowed"),
+    ("    number: \"+1555\"\n", "too short"),
+])
+def test_an_outbox_number_the_daemon_would_refuse_is_an_error(tmp_path, extra, says):
+    err = load_error(tmp_path, MINIMAL + extra)
+    assert (err.key, err.line) == ("outboxes[0].number", 6)
+    assert says in str(err) and "every document" in str(err)
+
+
+def test_an_outbox_number_is_judged_with_its_country_and_the_defaults_rules(tmp_path):
+    config = load(tmp_path, "defaults:\n  country: DE\n  allow: [\"+49\"]\n" + MINIMAL
+                  + "    number: \"030 1234567\"\n")
+    assert config.outboxes[0].number == "030 1234567"
+    err = load_error(tmp_path, "defaults:\n  deny: [\"+4930\"]\n  country: DE\n" + MINIMAL
+                     + "    number: \"030 1234567\"\n")
+    assert (err.key, err.line) == ("outboxes[0].number", 9) and "+4930" in str(err)
+
+
+@pytest.mark.parametrize("prefix", ["+0", "+999", "+0049"])
+def test_an_allow_or_deny_prefix_no_number_can_have_is_an_error(tmp_path, prefix):
+    err = load_error(tmp_path, f"defaults:\n  deny: [\"+1900\", \"{prefix}\"]\n" + MINIMAL)
+    assert (err.key, err.line) == ("defaults.deny[1]", 2) and "country code" in str(err)
+    err = load_error(tmp_path, MINIMAL + f"    allow: [\"{prefix}\"]\n")
+    assert (err.key, err.line) == ("outboxes[0].allow[0]", 6)
+
+
+def test_a_short_prefix_that_begins_country_codes_is_fine(tmp_path):
+    assert load(tmp_path, MINIMAL + "    allow: [\"+4\", \"+1\"]\n").outboxes[0].allow == ("+4", "+1")
+
+
+# --- api.timeout and the systemd unit's TimeoutStopSec ---------------------------------------
+
+def test_the_unit_timeout_stop_sec_is_the_one_the_warning_uses():
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "fax-gateway.service").read_text()
+    [value] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    assert float(value) == config_module.UNIT_TIMEOUT_STOP_SEC
+    # The shipped default leaves the margin the unit's comment promises.
+    assert load_config(Path(__file__).resolve().parent.parent / "config.example.yaml").warnings == ()
+
+
+def test_a_timeout_longer_than_the_unit_allows_at_stop_is_a_warning(tmp_path):
+    assert load(tmp_path, "api:\n  timeout: 33s\n" + MINIMAL).warnings == ()
+    [warning] = load(tmp_path, "api:\n  timeout: 34s\n" + MINIMAL).warnings
+    assert "TimeoutStopSec=35" in warning and "line 2" in warning and "at least 36" in warning

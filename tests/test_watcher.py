@@ -115,3 +115,24 @@ def test_a_file_held_open_has_no_deadline_until_it_is_closed(tmp_path, sigio):
         wait_for(lambda: _settled(w, "open.pdf"), 5, "settling after the close")
     finally:
         w.stop()
+
+
+def test_the_ten_minute_warning_names_no_file_with_file_names_false(tmp_path, sigio, caplog):
+    """log.file_names: false (SPEC 3): the warning counts the files but names none."""
+    sigio(signal.SIG_DFL)
+    now = [1000.0]
+    w = Watcher(clock=lambda: now[0], file_names=False)
+    w.add("main", tmp_path, settle=SETTLE, rescan=3600, polling=False)
+    try:
+        with open(tmp_path / "Smith_John_referral.pdf", "wb") as f:
+            f.write(b"%PDF-")
+            f.flush()
+            wait_for(lambda: w.drain() >= 0 and "Smith_John_referral.pdf" in w.outboxes["main"].files, 5,
+                     "the file seen")
+            now[0] += 611
+            w.tick()
+            assert w.long_waiting("main") == 1
+        assert caplog.text.count("waited more than 10 minutes") == 1
+        assert "Smith" not in caplog.text
+    finally:
+        w.stop()
