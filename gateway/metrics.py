@@ -94,6 +94,7 @@ class Metrics:
             self.retention_deleted.labels(what)
         self.rate_limited = Gauge(P + "rate_limited", "1 while max_faxes_per_hour holds the outbox's "
                                   "submissions back.", ["outbox"], registry=r)
+        self.healthy = Gauge(P + "healthy", "1 exactly when /healthz answers 200.", registry=r)
         self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self._outboxes = list(outboxes)

@@ -37,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
+            ok, _ = self.service.health()  # fax_gateway_healthy says what /healthz would (SPEC 8)
+            self.service.metrics.healthy.set(1 if ok else 0)
             self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok, body = self.service.health()

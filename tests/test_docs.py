@@ -98,3 +98,38 @@ def test_keys_not_supported_yet_say_so():
         assert rows, f"README.md has no row for {key}"
         assert re.search(r"not supported yet|only `?\w+`? is supported yet", rows[0]), (
             f"README.md does not say that {key} is not supported yet")
+
+
+# -- and the other way round: everything the README names exists ---------------------------
+
+def test_every_command_the_readme_names_exists():
+    named = set(re.findall(r"`fax-gateway ([a-z][a-z-]+)", README))
+    named |= set(re.findall(r"^(?:\.venv/bin/)?fax-gateway ([a-z][a-z-]+)", README, re.M))
+    unknown = sorted(named - set(_subcommands()))
+    assert named and not unknown, f"README.md names commands that do not exist: {unknown}"
+
+
+def test_every_configuration_key_in_the_readme_table_exists():
+    rows = re.findall(r"^\| `([a-z_]+(?:\[\])?(?:\.[a-z_]+)+|database)` \|", README, re.M)
+    assert len(rows) > 20
+    keys = {_readme_name(k) for k in _leaf_keys()}
+    unknown = sorted(set(rows) - keys)
+    assert not unknown, f"README.md's configuration table names keys that do not exist: {unknown}"
+
+
+def test_every_metric_the_readme_names_exists():
+    from gateway.metrics import Metrics
+    from gateway.store import STAGES
+    m = Metrics(["main"])
+    m.watch_store(lambda: {"queued": 0}, lambda: None, lambda: {("main", s): 0 for s in STAGES})
+    exported = {f.name for f in m.registry.collect()}
+    exported |= {s.name for f in m.registry.collect() for s in f.samples}
+    exported |= {f.name + "_total" for f in m.registry.collect() if f.type == "counter"}
+
+    def exists(name: str) -> bool:
+        return any(e == name or e.startswith(name + "_") for e in exported)
+
+    named = set(re.findall(r"\bfax_gateway_[a-z_]+[a-z]", README))
+    named |= {"fax_gateway" + n for n in re.findall(r"`(_[a-z_]+[a-z])(?:\{|`)", README)}
+    unknown = sorted(n for n in named if not exists(n))
+    assert not unknown, f"README.md names metrics that do not exist: {unknown}"

@@ -34,6 +34,7 @@ def test_healthz_and_metrics_count_the_straight_path(daemon, spool, simulator):
     assert _metric(text, "fax_gateway_api_requests_total", endpoint="fax-send", outcome="ok") == 1
     assert _metric(text, "fax_gateway_build_info", version="0.1.0") == 1
     assert _metric(text, "fax_gateway_api_paused") == 0
+    assert _metric(text, "fax_gateway_healthy") == 1
     assert "test-key" not in text
     assert d.terminate() == 0
 
@@ -49,6 +50,7 @@ def test_wrong_key_pauses_submissions_and_turns_healthz_503(daemon, spool, simul
     assert any("refuses the account" in r for r in body["reasons"])
     assert "wrong-key" not in str(body) and "wrong-key" not in d.metrics()
     assert _metric(d.metrics(), "fax_gateway_api_paused") == 1
+    assert _metric(d.metrics(), "fax_gateway_healthy") == 0
     assert spool.results() == []  # nothing failed: the job waits in the queue
     assert "wrong-key" not in d.log.read_text()
     d.terminate()
