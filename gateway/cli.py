@@ -367,7 +367,12 @@ def _request(config: Config, action: str, job_id: int) -> int:
 
 def _inspect(config: Config, args: argparse.Namespace) -> int:
     """A dry run of intake (gateway/inspection.py): reads, never writes; no database needed."""
+    import signal
+
     from gateway.inspection import inspect_paths, render
+    # As the daemon does before taking the read leases that tell a file still held open by
+    # its writer (watcher.open_for_writing): a lease break is SIGIO, which would kill us.
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
     verdicts = inspect_paths(config, args.paths)
     if args.json:
         print(json.dumps([v.as_json() for v in verdicts], indent=2, ensure_ascii=False))

@@ -14,6 +14,7 @@ It reads, never writes: no database, no API key, no file moved.
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import stat
@@ -114,9 +115,11 @@ def _acl(path: Path) -> list[tuple[int, int, int]] | None:
 def may(user: ServiceUser, path: Path, st: os.stat_result, want: int) -> bool:
     """Whether `user` has the `want` bits (R, W, X) on the file, as the kernel decides:
     owner, then ACL named users, then the group class (owning group and named groups,
-    through the mask), then others."""
-    if user.uid == 0:
-        return True
+    through the mask), then others.
+
+    Root is judged like any user, by the modes: the shipped unit bounds the daemon's
+    capabilities to CAP_LEASE, so even a daemon run as root has no CAP_DAC_OVERRIDE,
+    and a folder only that override could write would block the day it is dropped."""
     mode = st.st_mode
     if st.st_uid == user.uid:
         return (mode >> 6) & want == want
@@ -138,7 +141,6 @@ def may(user: ServiceUser, path: Path, st: os.stat_result, want: int) -> bool:
 
 def _describe(user: ServiceUser, path: Path, st: os.stat_result) -> str:
     owner = _name(st.st_uid, pwd.getpwuid, "pw_name")
-    import grp
     group = _name(st.st_gid, grp.getgrgid, "gr_name")
     acl = " with an ACL" if _acl(path) else ""
     relation = ("is its owner" if st.st_uid == user.uid else
@@ -173,7 +175,7 @@ def claim_blocked(user: ServiceUser, ob: OutboxConfig, rel_dir: str, names: list
                     f"the service user cannot {what} {shown(folder)}: {_describe(user, folder, st)}: "
                     "chmod g+wx and chgrp it to the gateway's group, or add a default ACL "
                     "(setfacl -m g:GROUP:rwx -m d:g:GROUP:rwx), as in the README, 'Folder layout'")
-        if last and st.st_mode & stat.S_ISVTX and user.uid not in (0, st.st_uid):
+        if last and st.st_mode & stat.S_ISVTX and user.uid != st.st_uid:
             for n in names:
                 try:
                     fst = os.lstat(folder / n)
