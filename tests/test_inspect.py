@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import make_pdf, make_png, make_tiff, run_cli, wait_for, without_root_file_access
@@ -34,7 +34,7 @@ def _corpus(spool, tmp_path: Path) -> dict[str, object]:
     put("letters/letter-annex.png", make_png())
     (spool.outbox / "letters/letter.pdf.yaml").write_text(
         "to: '+15551230602'\nsubject: Hello\nreference: ref-42\nfiles: [letter-annex.png]\n")
-    later = (datetime.now(timezone.utc) + timedelta(hours=2)).replace(microsecond=0)
+    later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
     put("later/plan.pdf", make_pdf(1))
     put("later/plan.pdf.yaml", f"to: '+15551230609'\nsend_at: '{later.strftime('%Y-%m-%dT%H:%M:%SZ')}'\n")
     put("+15551230603/empty.pdf", b"")
@@ -61,7 +61,7 @@ def _corpus(spool, tmp_path: Path) -> dict[str, object]:
     stuck.chmod(0o755)
     os.chown(stuck, OTHER_USER, OTHER_USER)
     # waiting: a writer still holds it open
-    writing = open(spool.folder("+15551230607") / "open.pdf", "wb")  # noqa: SIM115 (closed by the test)
+    writing = open(spool.folder("+15551230607") / "open.pdf", "wb")  # closed by the test
     writing.write(make_pdf(1))
     writing.flush()
     return {"writing": writing, "secret": secret, "stuck": stuck}
