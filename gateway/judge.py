@@ -1,8 +1,9 @@
 """Judging a claimed job (SPEC 4.1-4.3): destination, document type, size and pages.
 
-It reads only what lies in the job's private folder, which no writer can reach, so it
-can run again after a crash with the same answer.  Every file is opened without
-following links and checked to be the file that was looked at.
+The daemon judges only what lies in the job's private folder, which no writer can
+reach, so it can run again after a crash with the same answer; `inspect` judges a
+planned group where it lies in the outbox, with the same `judge_group`.  Every file is
+opened without following links and checked to be the file that was looked at.
 """
 
 from __future__ import annotations
