@@ -199,3 +199,38 @@ def test_never_reads_the_key_and_needs_no_database(make_config, spool, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert v["action"] == "send"
     assert not (tmp_path / "jobs.db").exists()
+
+
+def _set_acl(folder: Path, *, root_perm: int, other_perm: int) -> None:
+    """A POSIX access ACL with a named entry for root (what `setfacl -m u:root:...` writes)."""
+    import struct
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 7, undefined), (0x02, root_perm, 0), (0x04, 5, undefined), (0x10, 7, undefined),
+               (0x20, other_perm, undefined)]
+    os.setxattr(folder, "system.posix_acl_access",
+                struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+
+
+def test_acls_are_judged_as_the_kernel_judges_them(daemon, make_config, spool, simulator):
+    """Judged for the service user (here root without its file-access override, owner of the
+    database's folder): a named ACL entry beats the mode bits, both ways."""
+    config = make_config()
+    granted, refused = spool.folder("+15551230631"), spool.folder("+15551230632")
+    for folder in (granted, refused):
+        (folder / "doc.pdf").write_bytes(make_pdf(1))
+        os.chown(folder, OTHER_USER, OTHER_USER)
+    _set_acl(granted, root_perm=7, other_perm=5)  # the modes alone would say: others may not write
+    _set_acl(refused, root_perm=5, other_perm=7)  # the modes alone would say: others may write
+    proc, verdicts = _inspect(config, spool.outbox)
+    assert proc.returncode == 1, proc.stderr
+    said = {v["path"]: v for v in verdicts}
+    assert said["+15551230631/doc.pdf"]["action"] == "send"
+    assert said["+15551230632/doc.pdf"]["action"] == "blocked"
+    assert "with an ACL" in said["+15551230632/doc.pdf"]["reason"]
+    d = daemon(config, prefix=without_root_file_access()).start()
+    [result] = spool.wait_results(1, "sent")
+    assert result["recipients"][0]["to"] == "+15551230631"
+    items = wait_for(lambda: json.loads(run_cli("jobs", "-c", str(config), "--blocked", "--json").stdout),
+                     10, "the blocked item")
+    assert [b["item"].endswith("+15551230632/doc.pdf") for b in items] == [True]
+    d.terminate()
