@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     resend = cmd("resend", "send a finished, not delivered job again to the recipients that did not "
                  "get it (carried out by the running daemon)")
     resend.add_argument("job", help="job id")
+    insp = cmd("inspect", "say what the daemon would do with each file, and why, without moving or "
+                "sending anything (exit 1 if any would be rejected or is blocked)")
+    insp.add_argument("paths", nargs="+", metavar="PATH", help="files (or folders) inside an outbox")
+    insp.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
     backup = cmd("backup", "write an online copy of the database to FILE (safe while the daemon runs)")
     backup.add_argument("file", metavar="FILE", help="the copy to write (replaced whole if it exists)")
     sim = cmd("simulator", "run the iFax-compatible simulator as a standalone server")
@@ -195,6 +199,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _request(config, command, _job_id(args.job))
     if command == "backup":
         return _backup(config, Path(args.file))
+    if command == "inspect":
+        return _inspect(config, args)
     raise UsageError(f"unknown command {command}")
 
 
@@ -358,6 +364,22 @@ def _request(config: Config, action: str, job_id: int) -> int:
     raise GatewayError(f"the daemon has not finished the {action} of job {job_id} within "
                        f"{REQUEST_WAIT:.0f} seconds; it carries on: see `fax-gateway show {job_id}`")
 
+
+def _inspect(config: Config, args: argparse.Namespace) -> int:
+    """A dry run of intake (gateway/inspection.py): reads, never writes; no database needed."""
+    import signal
+
+    from gateway.inspection import inspect_paths, render
+    # As the daemon does before taking the read leases that tell a file still held open by
+    # its writer (watcher.open_for_writing): a lease break is SIGIO, which would kill us.
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+    verdicts = inspect_paths(config, args.paths)
+    if args.json:
+        print(json.dumps([v.as_json() for v in verdicts], indent=2, ensure_ascii=False))
+    else:
+        for v in verdicts:
+            print(render(v))
+    return 1 if any(v.fails for v in verdicts) else 0
 
 
 def _backup(config: Config, target: Path) -> int:

@@ -1,8 +1,9 @@
 """Judging a claimed job (SPEC 4.1-4.3): destination, document type, size and pages.
 
-It reads only what lies in the job's private folder, which no writer can reach, so it
-can run again after a crash with the same answer.  Every file is opened without
-following links and checked to be the file that was looked at.
+The daemon judges only what lies in the job's private folder, which no writer can
+reach, so it can run again after a crash with the same answer; `inspect` judges a
+planned group where it lies in the outbox, with the same `judge_group`.  Every file is
+opened without following links and checked to be the file that was looked at.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Accepted:
     sha256: list[str | None]
     pages: int
     kinds: list[str]
+    rule: str = ""  # which rule chose the destination (SPEC 4.2), for `inspect`
 
 
 def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None) -> bytes:
@@ -114,18 +116,27 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
     """Judge a claimed job; raises Rejected with the reason a person can act on."""
     if job.reason_code:  # decided before the claim (pairing rules) and stored with it
         raise Rejected(job.reason_code, reason=job.reason)
-    sidecar = read_sidecar(held_dir / job.sidecar) if job.sidecar else None
-    if not job.documents:
-        raise Rejected("bad_sidecar", f"{job.sidecar} names no document")
-    for name in job.documents:  # a link or a device is unsafe whatever else is wrong with it
+    return judge_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir)
+
+
+def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, outbox: OutboxConfig,
+                folder: Path, *, root: Path | None = None) -> Accepted:
+    """Judge one planned group where its files lie: the daemon's claimed job in its private
+    folder, or (`inspect`) the group still in the outbox, then with `root` the outbox, so
+    that no folder on the way is followed through a link.  One implementation for both, so
+    that `inspect` says exactly what the daemon will do.  Reads only, never writes."""
+    sidecar = read_sidecar(folder / sidecar_name, root=root) if sidecar_name else None
+    if not documents:
+        raise Rejected("bad_sidecar", f"{sidecar_name} names no document")
+    for name in documents:  # a link or a device is unsafe whatever else is wrong with it
         try:
-            describe_unsafe(name, os.lstat(held_dir / name), held_dir)
+            describe_unsafe(name, os.lstat(folder / name), folder)
         except FileNotFoundError:
             pass
-    dests = destinations(job.rel_dir, outbox, sidecar)
+    dests = destinations(rel_dir, outbox, sidecar)
     total_pages, sha, kinds = 0, [], []
-    for name in job.documents:
-        data = safe_read(held_dir / name, outbox.max_file_size)
+    for name in documents:
+        data = safe_read(folder / name, outbox.max_file_size, root=root)
         if len(data) > outbox.max_file_size:
             raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
         if not data:
@@ -143,8 +154,8 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
         sha.append(hashlib.sha256(data).hexdigest())
     if total_pages > outbox.max_pages:
         raise Rejected("too_large", f"{total_pages} pages, the limit is max_pages = {outbox.max_pages}")
-    if job.sidecar:
-        sha.append(file_sha256(held_dir / job.sidecar))
+    if sidecar_name:
+        sha.append(file_sha256(folder / sidecar_name, root=root))
     options: dict[str, Any] = {
         "callerId": (sidecar.caller_id if sidecar and sidecar.caller_id else outbox.caller_id),
         "faxQuality": (sidecar.quality if sidecar and sidecar.quality else outbox.quality),
@@ -158,7 +169,21 @@ def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
             options["send_at"] = sidecar.send_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         if sidecar.reference:
             options["reference"] = sidecar.reference
-    return Accepted(dests, options, sha, total_pages, kinds)
+    return Accepted(dests, options, sha, total_pages, kinds, destination_rule(rel_dir, outbox, sidecar,
+                                                                              sidecar_name))
+
+
+def destination_rule(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None,
+                     sidecar_name: str | None = None) -> str:
+    """Which rule of SPEC 4.2 chose the destination, in the words `inspect` prints; the
+    same precedence as `destinations`."""
+    if sidecar and sidecar.to:
+        return f"sidecar {sidecar_name or 'file'}"
+    if (folder := number_folder(rel_dir)) is not None:
+        return f"number folder {folder}"
+    if outbox.number:
+        return f"the outbox's number ({outbox.number})"
+    return "none"
 
 
 def destinations(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None) -> list[str]:
@@ -180,9 +205,9 @@ def destinations(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None) ->
     return result
 
 
-def file_sha256(path: Path) -> str | None:
+def file_sha256(path: Path, *, root: Path | None = None) -> str | None:
     """The checksum of a regular file, or None for one that must never be opened."""
     try:
-        return hashlib.sha256(safe_read(path)).hexdigest()
+        return hashlib.sha256(safe_read(path, root=root)).hexdigest()
     except Rejected:
         return None
