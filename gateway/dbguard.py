@@ -31,6 +31,7 @@ from pathlib import Path
 
 from gateway.errors import StartupError
 from gateway.names import shown
+from gateway.spool import fsync_dir
 
 log = logging.getLogger("gateway.dbguard")
 
@@ -222,14 +223,7 @@ class DatabaseGuard:
             except OSError:
                 pass
             raise
-        try:
-            fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(target.parent)
 
     def _compose(self) -> str:
         head = (f"the database file {self.path} was {self._what} while the daemon ran, so it stopped taking, "
