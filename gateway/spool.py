@@ -515,17 +515,11 @@ def _delete_if_unchanged(dir_fd: int, name: str, sha256: str | None) -> bool | N
     """True: deleted; False: kept (changed, replaced, a link, not a plain file, or never
     hashed); None: not there.  The name is unlinked only if it still names the inode whose
     content was just hashed."""
-    st = lstat_at(dir_fd, name)
-    if st is None:
-        return None
-    if sha256 is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        return False
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return False
+    if sha256 is None:
+        return False if lstat_at(dir_fd, name) is not None else None
+    fd = _open_plain(dir_fd, name)
+    if fd is None or fd is False:
+        return fd
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
@@ -542,17 +536,9 @@ def _delete_if_unchanged(dir_fd: int, name: str, sha256: str | None) -> bool | N
 
 def _delete_result_if_ours(dir_fd: int, name: str, job_id: int) -> bool | None:
     """The result file goes only if it is still a plain file that says it is this job's."""
-    st = lstat_at(dir_fd, name)
-    if st is None:
-        return None
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > RESULT_READ_MAX:
-        return False
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return False
+    fd = _open_plain(dir_fd, name, max_size=RESULT_READ_MAX)
+    if fd is None or fd is False:
+        return fd
     try:
         opened = os.fstat(fd)
         data = os.read(fd, RESULT_READ_MAX + 1)
@@ -565,6 +551,22 @@ def _delete_result_if_ours(dir_fd: int, name: str, job_id: int) -> bool | None:
     if not isinstance(doc, dict) or doc.get("job") != job_id:
         return False
     return _unlink_if_same(dir_fd, name, opened)
+
+
+def _open_plain(dir_fd: int, name: str, max_size: int | None = None) -> int | bool | None:
+    """A descriptor of a plain file with one link (and at most `max_size` bytes), opened
+    without following a link; False for anything else, None if it is not there."""
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (max_size is not None and st.st_size > max_size):
+        return False
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
 
 
 def _unlink_if_same(dir_fd: int, name: str, opened: os.stat_result) -> bool | None:

@@ -610,8 +610,7 @@ class Store:
                         skip_outboxes: Sequence[str] = ()) -> list[Recipient]:
         """Recipients waiting to be submitted whose time has come, except those of outboxes
         that may not submit now (max_faxes_per_hour)."""
-        marks = ",".join("?" * len(skip_outboxes))
-        skip = f" AND j.outbox NOT IN ({marks})" if skip_outboxes else ""
+        skip = _not_in("j.outbox", skip_outboxes)
         with self._lock:
             rows = self.conn.execute(
                 "SELECT r.* FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.state IN"
@@ -626,11 +625,10 @@ class Store:
                     "SELECT MIN(next_action_at) FROM recipients WHERE state IN ('queued','retry_wait')"
                 ).fetchone()
             return row[0]
-        marks = ",".join("?" * len(skip_outboxes))
         with self._lock:
             row = self.conn.execute(
                 "SELECT MIN(r.next_action_at) FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE"
-                f" r.state IN ('queued','retry_wait') AND j.outbox NOT IN ({marks})",
+                " r.state IN ('queued','retry_wait')" + _not_in("j.outbox", skip_outboxes),
                 tuple(skip_outboxes)).fetchone()
         return row[0]
 
@@ -818,8 +816,7 @@ class Store:
         half moved), or are being taken back for a resend, from `after` on.  The caller
         walks the whole list in turns (a cursor), so jobs it cannot file yet never hold
         up the ones behind them, however many there are."""
-        marks = ",".join("?" * len(skip_outboxes))
-        skip = f" AND outbox NOT IN ({marks})" if skip_outboxes else ""
+        skip = _not_in("outbox", skip_outboxes)
         with self._lock:
             rows = self.conn.execute(
                 "SELECT id, outbox FROM jobs WHERE ((phase IN ('held','filing') AND state IN"
@@ -1219,6 +1216,11 @@ class Store:
                   (new, completed, reason, reason_code, job_id))
         if completed:
             self._event(c, job_id, new, reason)
+
+
+def _not_in(column: str, values: Sequence[str]) -> str:
+    """` AND column NOT IN (?,...)` for the values passed as parameters, or nothing."""
+    return f" AND {column} NOT IN ({','.join('?' * len(values))})" if values else ""
 
 
 def _text(value: Any) -> str | None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,20 @@ def without_root_file_access() -> tuple[str, ...]:
     if not shutil.which("setpriv"):
         pytest.skip("setpriv is needed to drop root's file-access override")
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small filesystem of its own at `path` (made if missing), unmounted afterwards."""
+    path.mkdir(exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def job_rows(db: Path) -> int:

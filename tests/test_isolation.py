@@ -18,6 +18,7 @@ from conftest import (
     metric_value,
     run_cli,
     sent_documents,
+    tmpfs,
     wait_for,
     without_root_file_access,
 )
@@ -347,15 +348,8 @@ def test_page_bombs_are_rejected_while_another_outbox_delivers(daemon, two_outbo
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB filesystem of its own, for a database whose disk fills up."""
-    import subprocess
-    path = tmp_path / "db"
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)], capture_output=True,
-                       check=False)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+    with tmpfs(tmp_path / "db", "2m") as path:
+        yield path
 
 
 def test_a_full_database_disk_logs_a_few_lines_not_a_flood(daemon, make_config, spool, simulator,

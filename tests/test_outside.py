@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_pdf, run_cli, sent_documents, wait_for
+from conftest import make_pdf, run_cli, sent_documents, tmpfs, wait_for
 
 
 @pytest.fixture
@@ -152,13 +151,7 @@ def test_a_polled_outbox_never_descends_into_linked_folders(daemon, spool, simul
 
 def test_private_folder_on_another_filesystem_pauses_the_outbox_naming_the_fix(daemon, spool, simulator,
                                                                                tmp_path):
-    other_fs = tmp_path / "other-fs"
-    other_fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other_fs)], capture_output=True,
-                       check=False)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "other-fs", "1m") as other_fs:
         d = daemon(outbox={"private": str(other_fs / "private")})
         d.start(wait_healthy=False)
         wait_for(lambda: _reasons(d), 20, "the reason")
@@ -167,8 +160,6 @@ def test_private_folder_on_another_filesystem_pauses_the_outbox_naming_the_fix(d
         (spool.folder("+15551230707") / "waits.pdf").write_bytes(make_pdf(1))
         assert (spool.outbox / "+15551230707" / "waits.pdf").exists()
         d.kill()
-    finally:
-        subprocess.run(["umount", "-l", str(other_fs)], capture_output=True, check=False)
 
 
 def _reasons(d) -> list[str]:
