@@ -27,60 +27,12 @@ from gateway.errors import (
     StoreError,
     UsageError,
 )
+from gateway.logs import setup_logging
 from gateway.names import shown
 from gateway.results import iso, result_document
 from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
 
 log = logging.getLogger("gateway")
-
-
-def _one_line(record: logging.LogRecord, debug: bool) -> tuple[str, str | None]:
-    """The message with every control character and undecodable byte escaped, so that no
-    file name can forge a log line (SPEC 4.5); a traceback only at debug level, else the
-    exception's one-line summary."""
-    message = shown(record.getMessage())
-    trace = None
-    if record.exc_info and record.exc_info[1] is not None:
-        exc = record.exc_info[1]
-        if debug:
-            trace = "".join(logging.Formatter().formatException(record.exc_info))
-        elif type(exc).__name__ not in message:
-            message += f" ({type(exc).__name__}: {shown(str(exc))[:200]})"
-    return message, trace
-
-
-class _TextFormatter(logging.Formatter):
-    def __init__(self, debug: bool) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        message, trace = _one_line(record, self.debug)
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
-        return line + ("\n" + trace if trace else "")
-
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, debug: bool) -> None:
-        super().__init__()
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        message, trace = _one_line(record, self.debug)
-        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-               "logger": record.name, "message": message}
-        if trace:
-            doc["exception"] = trace
-        return json.dumps(doc, ensure_ascii=True)
-
-
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    debug = level.lower() == "debug"
-    handler.setFormatter(_JsonFormatter(debug) if fmt == "json" else _TextFormatter(debug))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,7 +160,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(config: Config, args: argparse.Namespace) -> int:
     from gateway.service import Service
-    setup_logging("debug" if args.debug else config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, forced_debug=args.debug)
     for w in config.warnings:
         log.warning(w)
     service = Service(config, simulate=args.simulate)

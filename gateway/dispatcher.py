@@ -34,6 +34,7 @@ from gateway.filing import bases
 from gateway.ifax import Attachment, IFaxClient
 from gateway.judge import safe_read
 from gateway.metrics import Metrics
+from gateway.reload import Reload
 from gateway.stage import Stage
 from gateway.store import ACTIVE_ORDER, Job, JobState, Phase, Recipient, Store
 from gateway.throttle import Backoff, RateLimiter
@@ -54,7 +55,8 @@ class Dispatcher(Stage):
                  on_final: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.store, self.client, self.metrics = store, client, metrics
-        self.outboxes = dict(outboxes)
+        self.outboxes = dict(outboxes)  # with outboxes removed by a reload: their jobs still run
+        self.configured = set(outboxes)  # the outboxes in the configuration now (metrics)
         self.max_in_flight = max_in_flight
         self.max_polls = max(1, max_in_flight // 2)
         self.poll_interval = poll_interval
@@ -65,6 +67,7 @@ class Dispatcher(Stage):
         self.limiter = RateLimiter(requests_per_minute)
         self.backoff = Backoff()
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
+        self._retired: list[tuple[ThreadPoolExecutor, IFaxClient]] = []  # replaced by a reload
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._running = {"submit": 0, "poll": 0}
@@ -111,6 +114,33 @@ class Dispatcher(Stage):
     def shutdown(self) -> None:
         """No new request starts; requests under way finish (or time out) first."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool, client in self._retired:
+            pool.shutdown(wait=True, cancel_futures=True)
+            client.close()
+        self._retired.clear()
+
+    def apply(self, change: Reload) -> None:
+        """New settings (SIGHUP) for requests started from now on."""
+        cfg = change.config
+        self.outboxes, self.configured = change.known, set(change.outboxes)
+        self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
+        self.file_names = cfg.log.file_names
+        if cfg.api.requests_per_minute * 1.0 / 60 != self.limiter.rate:
+            self.limiter = RateLimiter(cfg.api.requests_per_minute)
+        for name in self.rate_limited.keys() - self.configured:
+            del self.rate_limited[name]
+
+    def replace_client(self, client: IFaxClient, max_in_flight: int) -> None:
+        """A new key, URL, timeout or concurrency (SIGHUP).  Requests under way finish
+        with the client and workers they started with, which close at shutdown.  A pause
+        for a refused account is probed again at once: the new key may cure it."""
+        with self._lock:
+            self._retired.append((self._pool, self.client))
+            self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
+            self.client = client
+            self.max_in_flight, self.max_polls = max_in_flight, max(1, max_in_flight // 2)
+            self._next_probe = 0.0
+        self._wake.set()
 
     def _sleep_time(self) -> float:
         now = time.time()
@@ -142,14 +172,15 @@ class Dispatcher(Stage):
                 if until is not None:
                     capped[name] = until
         holding = self.store.outboxes_with_due_submissions(now, list(capped)) if capped else set()
-        limited = {name: until for name, until in capped.items() if name in holding}
+        limited = {name: until for name, until in capped.items()
+                   if name in holding and name in self.configured}  # a removed outbox is not shown
         for name in limited.keys() - self.rate_limited.keys():
             log.warning("outbox %s: max_faxes_per_hour (%d) reached; its faxes wait until %s UTC", name,
                         self.outboxes[name].max_faxes_per_hour,
                         time.strftime("%H:%M:%S", time.gmtime(limited[name])))
         for name in self.rate_limited.keys() - limited.keys():
             log.info("outbox %s: no longer held back by max_faxes_per_hour", name)
-        for name in self.outboxes:
+        for name in self.configured:
             self.metrics.rate_limited.labels(name).set(1 if name in limited else 0)
         self.capped, self.rate_limited = capped, limited
 

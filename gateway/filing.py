@@ -21,6 +21,7 @@ from gateway.faults import crash_point
 from gateway.metrics import Metrics
 from gateway.names import shown
 from gateway.notify import Notifier
+from gateway.reload import Reload
 from gateway.results import result_document
 from gateway.stage import Stage
 from gateway.store import Job, JobState, Phase, Store
@@ -48,6 +49,16 @@ class Filing(Stage):
         self.blocked = BlockedItems(store, "filing", self.log,
                                     lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
                                     else 60.0, file_names=file_names)
+        self._cursor = 0
+
+    def apply(self, change: Reload) -> None:
+        """Jobs are filed into the folders recorded with them, so an outbox removed or
+        moved by a reload changes nothing for its jobs; notify.command takes effect for
+        jobs that end from now on."""
+        self.outboxes = change.known
+        self.file_names = self.blocked.file_names = change.config.log.file_names
+        command = change.config.notify.command
+        self.notifier = Notifier(command, file_names=self.file_names) if command else None
         self._cursor = 0
 
     def initialize(self) -> None:

@@ -32,6 +32,7 @@ from gateway.judge import evaluate, file_sha256, has_destination_without_sidecar
 from gateway.metrics import Metrics
 from gateway.names import shown
 from gateway.planner import Plan, plan_folder
+from gateway.reload import Reload, watching_changed
 from gateway.sidecar import Sidecar, is_sidecar_name
 from gateway.stage import Stage
 from gateway.store import Job, Phase, SourceFile, Store
@@ -70,6 +71,7 @@ class Intake(Stage):
                  on_judged: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.store, self.outboxes, self.metrics = store, dict(outboxes), metrics
+        self.retired: dict[str, OutboxConfig] = {}  # removed by a reload: their jobs still finish
         self.simulate, self.file_names = simulate, file_names
         self.paused = paused  # shared with the other stages and /healthz: outbox -> why
         self.on_judged = on_judged
@@ -137,6 +139,44 @@ class Intake(Stage):
 
     def shutdown(self) -> None:
         self.watcher.stop()
+
+    def apply(self, change: Reload) -> None:
+        """Outboxes added, removed or changed (SIGHUP).  Files still in an outbox were
+        never claimed, so watching a folder afresh takes each of them once; jobs of a
+        removed outbox are judged with its last settings (`retired`)."""
+        old = self.outboxes
+        self.outboxes, self.retired = dict(change.outboxes), dict(change.retired)
+        names = self.file_names = change.config.log.file_names
+        self.watcher.file_names = self.blocked_claims.file_names = self.blocked_jobs.file_names = names
+        for name, ob in old.items():
+            new = self.outboxes.get(name)
+            if new is not None and not watching_changed(ob, new):
+                if new != ob:  # settings only: its folders are planned again with them
+                    self._forget_plans(name)
+                    self.watcher.mark_all_dirty(name)
+                continue
+            self.watcher.remove(name)
+            self._forget_plans(name)
+            self.paused.pop(name, None)
+            for key in self.blocked_claims.keys():
+                if key[0] == name:
+                    self.blocked_claims.forget(key)
+            self._stuck = {k: v for k, v in self._stuck.items() if k[0] != name}
+        for ob in self.outboxes.values():
+            if ob.name not in self.watcher.outboxes and ob.name not in self.paused:
+                self._check_folders(ob)
+        self._next_folder_check = 0.0
+        for job_id, outbox in self._unfinished.items():
+            if outbox in self.outboxes or outbox in self.retired:
+                self.blocked_jobs.forget(("job", job_id))  # judged again now, with the new settings
+        self.on_judged()
+
+    def _forget_plans(self, outbox: str) -> None:
+        self._pending.pop(outbox, None)
+        for key in [k for k in self._queued if k[0] == outbox]:
+            del self._queued[key]
+        for key in [k for k in self._wake_at if k[0] == outbox]:
+            del self._wake_at[key]
 
     # -- planning and claiming ------------------------------------------------------
 
@@ -286,7 +326,7 @@ class Intake(Stage):
                 continue
             try:
                 job = self.store.get_job(job_id)
-                ob = self.outboxes.get(job.outbox)
+                ob = self._config_of(job.outbox)
                 if job.outbox in self.paused:
                     continue
                 if job.phase == Phase.CLAIMING:
@@ -324,11 +364,15 @@ class Intake(Stage):
         self.log.info("job %s: claim completed after restart", job.id)
         self.judge(job.id, raise_errors=True)
 
+    def _config_of(self, outbox: str) -> OutboxConfig | None:
+        """The outbox's settings, or the last ones of an outbox removed by a reload."""
+        return self.outboxes.get(outbox) or self.retired.get(outbox)
+
     def judge(self, job_id: int, *, raise_errors: bool = False) -> None:
         """Accept or reject a claimed job.  Anything but a rejection (an I/O error, a
         bug met by odd content) leaves it claimed and blocked, to be judged again."""
         job = self.store.get_job(job_id)
-        ob = self.outboxes.get(job.outbox)
+        ob = self._config_of(job.outbox)
         if ob is None:
             self._unfinished[job_id] = job.outbox
             return

@@ -97,12 +97,14 @@ class Metrics:
         self.healthy = Gauge(P + "healthy", "1 exactly when /healthz answers 200.", registry=r)
         self.build_info = Gauge(P + "build_info", "The running version.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
-        self._outboxes = list(outboxes)
+        self._outboxes: list[str] = []  # shared with the collector: a reload adds and removes
         for name in outboxes:
             self.add_outbox(name)
 
     def add_outbox(self, name: str) -> None:
         """Create every labelled series at 0, so dashboards see them before the first event."""
+        if name not in self._outboxes:
+            self._outboxes.append(name)
         for m in (self.files_detected, self.jobs_submitted, self.files_waiting, self.pages_sent,
                   self.cost, self.files_waiting_long, self.outbox_paused, self.rate_limited):
             m.labels(name)
@@ -110,6 +112,17 @@ class Metrics:
             self.files_rejected.labels(name, code)
         for result in ("delivered", "failed", "canceled"):
             self.jobs_completed.labels(name, result)
+
+    def remove_outbox(self, name: str) -> None:
+        """An outbox removed by a reload: its gauges go; its counters stay (its jobs may
+        still finish, and a counter that vanished would read as a reset)."""
+        for m in (self.files_waiting, self.files_waiting_long, self.outbox_paused, self.rate_limited):
+            try:
+                m.remove(name)
+            except KeyError:
+                pass
+        if name in self._outboxes:
+            self._outboxes.remove(name)
 
     def watch_store(self, counts: Callable[[], dict[str, int]], oldest: Callable[[], float | None],
                     blocked: Callable[[], dict[tuple[str, str], int]] = dict) -> None:

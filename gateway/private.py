@@ -20,6 +20,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway.config import OutboxConfig
 from gateway.spool import PRIVATE_MODE, job_dir, legacy_private
@@ -30,16 +31,18 @@ log = logging.getLogger("gateway.private")
 
 class PrivateFolders:
     def __init__(self) -> None:
-        self._identity: dict[str, tuple[int, int]] = {}  # outbox -> (device, inode) once prepared
+        # private folder -> (device, inode) once prepared; by folder, not by outbox name, so
+        # that an outbox given another folder by a reload has the new one prepared
+        self._identity: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()  # asked by the intake, sending and filing threads
 
     def problem(self, ob: OutboxConfig) -> str | None:
         """None while the outbox's private folder can be used, else what to fix.  The
         first call (and every call until one succeeds) prepares it."""
         with self._lock:
-            if ob.name not in self._identity:
+            if ob.private not in self._identity:
                 return self._prepare(ob)
-            return self._inspect(ob, self._identity[ob.name])
+            return self._inspect(ob, self._identity[ob.private])
 
     def _prepare(self, ob: OutboxConfig) -> str | None:
         p = ob.private
@@ -57,7 +60,7 @@ class PrivateFolders:
             problem = self._probe(ob)
         if problem is None:
             st = os.lstat(p)
-            self._identity[ob.name] = (st.st_dev, st.st_ino)
+            self._identity[p] = (st.st_dev, st.st_ino)
         return problem
 
     def _inspect(self, ob: OutboxConfig, identity: tuple[int, int] | None) -> str | None:

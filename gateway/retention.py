@@ -29,6 +29,7 @@ from gateway import spool
 from gateway.faults import crash_point
 from gateway.filing import bases, result_name
 from gateway.metrics import Metrics
+from gateway.reload import Reload
 from gateway.stage import Stage
 from gateway.store import Job, Phase, Store
 
@@ -57,14 +58,24 @@ class Retention(Stage):
                  folder_problem: Callable[[str], str | None] = lambda outbox: None) -> None:
         super().__init__()
         self.store, self.metrics = store, metrics
-        self.limits = {"sent": sent, "failed": failed, "jobs": jobs}
         self.paused = paused
         self.folder_problem = folder_problem
-        configured = [v for v in self.limits.values() if v is not None]
-        self.period = min(RUN_EVERY_MAX, max(RUN_EVERY_MIN, min(configured) / 10)) if configured else 0.0
+        self._set_limits(sent=sent, failed=failed, jobs=jobs)
         self._run: _Run | None = None
         self._next = 0.0
         self._said_no_shrink = False
+
+    def _set_limits(self, *, sent: float | None, failed: float | None, jobs: float | None) -> None:
+        self.limits = {"sent": sent, "failed": failed, "jobs": jobs}
+        configured = [v for v in self.limits.values() if v is not None]
+        self.period = min(RUN_EVERY_MAX, max(RUN_EVERY_MIN, min(configured) / 10)) if configured else 0.0
+
+    def apply(self, change: Reload) -> None:
+        """New limits (SIGHUP) count from the next run; a run under way ends first."""
+        r = change.config.retention
+        if (r.sent, r.failed, r.jobs) != (self.limits["sent"], self.limits["failed"], self.limits["jobs"]):
+            self._set_limits(sent=r.sent, failed=r.failed, jobs=r.jobs)
+            self._next = 0.0
 
     @property
     def enabled(self) -> bool:

@@ -14,14 +14,16 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway import spool
-from gateway.config import Config, OutboxConfig, read_api_key
+from gateway.config import Config, OutboxConfig, load_config, read_api_key
 from gateway.dbguard import DatabaseGuard, refuse_unknown_job_folders
 from gateway.dblock import DatabaseLock
 from gateway.dispatcher import Dispatcher
@@ -30,9 +32,11 @@ from gateway.faults import crash_point
 from gateway.filing import Filing
 from gateway.ifax import IFaxClient
 from gateway.intake import Intake
+from gateway.logs import set_level
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.private import move_legacy_jobs
+from gateway.reload import plan_reload
 from gateway.retention import Retention
 from gateway.stage import Stage
 from gateway.store import Store
@@ -41,6 +45,8 @@ from gateway.web import WebServer
 
 log = logging.getLogger("gateway.service")
 
+RELOAD_WAIT = 10.0  # how long a reload waits for each stage to take the new configuration
+STAGE_STOP = 8.0  # the longest a stage other than the dispatcher is waited for at a stop
 STUCK_AFTER = 30.0  # a stage whose loop has not turned for this long is stuck (healthz, watchdog)
 BLOCKED_SHOWN = 20
 
@@ -51,8 +57,10 @@ class Service:
         self.config = config
         self.simulate = simulate
         self.outboxes: dict[str, OutboxConfig] = {o.name: _resolved(o) for o in config.outboxes}
+        self.retired: dict[str, OutboxConfig] = {}  # removed by a reload; their jobs still finish
         self.metrics = Metrics(list(self.outboxes))
         self._base_url = base_url
+        self._endpoint: tuple[str, str] | None = None  # the API's URL and key in use
         self._api_key = api_key
         self.simulator: Any = None
         self.store: Store | None = None
@@ -104,9 +112,8 @@ class Service:
                 self._ensure_folder(ob.name, path)
         self.web = WebServer(cfg.http.host, cfg.http.port, self)
         self.web.start()
-        base_url, key = self._api_endpoint()
-        client = IFaxClient(base_url, key, timeout=cfg.api.timeout, max_in_flight=cfg.api.max_in_flight,
-                            observer=self.metrics.api_request)
+        self._endpoint = base_url, key = self._api_endpoint()
+        client = self._client(base_url, key, cfg)
         self.intake = Intake(store, self.outboxes, self.metrics, simulate=self.simulate,
                              file_names=cfg.log.file_names, paused=self.paused,
                              on_judged=self._wake_all)
@@ -155,17 +162,23 @@ class Service:
             if stage is not None:
                 stage.wake()
 
-    def _api_endpoint(self) -> tuple[str, str]:
+    def _api_endpoint(self, config: Config | None = None) -> tuple[str, str]:
+        config = config or self.config
         if self.simulate:
-            from gateway.simulator import Simulator
-            self.simulator = Simulator("127.0.0.1", 0, key="simulator", delay=1.0).start()
+            if self.simulator is None:
+                from gateway.simulator import Simulator
+                self.simulator = Simulator("127.0.0.1", 0, key="simulator", delay=1.0).start()
             return self.simulator.url, "simulator"
-        secret = None if self._api_key else read_api_key(self.config)
+        secret = None if self._api_key else read_api_key(config)
         key = self._api_key or (secret.reveal() if secret else None)
         if not key:
             raise StartupError("no iFax API key: set api.key_file (or api.key) in the configuration, or "
                                "IFAX_API_KEY in the environment; or try it with --simulate")
-        return self._base_url or self.config.api.base_url, key
+        return self._base_url or config.api.base_url, key
+
+    def _client(self, base_url: str, key: str, config: Config) -> IFaxClient:
+        return IFaxClient(base_url, key, timeout=config.api.timeout, max_in_flight=config.api.max_in_flight,
+                          observer=self.metrics.api_request)
 
     def _ensure_folder(self, outbox: str, path: Path) -> None:
         """Missing at start-up: created if its parent exists, else the outbox is paused."""
@@ -242,6 +255,12 @@ class Service:
         """Runs until SIGTERM/SIGINT; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)  # handlers only record the signal: see the loop
+        # A signal wakes the loop at once (not at its next 0.2 s tick): from SIGTERM on, no
+        # new request may start (SPEC 10).
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         interval = watchdog_usec / 2e6 if watchdog_usec else 5.0
         next_ping = 0.0
@@ -250,8 +269,7 @@ class Service:
                 break
             if self._signal == signal.SIGHUP:
                 self._signal = None
-                log.warning("SIGHUP: reloading the configuration is not supported yet by this version; "
-                            "restart the service to apply changes")
+                self.reload()
             if self.guard is not None:
                 self.guard.check()  # at least every second (dbguard.py)
             now = time.monotonic()
@@ -261,11 +279,62 @@ class Service:
                 if not self._stage_problems():
                     notify("WATCHDOG=1")
                 next_ping = now + interval
-            self._stop.wait(0.2)
+            if select.select([wake_r], [], [], 0.2)[0]:
+                try:
+                    wake_r.recv(64)
+                except BlockingIOError:
+                    pass
+        signal.set_wakeup_fd(-1)
+        wake_r.close()
+        wake_w.close()
         log.info("stopping")
         notify("STOPPING=1")
         self.stop()
         return 0
+
+    # -- reloading (SIGHUP) -----------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Read the configuration file again and apply it (SPEC 10), or keep the running
+        one, saying why in one line.  Each stage applies it between two of its turns."""
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            return self._reload()
+        finally:
+            notify("READY=1")
+
+    def _reload(self) -> bool:
+        try:
+            new = load_config(self.config.path)
+            change = plan_reload(self.config, new, self.outboxes, self.retired, _resolved)
+            endpoint = self._api_endpoint(new)  # the key file is read again: a key may be rotated
+            renewed = change.api_changed or endpoint != self._endpoint
+            client = self._client(*endpoint, new) if renewed else None
+        except GatewayError as exc:
+            log.error("reload refused, the running configuration is kept: %s", exc)
+            return False
+        for w in new.warnings:
+            log.warning(w)
+        for name in (*change.added, *change.changed):
+            ob = change.outboxes[name]
+            self.metrics.add_outbox(name)
+            for path in (ob.path, ob.sent, ob.failed):
+                try:
+                    self._ensure_folder(name, path)
+                except OSError as exc:  # the outbox pauses, saying why (intake's folder check)
+                    log.error("outbox %s: %s could not be created: %s", name, path, exc.strerror)
+        if client is not None and self.dispatcher is not None:
+            self.dispatcher.replace_client(client, new.api.max_in_flight)
+            self._endpoint = endpoint
+        applied = [(stage, stage.reconfigure(change)) for stage in self.stages]
+        late = [stage.name for stage, done in applied if not done.wait(RELOAD_WAIT)]
+        for name in change.removed:
+            self.metrics.remove_outbox(name)
+        self.config, self.outboxes, self.retired = new, change.outboxes, change.retired
+        set_level(new.log.level, new.log.format)
+        log.info("configuration reloaded from %s: %s%s", new.path, change.summary(),
+                 f" (still being applied by: {', '.join(late)})" if late else "")
+        return True
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signal = signum
@@ -275,18 +344,19 @@ class Service:
         self._stop.set()
 
     def stop(self) -> None:
-        """Retention first, then the stages in pipeline order; the dispatcher finishes the
-        requests under way (or they time out) before the database closes."""
+        """SIGTERM (SPEC 10): every stage is told at once, so no new request starts from
+        this moment; the requests under way finish (or time out), and the whole stop fits
+        in max(10 s, api.timeout + 2 s), the unit's TimeoutStopSec."""
         self._stop.set()
-        if self.retention:  # first: off the sending path, and it stops within a slice (half a second)
-            self.retention.stop(10)
-        if self.intake:
-            self.intake.stop(10)
+        start = time.monotonic()
+        stages = [s for s in (self.dispatcher, self.intake, self.filing, self.retention) if s is not None]
+        for stage in stages:
+            stage.request_stop()
+        for stage in stages:  # the dispatcher's requests may take api.timeout; the others a turn
+            budget = self.config.api.timeout + 0.5 if stage is self.dispatcher else STAGE_STOP
+            stage.join(start + max(STAGE_STOP, budget) - time.monotonic())
         if self.dispatcher:
-            self.dispatcher.stop(timeout=self.config.api.timeout + 1)
             self.dispatcher.client.close()
-        if self.filing:
-            self.filing.stop(10)
         if self.web:
             self.web.stop()
         if self.simulator:

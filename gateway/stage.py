@@ -12,8 +12,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.quietlog import Problems
+
+if TYPE_CHECKING:
+    from gateway.reload import Reload
 
 TURN_FAILED_PAUSE = 1.0
 
@@ -37,6 +41,8 @@ class Stage:
         # log.file_names (SPEC 3): False keeps an unexpected error's text, which may quote a
         # path, out of the log; its type and errno still say what kind of failure it was.
         self.file_names = True
+        self._reload: tuple[Reload, threading.Event] | None = None
+        self._reload_lock = threading.Lock()
 
     # -- the three parts ------------------------------------------------------------
 
@@ -46,6 +52,10 @@ class Stage:
 
     def turn(self) -> float:
         raise NotImplementedError
+
+    def apply(self, change: Reload) -> None:
+        """A new configuration (SIGHUP), applied in the stage's own thread between two
+        turns, so that no turn ever sees half of one configuration and half of another."""
 
     def shutdown(self) -> None:
         """Release what the stage holds; requests under way are finished by the caller."""
@@ -58,6 +68,7 @@ class Stage:
                                   self._described(exc), exc=exc)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
+            self._apply_reload()
             try:
                 wait = self.turn()
             except Exception as exc:
@@ -69,6 +80,20 @@ class Stage:
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+    def _apply_reload(self) -> None:
+        with self._reload_lock:
+            pending, self._reload = self._reload, None
+        if pending is None:
+            return
+        change, done = pending
+        try:
+            self.apply(change)
+        except Exception as exc:  # the stage keeps what it could apply; the service logs the reload
+            self.problems.problem("reload", "%s: applying the new configuration failed: %s: %s", self.name,
+                                  type(exc).__name__, self._described(exc), exc=exc)
+        finally:
+            done.set()
 
     def _described(self, exc: BaseException) -> str:
         if self.file_names:
@@ -90,10 +115,29 @@ class Stage:
             self.shutdown()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Start nothing new; the loop ends after its turn (and `shutdown` runs)."""
         self._stop.set()
         self._wake.set()
+
+    def join(self, timeout: float) -> None:
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, timeout))
+
+    def reconfigure(self, change: Reload) -> threading.Event:
+        """Hand the stage a new configuration; the event is set once it applied it."""
+        done = threading.Event()
+        with self._reload_lock:
+            if self._reload is not None:
+                self._reload[1].set()  # superseded by this one
+            self._reload = (change, done)
+        self._wake.set()
+        if not self.alive():
+            self._apply_reload()  # not running (yet, or any more): applied here
+        return done
 
     def wake(self) -> None:
         self._wake.set()

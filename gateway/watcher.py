@@ -134,6 +134,15 @@ def _below(path: str | bytes, folder: str) -> bool:
     return p == folder or p.startswith(folder + os.sep)
 
 
+def _not_a_stop_race(record: logging.LogRecord) -> bool:
+    """Watchdog logs an ERROR when an observer is stopped while its emitter reads events
+    (a paused outbox, a reload): expected, and nothing was lost (a rescan follows)."""
+    return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_not_a_stop_race)
+
+
 class _OverflowFlag(logging.Handler):
     """Watchdog reports a lost-events overflow only in its log; turn that into a rescan."""
 
@@ -383,6 +392,12 @@ class Watcher:
         wo = self.outboxes[outbox]
         dirty, wo.dirty = wo.dirty, set()
         return dirty
+
+    def mark_all_dirty(self, outbox: str) -> None:
+        """Every folder with waiting files is planned again (the outbox's settings changed)."""
+        wo = self.outboxes.get(outbox)
+        if wo is not None:
+            wo.dirty.update(wo.by_folder)
 
     def files_in(self, outbox: str, folder: str) -> dict[str, Seen]:
         return self.outboxes[outbox].by_folder.get(folder, {})

@@ -1,0 +1,78 @@
+"""Log lines (SPEC 3 `log`): one line per record, every name escaped so that no file name
+can forge a line (SPEC 4.5), text or JSON, tracebacks only at debug level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from gateway.names import shown
+
+
+def _one_line(record: logging.LogRecord, debug: bool) -> tuple[str, str | None]:
+    """The message with every control character and undecodable byte escaped, so that no
+    file name can forge a log line (SPEC 4.5); a traceback only at debug level, else the
+    exception's one-line summary."""
+    message = shown(record.getMessage())
+    trace = None
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        if debug:
+            trace = "".join(logging.Formatter().formatException(record.exc_info))
+        elif type(exc).__name__ not in message:
+            message += f" ({type(exc).__name__}: {shown(str(exc))[:200]})"
+    return message, trace
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self, debug: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message, trace = _one_line(record, self.debug)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        return line + ("\n" + trace if trace else "")
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message, trace = _one_line(record, self.debug)
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+               "logger": record.name, "message": message}
+        if trace:
+            doc["exception"] = trace
+        return json.dumps(doc, ensure_ascii=True)
+
+
+_forced_debug = False  # --debug: a reload never turns it down
+
+
+def setup_logging(level: str = "info", fmt: str = "text", *, forced_debug: bool = False) -> None:
+    global _forced_debug
+    _forced_debug = forced_debug
+    if forced_debug:
+        level = "debug"
+    handler = logging.StreamHandler(sys.stderr)
+    debug = level.lower() == "debug"
+    handler.setFormatter(_JsonFormatter(debug) if fmt == "json" else _TextFormatter(debug))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def set_level(level: str, fmt: str) -> None:
+    """log.level and log.format after a reload (SIGHUP), on the handler set up at start."""
+    if _forced_debug:
+        return
+    root = logging.getLogger()
+    debug = level.lower() == "debug"
+    for handler in root.handlers:
+        if isinstance(handler.formatter, (_TextFormatter, _JsonFormatter)):
+            handler.setFormatter(_JsonFormatter(debug) if fmt == "json" else _TextFormatter(debug))
+    root.setLevel(level.upper())
