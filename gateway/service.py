@@ -246,7 +246,8 @@ class Service:
                  "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
                  "reason": f"max_faxes_per_hour ({self.outboxes[name].max_faxes_per_hour}) reached: "
                            "its faxes wait until the hour has room"}
-                for name, until in sorted(self.dispatcher.rate_limited.items())]
+                for name, until in sorted(self.dispatcher.rate_limited.items())
+                if name in self.outboxes]  # (a reload may be under way)
         if problems:
             body["reasons"] = problems
         return not problems, body
