@@ -74,6 +74,7 @@ class Service:
         self._lock = DatabaseLock(config.database)
         self._stop = threading.Event()
         self._signal: int | None = None
+        self._wake_main: socket.socket | None = None  # wakes run_forever's loop (signals, request_stop)
 
     @property
     def stages(self) -> list[Stage]:
@@ -262,6 +263,7 @@ class Service:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno())
+        self._wake_main = wake_w
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         interval = watchdog_usec / 2e6 if watchdog_usec else 5.0
         next_ping = 0.0
@@ -280,12 +282,13 @@ class Service:
                 if not self._stage_problems():
                     notify("WATCHDOG=1")
                 next_ping = now + interval
-            if select.select([wake_r], [], [], 0.2)[0]:
+            if select.select([wake_r], [], [], 1.0)[0]:  # the guard wants a look every second
                 try:
                     wake_r.recv(64)
                 except BlockingIOError:
                     pass
         signal.set_wakeup_fd(-1)
+        self._wake_main = None
         wake_r.close()
         wake_w.close()
         log.info("stopping")
@@ -343,6 +346,12 @@ class Service:
     def request_stop(self) -> None:
         self._signal = signal.SIGTERM
         self._stop.set()
+        wake = self._wake_main
+        if wake is not None:
+            try:
+                wake.send(b"\0")
+            except OSError:
+                pass
 
     def stop(self) -> None:
         """SIGTERM (SPEC 10): every stage is told at once, so no new request starts from
