@@ -246,12 +246,13 @@ def _listen(host: str, port: int, setting: str) -> socket.socket:
 class WebServer:
     """One listening socket and its route table, served by one thread (see the module's doc).
 
-    `routes` is a `Routes` table (or an iterable of `Route`); given the daemon's `Service`
-    instead, it serves `daemon_routes(service)`. `setting` names the configuration key in
-    the one-sentence error a port that cannot be bound gives (a StartupError).
+    `routes` is a `Routes` table (or a list or tuple of `Route`); given the daemon's
+    `Service` instead, as service.py does, it serves `daemon_routes(service)`. `setting`
+    names the configuration key in the one-sentence error (a StartupError) that a port
+    that cannot be bound gives.
     """
 
-    def __init__(self, host: str, port: int, routes: Routes | Iterable[Route] | Any, *,
+    def __init__(self, host: str, port: int, routes: Routes | list[Route] | tuple[Route, ...] | Any, *,
                  setting: str = "http.listen", max_connections: int | None = None) -> None:
         if not isinstance(routes, (Routes, list, tuple)):
             routes = daemon_routes(routes)
