@@ -96,6 +96,10 @@ class BlockedItems:
             if e.outbox == outbox and e.folder == folder and e.next_try > soon:
                 e.next_try = soon
 
+    def earliest(self) -> float | None:
+        """The soonest next try (on `clock`), or None when nothing is blocked."""
+        return min((e.next_try for e in self._items.values()), default=None)
+
     def keys(self) -> list[Hashable]:
         return list(self._items)
 

@@ -27,7 +27,7 @@ from gateway.stage import Stage
 from gateway.store import Job, JobState, Phase, Store
 
 BATCH = 100
-IDLE = 1.0
+IDLE = 5.0  # the longest wait with nothing to file: a job that ends wakes the stage (on_final)
 SLICE = 0.5
 
 
@@ -102,7 +102,8 @@ class Filing(Stage):
                 self.blocked.clear(key, "filed")
         if len(batch) < BATCH:
             self._cursor = 0
-            return IDLE
+            retry = self.blocked.earliest()
+            return IDLE if retry is None else max(0.05, min(IDLE, retry - time.monotonic()))
         return 0.0
 
     def file_or_take_back(self, job: Job) -> None:

@@ -35,7 +35,7 @@ from gateway.store import Job, Phase, Store
 
 BATCH = 50
 SLICE = 0.5
-IDLE = 1.0
+IDLE = 10.0  # the longest wait: a reload wakes the stage, and a stage that waits 30 s looks stuck
 RUN_EVERY_MIN = 1.0
 RUN_EVERY_MAX = 3600.0
 SHRINK_PAGES = 256  # pages given back per step: each step holds the store's lock for milliseconds

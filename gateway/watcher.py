@@ -18,7 +18,7 @@ import queue
 import signal
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,8 +117,9 @@ class WatchedOutbox:
 class _Enqueue(FileSystemEventHandler):
     """Runs in watchdog's thread: only enqueue, never decide."""
 
-    def __init__(self, outbox: str, q: queue.SimpleQueue, skip: str | None = None) -> None:
-        self.outbox, self.q = outbox, q
+    def __init__(self, outbox: str, q: queue.SimpleQueue, skip: str | None = None,
+                 on_event: Callable[[], None] = lambda: None) -> None:
+        self.outbox, self.q, self.on_event = outbox, q, on_event
         self.skip = skip  # the private folder inside the outbox: its events are dropped here
 
     def dispatch(self, event: FileSystemEvent) -> None:
@@ -127,6 +128,7 @@ class _Enqueue(FileSystemEventHandler):
             return
         self.q.put((self.outbox, event.event_type, event.src_path, getattr(event, "dest_path", ""),
                     event.is_directory))
+        self.on_event()
 
 
 def _below(path: str | bytes, folder: str) -> bool:
@@ -168,6 +170,9 @@ class Watcher:
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, seq, outbox, rel)
         self._seq = itertools.count()
         self._next_sweep = 0.0
+        # Called from watchdog's threads after an event is queued: the intake wakes for it
+        # instead of looking every tenth of a second (an idle daemon stays idle).
+        self.on_event: Callable[[], None] = lambda: None
         self._overflow = _OverflowFlag()
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
@@ -184,8 +189,8 @@ class Watcher:
             observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
         else:
             observer = Observer()
-        observer.schedule(_Enqueue(name, self.q, str(root / skip) if skip else None), str(root),
-                          recursive=True)
+        observer.schedule(_Enqueue(name, self.q, str(root / skip) if skip else None, self.on_event),
+                          str(root), recursive=True)
         observer.daemon = True
         observer.start()
         wo.observer = observer
@@ -380,6 +385,13 @@ class Watcher:
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
+
+    def next_due(self) -> float:
+        """When `tick` next has something to do (on `clock`), events aside."""
+        due = [self._next_sweep, *(wo.next_rescan for wo in self.outboxes.values())]
+        if self._deadlines:
+            due.append(self._deadlines[0][0])
+        return min(due)
 
     def forget(self, outbox: str, rel: str) -> None:
         """Called when a file has been claimed: a file later found at this name is new."""

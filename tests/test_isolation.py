@@ -129,10 +129,11 @@ def test_folder_the_gateway_may_not_write_blocks_only_its_files(daemon, two_outb
     assert status == 200 and body["blocked"]["count"] == 1
     assert body["blocked"]["items"][0]["item"] == item["item"]
     assert metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="claim") == 1
-    rows = job_rows(tmp_path / "jobs.db")
+    # A try holds its job row for the instant of the claim: wait for the row count to settle.
+    wait_for(lambda: job_rows(tmp_path / "jobs.db") == 2, 10, "the two good jobs' rows only")
     import time
     time.sleep(3)  # several tries of the blocked claim, each with its backoff
-    assert job_rows(tmp_path / "jobs.db") == rows == 2, "a blocked claim left job rows behind"
+    wait_for(lambda: job_rows(tmp_path / "jobs.db") == 2, 5, "no rows left behind by the tries")
     assert list(spool.private.iterdir()) == [], "a blocked claim left folders behind"
     log = d.log.read_text()
     assert log.count("blocked (claim)") == 1 and "Traceback" not in log
