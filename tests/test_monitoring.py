@@ -113,6 +113,20 @@ def test_every_alert_has_a_unit_test_that_fires_it():
     assert fired == {rule["alert"] for rule in _rules()}
 
 
+def test_readme_lists_every_alert_with_its_thresholds():
+    """The README's table is where an operator reads the thresholds: it must say the ones in force."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for rule in _rules():
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{rule['alert']}` |")]
+        assert len(rows) == 1, f"README.md's alert table has no row for {rule['alert']}"
+        row = rows[0]
+        expected = [rule["labels"]["severity"], rule["for"]]
+        expected += re.findall(r"(?:[<>]=?|==)\s*([0-9.]+)", rule["expr"])  # the thresholds
+        expected += [f"[{window}]" for window in re.findall(r"\[(\d+[smhd])\]", rule["expr"])]
+        missing = [text for text in expected if text not in row]
+        assert not missing, f"README.md's row for {rule['alert']} does not say {missing}"
+
+
 def test_promtool_checks_and_unit_tests_the_rules():
     promtool = tool("promtool")
     for args in (["check", "rules", RULES.name], ["test", "rules", RULE_TESTS.name]):
