@@ -58,14 +58,14 @@ def base(tmp_path: Path, simulator) -> dict[str, Any]:
     }
 
 
-def test_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, base, simulator):
+def test_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, base, simulator, daemon):
     root = tmp_path / "spool"
     a, b = _outbox(root, "alpha"), _outbox(root, "beta")
     base["outboxes"] = [a, b]
     config = tmp_path / "config.yaml"
     _write(config, base)
     simulator.set_fault("slow", endpoints=("fax-send",), seconds=0.7)  # submissions stay in flight
-    d = Daemon(config).start()
+    d = daemon(config).start()
 
     documents: dict[bytes, Path] = {}  # content -> where its result must appear
 
@@ -127,12 +127,12 @@ def test_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, base, simul
     assert d.terminate() == 0
 
 
-def test_changes_that_need_a_restart_are_refused(tmp_path: Path, base, simulator):
+def test_changes_that_need_a_restart_are_refused(tmp_path: Path, base, simulator, daemon):
     a = _outbox(tmp_path / "spool", "main")
     base["outboxes"] = [a]
     config = tmp_path / "config.yaml"
     _write(config, base)
-    d = Daemon(config).start()
+    d = daemon(config).start()
     for key, value in (("database", str(tmp_path / "other.db")),
                        ("http", {"listen": f"127.0.0.1:{free_port()}"})):
         _write(config, {**base, key: value, "defaults": {**base["defaults"], "settle": "5s"}})
@@ -148,7 +148,7 @@ def test_changes_that_need_a_restart_are_refused(tmp_path: Path, base, simulator
     assert d.terminate() == 0
 
 
-def test_reload_tells_systemd_reloading_then_ready(tmp_path: Path, base, simulator):
+def test_reload_tells_systemd_reloading_then_ready(tmp_path: Path, base, simulator, daemon):
     base["outboxes"] = [_outbox(tmp_path / "spool", "main")]
     config = tmp_path / "config.yaml"
     _write(config, base)
@@ -162,7 +162,7 @@ def test_reload_tells_systemd_reloading_then_ready(tmp_path: Path, base, simulat
                 pass
             return message
 
-        d = Daemon(config, env={"NOTIFY_SOCKET": address}).start()
+        d = daemon(config, env={"NOTIFY_SOCKET": address}).start()
         assert next_message() == "READY=1"
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
@@ -220,7 +220,7 @@ def test_plan_refuses_database_and_listen_and_sees_api_changes(tmp_path: Path, b
     assert plan_reload(old, faster, {}, {}, lambda o: o).api_changed
 
 
-def test_a_new_key_by_reload_resumes_a_paused_account(tmp_path: Path, base, simulator):
+def test_a_new_key_by_reload_resumes_a_paused_account(tmp_path: Path, base, simulator, daemon):
     """The key is read again at each reload (a rotated credential); a pause for a refused
     account is probed at once with the new one."""
     ob = _outbox(tmp_path / "spool", "main")
@@ -231,7 +231,7 @@ def test_a_new_key_by_reload_resumes_a_paused_account(tmp_path: Path, base, simu
     base["outboxes"] = [ob]
     config = tmp_path / "config.yaml"
     _write(config, base)
-    d = Daemon(config).start(wait_healthy=False)
+    d = daemon(config).start(wait_healthy=False)
     folder = Path(ob["path"]) / "+15551239301"
     folder.mkdir()
     (folder / "x.pdf").write_bytes(make_pdf(1))
