@@ -118,11 +118,13 @@ class Dispatcher(Stage):
         # the probe through, not at each due time (that would spin) and not later.  While
         # the probe is out its end wakes the loop (`_run`).
         gate = now + self.backoff.wait()
+        # Paused, submissions wait for the account probe (polls go on).
+        held = max(gate, now + self._next_probe - time.monotonic()) if self.paused_reason else gate
         nxt = [now + 1.0, *self.capped.values()]
-        for t in (self.store.next_submission_time(skip_outboxes=list(self.capped)),
-                  self.store.next_poll_time()):
+        for t, at_the_earliest in ((self.store.next_submission_time(skip_outboxes=list(self.capped)), held),
+                                   (self.store.next_poll_time(), gate)):
             if t is not None:
-                nxt.append(max(t, gate))
+                nxt.append(max(t, at_the_earliest))
         return max(0.01, min(nxt) - now)
 
     # -- submitting -----------------------------------------------------------------
