@@ -180,7 +180,14 @@ class Dispatcher(Stage):
             with self._lock:
                 self._inflight.add(rec.id)
                 self._running[kind] += 1
-            self._pool.submit(self._run, work, rec, kind, ticket)
+            try:
+                self._pool.submit(self._run, work, rec, kind, ticket)
+            except RuntimeError:  # the pool is shut down: give back the ticket, a probe's above all
+                self.backoff.release(ticket)
+                with self._lock:
+                    self._inflight.discard(rec.id)
+                    self._running[kind] -= 1
+                raise
 
     def _run(self, fn: Callable[[Recipient, Ticket], None], rec: Recipient, kind: str,
              ticket: Ticket) -> None:
@@ -248,11 +255,12 @@ class Dispatcher(Stage):
         try:
             ifax_id = self.client.submit(request)
         except Transient as exc:
-            delay = self._unreachable(ticket, exc)
-            log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay, exc)
+            delay = self.backoff.failure(ticket, exc.retry_after)
             # It keeps its place in the queue: the backoff, not the recipient, says when the
             # next try starts, and the first in the queue is the next probe.
             self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=rec.next_action_at or time.time())
+            self._polls_wait()
+            log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay, exc)
             return
         except AuthFailed as exc:
             self.backoff.success(ticket)  # it answered: the API is up, the account is not
@@ -281,13 +289,10 @@ class Dispatcher(Stage):
             self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
         log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
 
-    def _unreachable(self, ticket: Ticket, exc: Transient) -> float:
-        """A "not now" answer (SPEC 6.2): the backoff grows (once per outage, see Backoff),
-        and the time until the next good poll of each fax sending does not count toward
-        giving up, since during an outage its polls wait too.  Seconds until the next try."""
-        delay = self.backoff.failure(ticket, exc.retry_after)
+    def _polls_wait(self) -> None:
+        """After a "not now" answer polls wait for the backoff too, so the time until each
+        sending fax's next good poll must not count toward giving up on it (SPEC 6.2)."""
         self.store.forget_poll_clocks()
-        return delay
 
     def resend_uncertain(self, outbox: str) -> bool:
         ob = self.outboxes.get(outbox)
@@ -347,10 +352,13 @@ class Dispatcher(Stage):
             st = self.client.status(rec.ifax_job_id)
         except ApiError as exc:
             if isinstance(exc, Transient):
-                delay = self._unreachable(ticket, exc)
+                delay = self.backoff.failure(ticket, exc.retry_after)
+                self.store.record_poll_failure(rec.id, now + self.poll_interval)
+                self._polls_wait()
                 log.warning("job %s: fax-status for %s failed, asking again in %.1fs at the earliest: %s",
                             rec.job_id, rec.ifax_job_id, max(delay, self.poll_interval), exc)
-            elif isinstance(exc, AuthFailed):
+                return
+            if isinstance(exc, AuthFailed):
                 self.backoff.success(ticket)
                 self._pause(str(exc))
             else:  # a refusal answered; an uncertain failure says nothing of the API
