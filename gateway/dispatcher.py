@@ -162,7 +162,7 @@ class Dispatcher(Stage):
         self.capped, self.rate_limited = capped, limited
 
     def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
-               work: Callable[[Recipient], None], limit: int) -> None:
+               work: Callable[[Recipient, Ticket], None], limit: int) -> None:
         """Hand due recipients to the workers, at most `limit` of this kind at once; one
         already in flight is skipped, so a slow request is never doubled.  Each takes a
         ticket from the backoff: while the API is down that is one request at a time."""
