@@ -37,7 +37,7 @@ from gateway.metrics import Metrics
 from gateway.reload import Reload
 from gateway.stage import Stage
 from gateway.store import ACTIVE_ORDER, Job, JobState, Phase, Recipient, Store
-from gateway.throttle import Backoff, RateLimiter
+from gateway.throttle import Backoff, RateLimiter, Ticket
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -144,17 +144,25 @@ class Dispatcher(Stage):
 
     def _sleep_time(self) -> float:
         now = time.time()
+        # While the API is down, work that is due waits for the backoff: wake when it lets
+        # the probe through, not at each due time (that would spin) and not later.  While
+        # the probe is out its end wakes the loop (`_run`).
+        gate = now + self.backoff.wait()
+        # Paused, submissions wait for the account probe (polls go on).
+        held = max(gate, now + self._next_probe - time.monotonic()) if self.paused_reason else gate
         nxt = [now + 1.0, *self.capped.values()]
-        for t in (self.store.next_submission_time(skip_outboxes=list(self.capped)),
-                  self.store.next_poll_time()):
+        for t, at_the_earliest in ((self.store.next_submission_time(skip_outboxes=list(self.capped)), held),
+                                   (self.store.next_poll_time(), gate)):
             if t is not None:
-                nxt.append(t)
+                nxt.append(max(t, at_the_earliest))
         return max(0.01, min(nxt) - now)
 
     # -- submitting -----------------------------------------------------------------
 
     def _start_submissions(self) -> None:
-        if self.backoff.remaining() == 0:
+        # Started before polls, so while the API is down the probe is the next due
+        # submission: real work, and one that gets "not now" certainly never left (6.2).
+        if self.backoff.wait() == 0:
             skip = list(self.capped)
             self._start("submit", lambda now, n: self.store.due_submissions(now, n, skip_outboxes=skip),
                         self._submit, self.max_in_flight)
@@ -185,24 +193,37 @@ class Dispatcher(Stage):
         self.capped, self.rate_limited = capped, limited
 
     def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
-               work: Callable[[Recipient], None], limit: int) -> None:
+               work: Callable[[Recipient, Ticket], None], limit: int) -> None:
         """Hand due recipients to the workers, at most `limit` of this kind at once; one
-        already in flight is skipped, so a slow request is never doubled."""
+        already in flight is skipped, so a slow request is never doubled.  Each takes a
+        ticket from the backoff: while the API is down that is one request at a time."""
         with self._lock:
             free = limit - self._running[kind]
-        if free <= 0:
+        if free <= 0 or self.backoff.wait() > 0:
             return
         for rec in due(time.time(), free + len(self._inflight)):
             with self._lock:
                 if rec.id in self._inflight or self._running[kind] >= limit:
                     continue
+            ticket = self.backoff.admit()
+            if ticket is None:
+                return
+            with self._lock:
                 self._inflight.add(rec.id)
                 self._running[kind] += 1
-            self._pool.submit(self._run, work, rec, kind)
+            try:
+                self._pool.submit(self._run, work, rec, kind, ticket)
+            except RuntimeError:  # the pool is shut down: give back the ticket, a probe's above all
+                self.backoff.release(ticket)
+                with self._lock:
+                    self._inflight.discard(rec.id)
+                    self._running[kind] -= 1
+                raise
 
-    def _run(self, fn: Callable[[Recipient], None], rec: Recipient, kind: str) -> None:
+    def _run(self, fn: Callable[[Recipient, Ticket], None], rec: Recipient, kind: str,
+             ticket: Ticket) -> None:
         try:
-            fn(rec)
+            fn(rec, ticket)
         except Exception as exc:
             # Never spin on one recipient: it is looked at again after a pause.
             # Keyed by what went wrong, not by recipient: a full disk is one problem, not one
@@ -215,6 +236,7 @@ class Dispatcher(Stage):
             except Exception:
                 pass
         finally:
+            self.backoff.release(ticket)  # if nothing settled it: the request never started
             with self._lock:
                 self._inflight.discard(rec.id)
                 self._running[kind] -= 1
@@ -230,7 +252,7 @@ class Dispatcher(Stage):
             out.append(Attachment(safe_file_name(name, kind), data))
         return out
 
-    def _submit(self, rec: Recipient) -> None:
+    def _submit(self, rec: Recipient, ticket: Ticket) -> None:
         job = self.store.get_job(rec.job_id)
         if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
             self.store.reschedule(rec.id, time.time() + 2.0)
@@ -252,8 +274,8 @@ class Dispatcher(Stage):
             return
         if not self.limiter.acquire(self._stop):
             return
-        if self._stop.is_set() or self.paused_reason or self.backoff.remaining() > 0:
-            return  # still queued: nothing was committed
+        if self._stop.is_set() or self.paused_reason or not self.backoff.current(ticket):
+            return  # still queued: nothing was committed; the API went down meanwhile
         if self.halted() is not None:  # the database file changed since this was handed out (dbguard.py)
             return
         ob = self.outboxes.get(job.outbox)
@@ -264,15 +286,20 @@ class Dispatcher(Stage):
         try:
             ifax_id = self.client.submit(request)
         except Transient as exc:
-            delay = self.backoff.failure(exc.retry_after)
-            log.warning("job %s: iFax not reachable, retrying in %.1fs: %s", job.id, delay, exc)
-            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=time.time() + delay)
+            delay = self.backoff.failure(ticket, exc.retry_after)
+            # It keeps its place in the queue: the backoff, not the recipient, says when the
+            # next try starts, and the first in the queue is the next probe.
+            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=rec.next_action_at or time.time())
+            self._polls_wait()
+            log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay, exc)
             return
         except AuthFailed as exc:
+            self.backoff.success(ticket)  # it answered: the API is up, the account is not
             self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=time.time())
             self._pause(str(exc))
             return
         except Refused as exc:
+            self.backoff.success(ticket)
             if self._note_refusal(exc.message, job.id):
                 self.store.mark_submit_not_sent(rec.id, f"refused by iFax: {exc.message}",
                                                 retry_at=time.time())
@@ -285,13 +312,18 @@ class Dispatcher(Stage):
             self.store.mark_submit_uncertain(rec.id, str(exc), resend=self.resend_uncertain(job.outbox))
             return
         crash_point("resubmitted" if resend else "submitted")
-        self.backoff.success()
+        self.backoff.success(ticket)
         self._refusals.clear()
         self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
         self.metrics.jobs_submitted.labels(job.outbox).inc()
         if job.settled_at:
             self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
         log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
+
+    def _polls_wait(self) -> None:
+        """After a "not now" answer polls wait for the backoff too, so the time until each
+        sending fax's next good poll must not count toward giving up on it (SPEC 6.2)."""
+        self.store.forget_poll_clocks()
 
     def resend_uncertain(self, outbox: str) -> bool:
         ob = self.outboxes.get(outbox)
@@ -338,21 +370,36 @@ class Dispatcher(Stage):
     def _start_polls(self) -> None:
         self._start("poll", self.store.due_polls, self._poll, self.max_polls)
 
-    def _poll(self, rec: Recipient) -> None:
+    def _poll(self, rec: Recipient, ticket: Ticket) -> None:
+        """Polls share the API's backoff with submissions (SPEC 6.1): while it is down they
+        wait, and one may be the probe when no submission is due."""
         if not self.limiter.acquire(self._stop):
             return
+        if not self.backoff.current(ticket):
+            return  # the API went down since it was handed out: it stays due
         assert rec.ifax_job_id is not None
         now = time.time()
         try:
             st = self.client.status(rec.ifax_job_id)
         except ApiError as exc:
+            if isinstance(exc, Transient):
+                delay = self.backoff.failure(ticket, exc.retry_after)
+                self.store.record_poll_failure(rec.id, now + self.poll_interval)
+                self._polls_wait()
+                log.warning("job %s: fax-status for %s failed, asking again in %.1fs at the earliest: %s",
+                            rec.job_id, rec.ifax_job_id, max(delay, self.poll_interval), exc)
+                return
             if isinstance(exc, AuthFailed):
+                self.backoff.success(ticket)
                 self._pause(str(exc))
-            else:
+            else:  # a refusal answered; an uncertain failure says nothing of the API
+                if isinstance(exc, Refused):
+                    self.backoff.success(ticket)
                 log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
                             rec.ifax_job_id, exc)
             self.store.record_poll_failure(rec.id, now + self.poll_interval)
             return
+        self.backoff.success(ticket)
         self.metrics.last_poll.set(now)
         final, awaiting_fresh = st.final_state, rec.awaiting_fresh
         if awaiting_fresh:  # resent under the same jobId: is this status the new attempt's?

@@ -305,8 +305,11 @@ class Simulator:
 
         Each is {"endpoint", "body", "http_status", "time", "job_id"} plus
         "method", "path", "fault", "connection" (a serial number per TCP
-        connection, to see keep-alive reuse) and "response". ``http_status`` is
-        None when the connection was closed without an answer.
+        connection, to see keep-alive reuse), "response" and "finished" (when
+        the answer was written or the connection dropped; None while the
+        request is still being handled, so "time" to "finished" is how long it
+        was under way). ``http_status`` is None when the connection was closed
+        without an answer.
         """
         with self._lock:
             return [dict(r) for r in self._records if endpoint is None or r["endpoint"] == endpoint]
@@ -696,7 +699,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self.sim._record({
             "endpoint": endpoint, "body": fields, "http_status": None, "time": time.time(),
             "job_id": None, "method": self.command, "path": path, "fault": None,
-            "connection": self.connection_number, "response": None,
+            "connection": self.connection_number, "response": None, "finished": None,
         })
         if not path.startswith(prefix) or endpoint not in ENDPOINTS:
             return self._answer(entry, 404, {"status": 0, "message": "Not found"})
@@ -709,6 +712,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.sim._update(entry, fault=fault.mode)
             if fault.mode == "drop_before":
                 self.close_connection = True
+                self.sim._update(entry, finished=time.time())
                 return None
             if fault.mode == "error":
                 return self._answer(entry, 500, {"status": 0, "message": "Internal server error"})
@@ -726,7 +730,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.sim._update(entry, fault=fault.mode)
             if fault.mode == "drop_after":
                 self.close_connection = True
-                self.sim._update(entry, response=payload)
+                self.sim._update(entry, response=payload, finished=time.time())
                 return None
             if fault.mode == "bad_gateway":
                 return self._answer(entry, 502, _PROXY_PAGE.format("502 Bad Gateway").encode(),
@@ -737,7 +741,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, entry: dict[str, Any], status: int, payload: Any, **kw: Any) -> None:
         self.sim._update(entry, http_status=status,
                          response=payload if isinstance(payload, dict) else None)
-        self._send(status, payload, **kw)
+        try:
+            self._send(status, payload, **kw)
+        finally:
+            self.sim._update(entry, finished=time.time())
 
     def _fields(self, body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         """The request's fields and, if they could not be read, why."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from conftest import make_pdf, sent_documents, wait_for
 
 
@@ -30,3 +32,80 @@ def test_server_gone_then_back(service, spool, simulator):
     [result] = spool.wait_results(1, "sent", timeout=45)
     assert result["recipients"][0]["attempts"] == 1
     assert sent_documents(simulator) == [("+15551230702", data)]
+
+
+def test_after_a_15s_outage_the_queue_starts_within_10s_and_probes_went_one_at_a_time(
+        service, spool, simulator):
+    """Issue 9, outages: one outage counts once in the backoff, one request at a time finds
+    the API's return (polls included), and the queue starts within 10 s of it."""
+    service()  # max_in_flight 4, poll interval 0.2 s
+    simulator.delay = 17.0  # this fax is still sending through the outage: its polls share it
+    sending = make_pdf(1, text="sending")
+    (spool.folder("+15551230710") / "sending.pdf").write_bytes(sending)
+    wait_for(lambda: sent_documents(simulator), 15, "the first fax accepted")
+    wait_for(lambda: simulator.requests("fax-status"), 5, "its first poll")
+    simulator.delay = 0.2
+    simulator.set_fault("down", endpoints=("*",))
+    down_at = time.time()
+    folder = spool.folder("+15551230711")
+    queued = [make_pdf(1, text=f"queued {i}") for i in range(8)]
+    for i, data in enumerate(queued):
+        (folder / f"q{i}.pdf").write_bytes(data)
+    wait_for(lambda: any(r["http_status"] == 503 for r in simulator.requests()), 10, "the outage noticed")
+    time.sleep(max(0.0, down_at + 15 - time.time()))
+    simulator.set_fault(None)
+    back_at = time.time()
+    results = spool.wait_results(9, "sent", timeout=60)
+
+    # (a) the first submission after the API's return reached it within 10 s
+    first = min(r["time"] for r in simulator.requests("fax-send") if r["time"] >= back_at)
+    assert first - back_at <= 10.0, f"first fax-send {first - back_at:.1f}s after the API came back"
+
+    # (b) once the gateway knew the API was down (its first 503 answered; the requests already
+    # under way then are the only ones excused), its requests went one at a time, each
+    # starting only after the previous one's answer plus the backoff's shortest wait
+    # (0.5 s), polls included; so they were few, not max_in_flight at each expiry.
+    during = [r for r in simulator.requests() if down_at <= r["time"] < back_at]
+    known = min(r["finished"] for r in during if r["http_status"] == 503)
+    probes = sorted((r for r in during if r["time"] > known + 0.25), key=lambda r: r["time"])
+    seen = [(r["endpoint"], round(r["time"] - down_at, 2)) for r in probes]
+    early = [(a["endpoint"], b["endpoint"], round(b["time"] - a["finished"], 3))
+             for a, b in zip(probes, probes[1:], strict=False) if b["time"] - a["finished"] < 0.45]
+    assert early == [], f"requests during the outage did not wait for the one before: {seen}"
+    assert 3 <= len(probes) <= 10, seen
+    # once faxes were queued, the probe was the next due submission, not a poll
+    assert [r["endpoint"] for r in probes[-2:]] == ["fax-send", "fax-send"], seen
+
+    # (d) nothing lost, nothing sent twice
+    assert len(results) == 9
+    assert sorted(d for _, d in sent_documents(simulator)) == sorted([sending, *queued])
+
+
+def test_while_the_api_is_down_the_dispatcher_sleeps_until_the_backoff_lets_the_probe_through(
+        service, spool, simulator):
+    """Due faxes wait for the backoff, so the loop must not wake for them (it spun at 100 Hz)."""
+    svc = service()
+    simulator.set_fault("down", endpoints=("*",))
+    folder = spool.folder("+15551230712")
+    for i in range(6):  # more than max_in_flight, all due
+        (folder / f"d{i}.pdf").write_bytes(make_pdf(1, text=str(i)))
+    wait_for(lambda: len(simulator.requests("fax-send")) >= 2, 15, "two attempts during the outage")
+    dispatcher, samples = svc.dispatcher, []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        wait = dispatcher.backoff.wait()
+        if wait >= 0.2:  # waiting for the backoff with faxes due
+            samples.append((round(wait, 2), round(dispatcher._sleep_time(), 2)))
+        time.sleep(0.05)
+    assert samples and all(sleep >= min(wait, 1.0) - 0.1 for wait, sleep in samples), samples
+
+
+def test_while_submissions_are_paused_the_dispatcher_sleeps_until_the_probe(service, spool, simulator):
+    svc = service(api={"key": "wrong-key"})  # HTTP 401: the account pause (SPEC 6.2)
+    (spool.folder("+15551230713") / "d.pdf").write_bytes(make_pdf(1))
+    wait_for(lambda: svc.dispatcher.paused_reason, 15, "submissions paused")
+    samples = []
+    for _ in range(20):
+        samples.append(round(svc.dispatcher._sleep_time(), 2))
+        time.sleep(0.05)
+    assert min(samples) >= 0.5, samples

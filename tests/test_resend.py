@@ -96,7 +96,9 @@ def test_outage_does_not_count_toward_giving_up(service, spool, simulator, tmp_p
     wait_for(lambda: simulator.requests("fax-status"), 10, "the first poll")
     simulator.set_fault("down", endpoints=("fax-status",))
     failing = len(simulator.requests("fax-status"))
-    wait_for(lambda: len(simulator.requests("fax-status")) > failing + 12, 15, "polls during the outage")
+    # Polls obey the API's backoff (issue 9): four failed ones span at least 0.5+1+2 s,
+    # more than twice give_up_after.
+    wait_for(lambda: len(simulator.requests("fax-status")) > failing + 3, 15, "polls during the outage")
     db = sqlite3.connect(tmp_path / "jobs.db")
     assert db.execute("SELECT state FROM jobs").fetchone()[0] == "sending"
     assert simulator.requests("fax-cancel") == [] and spool.results() == []
