@@ -362,7 +362,9 @@ class Dispatcher(Stage):
             return
         log.info("iFax answers again: submissions resume")
         self.paused_reason = None
-        self._refusals.clear()
+        # The refusals that paused it are kept: a status answer cannot show that the balance
+        # was topped up, so the first document refused with the same message pauses again
+        # and stays queued, instead of two more failing each minute.  An acceptance clears them.
         self.metrics.api_paused.set(0)
 
     # -- polling --------------------------------------------------------------------

@@ -139,6 +139,9 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+CONNECT_TIMEOUT = 5.0
+
+
 class IFaxClient:
     """Thread-safe; one pooled connection per concurrent request (`max_in_flight`)."""
 
@@ -147,7 +150,10 @@ class IFaxClient:
         self.base_url = base_url.rstrip("/")
         self._observer = observer
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout),
+            # A connection not made within CONNECT_TIMEOUT never carried the fax: safe to try
+            # again, and an API whose packets vanish is probed again within the backoff's
+            # cap instead of after a whole api.timeout (issue 9: back within 10 s).
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
             limits=httpx.Limits(max_connections=max_in_flight,
                                 max_keepalive_connections=max_in_flight),
             headers={"accessToken": key, "Content-Type": "application/json",

@@ -109,3 +109,37 @@ def test_while_submissions_are_paused_the_dispatcher_sleeps_until_the_probe(serv
         samples.append(round(svc.dispatcher._sleep_time(), 2))
         time.sleep(0.05)
     assert min(samples) >= 0.5, samples
+
+
+def test_an_account_refusal_that_lasts_fails_no_more_documents(service, spool, simulator, make_config):
+    """Three documents refused with one message pause sending (the third stays queued).
+    A probe that finds the API answering resumes it, but while the refusal lasts the next
+    document refused with the same message pauses it again at once: nothing more fails."""
+    config = make_config()
+    svc = service(config)
+    simulator.set_fault("refuse_all", message="Insufficient balance")
+    folder = spool.folder("+15551230711")
+    datas = [make_pdf(1, text=f"balance-{i}") for i in range(6)]
+    for i, data in enumerate(datas[:3]):
+        (folder / f"d{i}.pdf").write_bytes(data)
+    wait_for(lambda: svc.dispatcher.paused_reason, 20, "submissions paused")
+    assert len(spool.wait_results(2, "failed")) == 2
+    for i, data in enumerate(datas[3:], 3):
+        (folder / f"d{i}.pdf").write_bytes(data)
+    def probe_now() -> None:  # a reload with a new API client probes a paused account at once
+        text = config.read_text()
+        config.write_text(text.replace("timeout: 5s", "timeout: 6s") if "timeout: 5s" in text
+                          else text.replace("timeout: 6s", "timeout: 5s"))
+        assert svc.reload()
+
+    for _ in range(2):
+        refused = len(simulator.requests("fax-send"))
+        probe_now()
+        wait_for(lambda n=refused: len(simulator.requests("fax-send")) > n and svc.dispatcher.paused_reason,
+                 20, "a document refused again, and sending paused again")
+    assert len(spool.results("failed")) == 2, "a document failed while the account was refused"
+    simulator.set_fault(None)
+    probe_now()  # (the minute's probe would find it too)
+    spool.wait_results(4, "sent", timeout=30)
+    sent = [d for _, d in sent_documents(simulator)]
+    assert len(sent) == len(set(sent)) == 4 and set(sent) <= set(datas)  # the 4 that did not fail, once
