@@ -42,6 +42,7 @@ from gateway.throttle import Backoff, RateLimiter, Ticket
 log = logging.getLogger("gateway.dispatcher")
 
 PROBE_INTERVAL = 60.0
+IDLE = 2.0  # the longest wait: work wakes the stage; cancel and resend requests are read this often
 SAME_REFUSALS_TO_PAUSE = 3
 
 
@@ -150,7 +151,7 @@ class Dispatcher(Stage):
         gate = now + self.backoff.wait()
         # Paused, submissions wait for the account probe (polls go on).
         held = max(gate, now + self._next_probe - time.monotonic()) if self.paused_reason else gate
-        nxt = [now + 1.0, *self.capped.values()]
+        nxt = [now + IDLE, *self.capped.values()]
         for t, at_the_earliest in ((self.store.next_submission_time(skip_outboxes=list(self.capped)), held),
                                    (self.store.next_poll_time(), gate)):
             if t is not None:

@@ -130,11 +130,16 @@ class Intake(Stage):
         names = list(self.outboxes)
         self._turns += 1
         start = self._turns % len(names) if names else 0
+        now = self.watcher.clock()
+        waking = {o for (o, _), t in self._wake_at.items() if t <= now}
+        queued = {o for o, _ in self._queued}
         for name in names[start:] + names[:start]:  # each outbox goes first in turn
             ob = self.outboxes[name]
             if name in self.paused or name not in self.watcher.outboxes:
                 continue
-            more |= self._plan_outbox(ob, end)
+            if self.watcher.outboxes[name].dirty or self._pending.get(name) or name in waking \
+                    or name in queued:  # else nothing to plan: an idle outbox costs nothing
+                more |= self._plan_outbox(ob, end)
             self.metrics.files_waiting.labels(name).set(self.watcher.waiting(name))
             self.metrics.files_waiting_long.labels(name).set(self.watcher.long_waiting(name))
         return 0.0 if more else self._idle_wait()

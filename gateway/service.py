@@ -45,6 +45,7 @@ from gateway.web import WebServer
 
 log = logging.getLogger("gateway.service")
 
+MAIN_IDLE = 5.0  # the main loop's longest wait: signals wake it at once (set_wakeup_fd)
 RELOAD_WAIT = 10.0  # how long a reload waits for each stage to take the new configuration
 STAGE_STOP = 8.0  # the longest a stage other than the dispatcher is waited for at a stop
 STUCK_AFTER = 30.0  # a stage whose loop has not turned for this long is stuck (healthz, watchdog)
@@ -282,7 +283,8 @@ class Service:
                 if not self._stage_problems():
                     notify("WATCHDOG=1")
                 next_ping = now + interval
-            if select.select([wake_r], [], [], 1.0)[0]:  # the guard wants a look every second
+            # The stages ask the database guard at each turn; this loop only pings the watchdog.
+            if select.select([wake_r], [], [], max(0.05, min(MAIN_IDLE, next_ping - time.monotonic())))[0]:
                 try:
                     wake_r.recv(64)
                 except BlockingIOError:

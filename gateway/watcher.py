@@ -123,6 +123,8 @@ class _Enqueue(FileSystemEventHandler):
         self.skip = skip  # the private folder inside the outbox: its events are dropped here
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type != "moved":
+            return  # a folder opened (a rescan), made or changed: its files' own events say more
         if self.skip is not None and _below(event.src_path, self.skip) and \
                 _below(getattr(event, "dest_path", "") or event.src_path, self.skip):
             return

@@ -338,7 +338,7 @@ class WebServer:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        due = now + 1.0
+        due = now + 10.0  # nothing timed: idle (stop and new work wake the selector)
         for state, conns in self._timed.items():
             if conns:
                 due = min(due, next(iter(conns)).since + _DEADLINES[state])
