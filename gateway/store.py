@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -1146,15 +1147,15 @@ class Store:
         """The newest jobs among the last `within` that have a file whose name (as shown to
         people) contains `part`, in any case: a bounded walk back from the newest id."""
         with self._lock:
-            rows = self.conn.execute("SELECT id, sources, primary_name FROM jobs ORDER BY id DESC LIMIT ?",
-                                     (within,)).fetchall()
+            cursor = self.conn.cursor()
+            cursor.row_factory = None  # plain tuples: this walk is the page's longest
+            rows = cursor.execute("SELECT id, sources, primary_name FROM jobs ORDER BY id DESC LIMIT ?",
+                                  (within,)).fetchall()
         needle = part.casefold()
         found = []
-        for r in rows:
-            names = [s.get("name", "") for s in json.loads(r["sources"] or "[]")]
-            names.append(_name_out(r["primary_name"]) or "")
-            if any(needle in shown(n).casefold() for n in names):
-                found.append(r["id"])
+        for job_id, sources, primary in rows:
+            if _names_contain(needle, sources or "[]", primary):
+                found.append(job_id)
                 if len(found) >= limit:
                     break
         return found
@@ -1284,6 +1285,27 @@ class Store:
                   (new, completed, reason, reason_code, job_id))
         if completed:
             self._event(c, job_id, new, reason)
+
+
+_PLAIN_TEXT = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]*')  # printable ASCII, no quote or backslash
+_PLAIN_JSON = re.compile(r'[\x20-\x5b\x5d-\x7e]*')  # printable ASCII, no backslash: no escape in it
+_PLAIN_NAME = re.compile(rb'[\x20-\x7e]*')  # a name that names.shown leaves as it is
+
+
+def _names_contain(needle: str, sources: str, primary: Any) -> bool:
+    """Whether a job's file names, as people see them (names.shown), contain `needle`
+    (casefolded).  Most rows are plain: printable ASCII whose JSON holds no escape, so
+    every name stands in it as shown.  There a row without the needle anywhere can be
+    passed over without decoding anything, and a walk of 5,000 rows takes a few
+    milliseconds instead of twenty; any other row (and any row with the needle, which
+    may just be a JSON key) is decided on the decoded names."""
+    if (_PLAIN_TEXT.fullmatch(needle) and _PLAIN_JSON.fullmatch(sources)
+            and isinstance(primary, bytes) and _PLAIN_NAME.fullmatch(primary)
+            and needle not in sources.lower() and needle.encode() not in primary.lower()):
+        return False
+    names = [s.get("name", "") for s in json.loads(sources)]
+    names.append(_name_out(primary) or "")
+    return any(needle in shown(n).casefold() for n in names)
 
 
 def _not_in(column: str, values: Sequence[str]) -> str:

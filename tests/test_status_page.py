@@ -401,6 +401,31 @@ def test_search_shows_at_most_the_newest_recent(site):
     assert f'<a href="/jobs/{status.RECENT + 3}">' in html and '<a href="/jobs/1">' not in html
 
 
+def test_the_quick_name_check_agrees_with_decoding_every_name():
+    """store._names_contain passes over plain rows without decoding: never a row that
+    decoding the names would have matched."""
+    import json
+    import random
+
+    from gateway.names import shown
+    from gateway.store import _names_contain
+
+    alphabet = ["a", "B", "x", "0", "8", "7", "f", " ", ".", '"', "\\", "\n", "\b", "\f", "\x7f", "\x1b",
+                "ß", "\u212a", "é", "\udcff", "u", "{", ":", "name"]
+    rng = random.Random(11)
+    for _ in range(4000):
+        names = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+                 for _ in range(rng.randint(1, 2))]
+        sources = json.dumps([{"name": n, "ino": 1, "size": 2, "mtime_ns": 3} for n in names])
+        primary = os.fsencode(names[0])
+        shown_names = [shown(n) for n in names]
+        needle = rng.choice(["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3))),
+                             rng.choice(shown_names)[1:3], "x08", "x7f", "ss", "k", "ino", "name"])
+        needle = needle.casefold()
+        expected = any(needle in n.casefold() for n in shown_names)
+        assert _names_contain(needle, sources, primary) == expected, (names, needle)
+
+
 def test_a_search_that_finds_nothing_says_what_it_looked_for(site):
     s = site()
     page = s.page("/", q="nothing-like-it")
