@@ -226,7 +226,8 @@ class StatusPage:
             parts.append(self._results(jobs, searched))
         else:
             parts.append(self._outboxes(health))
-            parts.append(self._jobs_table(self.store.list_jobs(limit=RECENT), f"Last {RECENT} jobs",
+            recent = markup('Recent jobs <span class="hint">the last {}, newest first</span>', RECENT)
+            parts.append(self._jobs_table(self.store.list_jobs(limit=RECENT), recent,
                                           "No job yet: documents dropped into an outbox appear here."))
             parts.append(self._totals())
         title = "fax-gateway: all is well" if ok else "fax-gateway: needs attention"
@@ -354,7 +355,7 @@ class StatusPage:
 
     # -- jobs -----------------------------------------------------------------------
 
-    def _jobs_table(self, jobs: list[Job], heading: str, empty: str) -> Safe:
+    def _jobs_table(self, jobs: list[Job], heading: str | Safe, empty: str) -> Safe:
         if not jobs:
             return markup('<section class="card"><h2>{}</h2><p class="empty">{}</p></section>',
                           heading, empty)
