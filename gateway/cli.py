@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, dump_redacted, load_config
@@ -29,7 +28,7 @@ from gateway.errors import (
 )
 from gateway.logs import setup_logging
 from gateway.names import shown
-from gateway.results import iso, result_document
+from gateway.results import iso, job_document, result_document
 from gateway.store import ACTIVE_ORDER, JOB_STATES, Store
 
 log = logging.getLogger("gateway")
@@ -253,8 +252,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             raise JobNotFound(f"no job {job_id}: the database {config.database} holds no jobs yet")
         job = store.get_job(job_id)
         events = store.events(job_id)
-    doc: dict[str, Any] = result_document(job)
-    doc["events"] = [{**e, "at": iso(e["at"])} for e in events]
+    doc = job_document(job, events)
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0

@@ -143,6 +143,9 @@ class HttpConfig:
     listen: str
     host: str
     port: int
+    status_listen: str | None = None  # the status page's own port (null: off)
+    status_host: str | None = None
+    status_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -580,9 +583,11 @@ def _split_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _listen() -> _Reader:
-    def read(ctx: _Context, node: Node, key: str) -> str:
-        text = _required_text(ctx, node, key, nullable=False)
+def _listen(*, nullable: bool = False) -> _Reader:
+    def read(ctx: _Context, node: Node, key: str) -> str | None:
+        text = _required_text(ctx, node, key, nullable=nullable)
+        if text is None:
+            return None
         try:
             _split_listen(text)
         except ValueError:
@@ -641,7 +646,10 @@ _TOP: dict[str, Any] = {
         "requests_per_minute": _Field(_integer(1), 120),
     },
     "database": _Field(_path(), Path("/var/lib/fax-gateway/jobs.db")),
-    "http": {"listen": _Field(_listen(), "127.0.0.1:9468")},
+    "http": {
+        "listen": _Field(_listen(), "127.0.0.1:9468"),
+        "status_listen": _Field(_listen(nullable=True), None),
+    },
     "webhook": {
         "enabled": _Field(_boolean(), False),
         "secret": _Field(_secret(url_safe=True), None),
@@ -840,11 +848,14 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         warnings.append(f"{file} holds webhook.secret and is readable by other users: "
                         f"chmod 600 {file}")
     host, port = _split_listen(get("http.listen"))
+    status_host, status_port = _status_listen(ctx, top, get("http.listen"))
     return Config(
         path=config_path,
         api=api,
         database=get("database"),
-        http=HttpConfig(listen=get("http.listen"), host=host, port=port),
+        http=HttpConfig(listen=get("http.listen"), host=host, port=port,
+                        status_listen=get("http.status_listen"), status_host=status_host,
+                        status_port=status_port),
         webhook=webhook,
         poll=PollConfig(interval=get("poll.interval"), give_up_after=get("poll.give_up_after")),
         log=LogConfig(level=get("log.level"), format=get("log.format"),
@@ -855,6 +866,25 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         outboxes=outboxes,
         warnings=tuple(warnings),
     )
+
+
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def _status_listen(ctx: _Context, top: dict[str, Any], listen: str) -> tuple[str | None, int | None]:
+    """http.status_listen (null: no status page) needs a port of its own: the page is for
+    people in the office, while http.listen is what faces iFax through the proxy."""
+    entry = top.get("http.status_listen")
+    if entry is None or entry.value is None:
+        return None, None
+    host, port = _split_listen(listen)
+    status_host, status_port = _split_listen(entry.value)
+    if status_port == port != 0 and (status_host == host or status_host in _ANY_ADDRESS
+                                     or host in _ANY_ADDRESS):
+        raise ConfigError(f"({entry.value}) must differ from http.listen ({listen}): the status page "
+                          "needs a port of its own, so that the port facing iFax never shows it",
+                          file=ctx.file, key=entry.key, line=entry.line)
+    return status_host, status_port
 
 
 def _build_outbox(item: _Item, get: Callable[[str], Any]) -> OutboxConfig:
@@ -1052,7 +1082,7 @@ def dump_redacted(config: Config) -> str:
             "requests_per_minute": config.api.requests_per_minute,
         },
         "database": path(config.database),
-        "http": {"listen": config.http.listen},
+        "http": {"listen": config.http.listen, "status_listen": config.http.status_listen},
         "webhook": {"enabled": config.webhook.enabled, "secret": secret(config.webhook.secret)},
         "poll": {"interval": config.poll.interval, "give_up_after": config.poll.give_up_after},
         "log": {"level": config.log.level, "format": config.log.format,

@@ -1,8 +1,8 @@
 """What a reload (SIGHUP, SPEC 10) changes, decided before anything is touched.
 
 A reload is all or nothing: the new file is read and checked in full, and a change
-the running daemon cannot make (`database`, `http.listen`: the open file and the bound
-port) refuses the whole reload, so the daemon never runs half of one configuration and
+the running daemon cannot make (`database`, `http.listen`, `http.status_listen`: the open
+file and the bound ports) refuses the whole reload, so the daemon never runs half of one configuration and
 half of another.  Outboxes are compared by name: a name that disappears is *retired*
 (its jobs finish with the settings and into the folders recorded with them), a new name
 is added, and a renamed outbox is both.
@@ -17,7 +17,8 @@ from gateway.config import Config, OutboxConfig
 from gateway.errors import GatewayError
 
 # Bound once at start: changing them needs a restart.
-FIXED = (("database", lambda c: c.database), ("http.listen", lambda c: c.http.listen))
+FIXED = (("database", lambda c: c.database), ("http.listen", lambda c: c.http.listen),
+         ("http.status_listen", lambda c: c.http.status_listen))
 # A new API client is made when one of these changes (the key is compared by the service).
 API_KEYS = ("base_url", "key", "key_file", "timeout", "max_in_flight")
 
@@ -57,7 +58,8 @@ def plan_reload(old: Config, new: Config, current: Mapping[str, OutboxConfig],
     changes what only a restart can."""
     for key, value in FIXED:
         if value(old) != value(new):
-            raise ReloadRefused(f"{key} changed from {value(old)} to {value(new)}: that needs a restart "
+            was, now = (v if v is not None else "null" for v in (value(old), value(new)))
+            raise ReloadRefused(f"{key} changed from {was} to {now}: that needs a restart "
                                 "(systemctl restart fax-gateway); the running configuration is kept")
     outboxes = {o.name: resolve(o) for o in new.outboxes}
     added = tuple(n for n in outboxes if n not in current)

@@ -39,6 +39,13 @@ def result_document(job: Job, files: list[str] | None = None) -> dict[str, Any]:
     }
 
 
+def job_document(job: Job, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """`show --json` and the status page's job page: the result-file shape plus `events`."""
+    doc = result_document(job)
+    doc["events"] = [{**e, "at": iso(e["at"])} for e in events]
+    return doc
+
+
 def _job_id(value: str | None) -> int | str | None:
     if value is None:
         return None

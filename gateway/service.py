@@ -1,6 +1,6 @@
 """The daemon: wiring only.  It opens the database, creates the folders, starts the
 stages (intake, sending, filing, and retention off the sending path) and the HTTP
-server, says READY, and stops them.
+server (and the status page's, on its own port), says READY, and stops them.
 
 Threads: watchdog observers (enqueue events only), one thread per stage (`Intake`,
 `Dispatcher` with its HTTP workers, `Filing`, `Retention`), and the HTTP server.  Work left by a
@@ -39,9 +39,10 @@ from gateway.private import move_legacy_jobs
 from gateway.reload import plan_reload
 from gateway.retention import Retention
 from gateway.stage import Stage
+from gateway.status import status_server
 from gateway.store import Store
 from gateway.systemd import notify
-from gateway.web import WebServer
+from gateway.web import WebServer, connection_cap
 
 log = logging.getLogger("gateway.service")
 
@@ -70,6 +71,7 @@ class Service:
         self.filing: Filing | None = None
         self.retention: Retention | None = None
         self.web: WebServer | None = None
+        self.status_web: WebServer | None = None  # the status page (status.py), on http.status_listen
         self.guard: DatabaseGuard | None = None  # a deleted or replaced database file (dbguard.py)
         self.paused: dict[str, str] = {}  # outbox -> why; shared by the stages
         self._lock = DatabaseLock(config.database)
@@ -112,8 +114,7 @@ class Service:
         for ob in self.outboxes.values():
             for path in (ob.path, ob.sent, ob.failed):
                 self._ensure_folder(ob.name, path)
-        self.web = WebServer(cfg.http.host, cfg.http.port, self)
-        self.web.start()
+        self._start_web(cfg)
         self._endpoint = base_url, key = self._api_endpoint()
         client = self._client(base_url, key, cfg)
         self.intake = Intake(store, self.outboxes, self.metrics, simulate=self.simulate,
@@ -152,6 +153,21 @@ class Service:
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
                  base_url, " (simulated)" if self.simulate else "", cfg.http.listen)
         notify("READY=1")
+
+    def _start_web(self, cfg: Config) -> None:
+        """http.listen, and the status page on http.status_listen when it is set.  Two
+        listeners split the connections the descriptor limit allows: the status page, for a
+        few people in the office, takes a quarter."""
+        cap = connection_cap()
+        status_cap = max(16, cap // 4) if cfg.http.status_listen else 0
+        self.web = WebServer(cfg.http.host, cfg.http.port, self, max_connections=max(16, cap - status_cap))
+        self.web.start()
+        if cfg.http.status_listen:
+            assert cfg.http.status_host is not None and cfg.http.status_port is not None
+            self.status_web = status_server(self, cfg.http.status_host, cfg.http.status_port,
+                                            max_connections=status_cap)
+            self.status_web.start()
+            log.info("status page on http://%s/", cfg.http.status_listen)
 
     def _private_folders(self) -> list[Path]:
         """Where job folders lie (dbguard.py): each outbox's private folder.  Not the old
@@ -369,6 +385,8 @@ class Service:
             stage.join(start + max(STAGE_STOP, budget) - time.monotonic())
         if self.dispatcher:
             self.dispatcher.client.close()
+        if self.status_web:
+            self.status_web.stop()
         if self.web:
             self.web.stop()
         if self.simulator:

@@ -17,7 +17,9 @@ clients that are slow, idle or hostile. One thread multiplexes every connection 
 Routing is a small table of `Route`s: a path and the methods it answers. A path no route
 has gets 404; a known path asked with another method gets 405 and an Allow header. HEAD
 is answered for every GET route (the GET's headers, no body). A second listener (say a
-status page) is another `WebServer(host, port, routes, setting=...)` with its own table.
+status page) is another `WebServer(host, port, routes, setting=..., max_connections=...)`
+with its own table; `headers=` adds headers to every answer it gives, its own 404, 405
+and 500 included (the status page's Content-Security-Policy).
 """
 
 from __future__ import annotations
@@ -249,15 +251,19 @@ class WebServer:
     `routes` is a `Routes` table (or a list or tuple of `Route`); given the daemon's
     `Service` instead, as service.py does, it serves `daemon_routes(service)`. `setting`
     names the configuration key in the one-sentence error (a StartupError) that a port
-    that cannot be bound gives.
+    that cannot be bound gives.  `max_connections` caps this listener's connections (two
+    listeners split `connection_cap()` between them); `headers` go with every answer,
+    except where the answer sets a header of the same name itself.
     """
 
     def __init__(self, host: str, port: int, routes: Routes | list[Route] | tuple[Route, ...] | Any, *,
-                 setting: str = "http.listen", max_connections: int | None = None) -> None:
+                 setting: str = "http.listen", max_connections: int | None = None,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
         if not isinstance(routes, (Routes, list, tuple)):
             routes = daemon_routes(routes)
         self.routes = routes if isinstance(routes, Routes) else Routes(routes)
         self.max_connections = max_connections or connection_cap()
+        self.headers = tuple(headers)
         self._listener = _listen(host, port, setting)
         self.port = self._listener.getsockname()[1]
         self._problems = Problems(log)
@@ -567,6 +573,9 @@ class WebServer:
     def _respond(self, conn: _Conn, response: Response) -> None:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
                    *response.headers]
+        if self.headers:
+            own = {name.lower() for name, _ in response.headers}
+            headers += [(name, value) for name, value in self.headers if name.lower() not in own]
         if conn.close_after or self._stopping:
             conn.close_after = True
             headers.append(("Connection", "close"))

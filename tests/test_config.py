@@ -248,6 +248,33 @@ def test_ipv6_listen_address(tmp_path):
     assert (config.http.host, config.http.port) == ("::1", 9468)
 
 
+def test_status_page_is_off_unless_status_listen_is_set(tmp_path):
+    config = load(tmp_path, MINIMAL)
+    assert (config.http.status_listen, config.http.status_host, config.http.status_port) == (None, None, None)
+    config = load(tmp_path, "http:\n  status_listen: '[::1]:9469'\n" + MINIMAL)
+    assert (config.http.status_listen, config.http.status_host, config.http.status_port) == (
+        "[::1]:9469", "::1", 9469)
+    assert yaml.safe_load(dump_redacted(config))["http"] == {"listen": "127.0.0.1:9468",
+                                                             "status_listen": "[::1]:9469"}
+
+
+@pytest.mark.parametrize("text", [
+    "http:\n  status_listen: 127.0.0.1:9468\n",                       # the default http.listen
+    "http:\n  listen: 127.0.0.1:9000\n  status_listen: 127.0.0.1:9000\n",
+    "http:\n  listen: 0.0.0.0:9000\n  status_listen: 127.0.0.1:9000\n",  # the wildcard holds it
+    "http:\n  listen: 127.0.0.1:9000\n  status_listen: '[::]:9000'\n",
+])
+def test_status_listen_must_differ_from_listen(tmp_path, text):
+    err = load_error(tmp_path, text + MINIMAL)
+    assert err.key == "http.status_listen" and err.line == text.count("\n")
+    assert "must differ from http.listen" in str(err)
+
+
+def test_status_listen_on_another_address_with_the_same_port_is_fine(tmp_path):
+    config = load(tmp_path, "http:\n  listen: 127.0.0.1:9000\n  status_listen: 10.1.2.3:9000\n" + MINIMAL)
+    assert (config.http.status_host, config.http.status_port) == ("10.1.2.3", 9000)
+
+
 # --- defaults and outboxes -----------------------------------------------------------------
 
 def test_outbox_overrides_defaults_and_resend_merges_key_by_key(tmp_path):
@@ -440,6 +467,8 @@ def with_outbox_line(extra: str) -> tuple[str, int]:
     ("http:\n  listen: localhost\n", "http.listen", 2, "host:port"),
     ("http:\n  listen: 127.0.0.1:70000\n", "http.listen", 2, "host:port"),
     ("http:\n  listen: ::1:9468\n", "http.listen", 2, "[::1]:9468"),
+    ("http:\n  status_listen: 9469\n", "http.status_listen", 2, "host:port"),
+    ("http:\n  status_listen: ''\n", "http.status_listen", 2, "write null"),
     ("poll:\n  interval: 0s\n", "poll.interval", 2, "longer than 0"),
     ("retention:\n  sent: forever\n", "retention.sent", 2, "not a duration"),
     ("database: [a]\n", "database", 1, "single value"),

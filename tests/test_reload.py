@@ -133,10 +133,12 @@ def test_changes_that_need_a_restart_are_refused(tmp_path: Path, base, simulator
     config = tmp_path / "config.yaml"
     _write(config, base)
     d = daemon(config).start()
-    for key, value in (("database", str(tmp_path / "other.db")),
-                       ("http", {"listen": f"127.0.0.1:{free_port()}"})):
+    for key, value, says in (("database", str(tmp_path / "other.db"), "database changed"),
+                             ("http", {"listen": f"127.0.0.1:{free_port()}"}, "http.listen changed"),
+                             ("http", {**base["http"], "status_listen": f"127.0.0.1:{free_port()}"},
+                              "http.status_listen changed from null")):
         _write(config, {**base, key: value, "defaults": {**base["defaults"], "settle": "5s"}})
-        _hup_and_wait(d, f"{'http.listen' if key == 'http' else key} changed")
+        _hup_and_wait(d, says)
     assert not (tmp_path / "other.db").exists()
     # Nothing of the refused files was applied: settle is still 0.3 s, the port the same.
     folder = Path(a["path"]) / "+15551239101"
@@ -144,7 +146,7 @@ def test_changes_that_need_a_restart_are_refused(tmp_path: Path, base, simulator
     (folder / "x.pdf").write_bytes(make_pdf(1))
     wait_for(lambda: len(_results(Path(a["sent"]))) == 1, 20, "the fax sent with the old settings")
     assert d.healthy()
-    assert d.log.read_text().count("reload refused") == 2
+    assert d.log.read_text().count("reload refused") == 3
     assert d.terminate() == 0
 
 
@@ -216,6 +218,9 @@ def test_plan_refuses_database_and_listen_and_sees_api_changes(tmp_path: Path, b
         plan_reload(old, _config(tmp_path, base, [ob], database=str(tmp_path / "x.db")), {}, {}, lambda o: o)
     with pytest.raises(ReloadRefused, match="http.listen changed"):
         plan_reload(old, _config(tmp_path, base, [ob], http={"listen": "127.0.0.1:1"}), {}, {}, lambda o: o)
+    with pytest.raises(ReloadRefused, match="http.status_listen changed from null to 127.0.0.1:1"):
+        plan_reload(old, _config(tmp_path, base, [ob], http={**base["http"], "status_listen": "127.0.0.1:1"}),
+                    {}, {}, lambda o: o)
     faster = _config(tmp_path, base, [ob], api={**base["api"], "timeout": "9s"})
     assert plan_reload(old, faster, {}, {}, lambda o: o).api_changed
 
