@@ -47,7 +47,7 @@ def read_until_closed(s: socket.socket, timeout: float) -> bytes:
         except TimeoutError:
             break
         except ConnectionResetError:
-            break
+            return got  # closed with unread data (a half-sent request): a reset, not a FIN
         if not chunk:
             return got
         got += chunk
