@@ -143,6 +143,17 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
             for f in parsed.files:
                 if f in names:
                     join(s, f)
+    def awaits_listed(scs: list[str]) -> bool:
+        """Before a group is rejected: a file its sidecars list that has not arrived yet
+        belongs to the rejection too (taken alone later, it would go to the folder's
+        number, SPEC 4.5), so it is waited for up to sidecar_wait."""
+        if any(f not in names for sc in scs for f in listed.get(sc, ())) and \
+                max(waited(sc) for sc in scs) < sidecar_wait:
+            for sc in scs:
+                wait_for(sc)
+            return True
+        return False
+
     groups: dict[str, list[str]] = {}
     for n in sorted(parent):
         groups.setdefault(root(n), []).append(n)
@@ -164,6 +175,8 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
         first = group_sidecars[0]
         if len(group_sidecars) > 1:
             if all(ready(n) for n in members):
+                if awaits_listed(group_sidecars):
+                    continue
                 what = ", ".join(group_docs) if group_docs else "these documents"
                 add(Plan(folder, group_docs, first, extras=group_sidecars[1:], rejection=Rejected(
                     "bad_sidecar", f"{what} {'has' if len(group_docs) == 1 else 'have'} more than one "
@@ -179,7 +192,7 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
                 add(Plan(folder, group_docs, s, rejection=parsed))
             continue
         if len(mine) > 1:
-            if all(ready(n) for n in members):
+            if all(ready(n) for n in members) and not awaits_listed([s]):
                 add(Plan(folder, group_docs, s, rejection=Rejected(
                     "bad_sidecar", f"{s} could belong to {', '.join(mine)}: name it after one document "
                     f"(e.g. {mine[0]}.yaml)")))

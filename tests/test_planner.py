@@ -77,6 +77,24 @@ def test_pairing(files, sidecars, expected):
     assert groups(run(files, sidecars)) == expected
 
 
+def test_two_sidecars_wait_for_a_listed_file_that_has_not_arrived():
+    """Rejected without it, the late file would be taken alone and sent to the folder's
+    number, which neither sidecar meant (a CI run showed it)."""
+    files = {"a.pdf": 1, "b.pdf": 1, "a.pdf.yaml": 1, "a.yaml": 1}
+    sidecars = {"a.pdf.yaml": Sidecar(to=TO.to, files=("b.pdf",)), "a.yaml": Sidecar(files=("c.pdf",))}
+    early = run(files, sidecars)
+    assert early.plans == [] and early.wake_at == NOW - 1 + WAIT
+    assert groups(run({**files, "c.pdf": 1}, sidecars)) == [
+        (["a.pdf", "a.pdf.yaml", "a.yaml", "b.pdf", "c.pdf"], "bad_sidecar")]
+    assert groups(run(files, sidecars, now=NOW + WAIT)) == [
+        (["a.pdf", "a.pdf.yaml", "a.yaml", "b.pdf"], "bad_sidecar")]  # c.pdf never came
+    ambiguous = {"a.pdf": 1, "a.tiff": 1, "a.yaml": 1}
+    listing = {"a.yaml": Sidecar(to=TO.to, files=("c.pdf",))}
+    assert run(ambiguous, listing).plans == []
+    assert groups(run({**ambiguous, "c.pdf": 1}, listing)) == [
+        (["a.pdf", "a.tiff", "a.yaml", "c.pdf"], "bad_sidecar")]
+
+
 def test_nothing_of_a_group_is_taken_while_a_member_is_still_being_written():
     result = run({"a.pdf": 1, "a.pdf.yaml": F(settled_at=None)}, {})
     assert result.plans == []
