@@ -118,11 +118,8 @@ class Backoff:
         """The request got a "not now" answer (SPEC 6.2).  Returns the seconds until the
         next request may start.  `Retry-After` is honoured, capped like the backoff."""
         with self._lock:
-            if ticket.settled:
+            if not self._settle(ticket):
                 return max(0.0, self._until - self._clock())
-            ticket.settled = True
-            if ticket.probe:
-                self._probe_out = False
             now = self._clock()
             if ticket.epoch == self._epoch:  # the first failure since it started: escalate
                 self._epoch += 1
@@ -137,11 +134,8 @@ class Backoff:
     def success(self, ticket: Ticket) -> None:
         """The API answered the request (whatever it said): it is up."""
         with self._lock:
-            if ticket.settled:
+            if not self._settle(ticket):
                 return
-            ticket.settled = True
-            if ticket.probe:
-                self._probe_out = False
             if ticket.epoch == self._epoch:
                 self._failures = 0
                 self._until = 0.0
@@ -150,11 +144,17 @@ class Backoff:
         """The request did not start, or its outcome says nothing of the API (uncertain):
         the ticket is given back, a probe's too, and the backoff is unchanged."""
         with self._lock:
-            if ticket.settled:
-                return
-            ticket.settled = True
-            if ticket.probe:
-                self._probe_out = False
+            self._settle(ticket)
+
+    def _settle(self, ticket: Ticket) -> bool:
+        """Each ticket counts once (under the lock); a probe's end lets the next one go.
+        False if it was settled already."""
+        if ticket.settled:
+            return False
+        ticket.settled = True
+        if ticket.probe:
+            self._probe_out = False
+        return True
 
     def remaining(self) -> float:
         with self._lock:
