@@ -160,6 +160,11 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
     for d in sorted(docs - parent.keys()):
         groups[d] = [d]
 
+    # A sidecar not read yet (still being written, or held open) may list any document of
+    # the folder in `files` (SPEC 4.3: a document waits for every sidecar that could belong
+    # to it), so a document no read sidecar claims waits for it, up to sidecar_wait.
+    unread_sidecar = any(not ready(s) for s in sidecar_names)
+
     for members in groups.values():
         group_sidecars = [n for n in members if n in sidecar_names]
         group_docs = [n for n in members if n not in sidecar_names]
@@ -167,7 +172,7 @@ def plan_folder(folder: str, files: Mapping[str, FileSeen], sidecars: Mapping[st
             for d in group_docs:
                 if not ready(d):
                     continue
-                if has_destination or waited(d) >= sidecar_wait:
+                if (has_destination and not unread_sidecar) or waited(d) >= sidecar_wait:
                     add(Plan(folder, [d], None))
                 else:
                     wait_for(d)

@@ -95,6 +95,20 @@ def test_two_sidecars_wait_for_a_listed_file_that_has_not_arrived():
         (["a.pdf", "a.tiff", "a.yaml", "c.pdf"], "bad_sidecar")]
 
 
+def test_a_document_waits_for_a_sidecar_not_read_yet_that_may_list_it():
+    """c.pdf is named after no sidecar, but a.yaml (held open by a reader, or not settled
+    yet) lists it: taken alone it would go to the folder's number (a CI run showed it).
+    It waits for the sidecar, at most sidecar_wait from its own settling."""
+    settled = NOW - 1
+    files = {"a.yaml": F(held=True), "a.pdf": 1, "a.tiff": 1, "c.pdf": F(settled_at=settled)}
+    waiting = run(files)
+    assert waiting.plans == [] and waiting.wake_at == settled + WAIT
+    assert groups(run({**files, "a.yaml": 1}, {"a.yaml": Sidecar(to=TO.to, files=("c.pdf",))})) == [
+        (["a.pdf", "a.tiff", "a.yaml", "c.pdf"], "bad_sidecar")]
+    assert groups(run(files, now=settled + WAIT)) == [(["c.pdf"], None)]  # never read: not waited for ever
+    assert groups(run({"b.pdf": 1, "a.yaml": 1}, {"a.yaml": TO})) == [(["b.pdf"], None)]
+
+
 def test_nothing_of_a_group_is_taken_while_a_member_is_still_being_written():
     result = run({"a.pdf": 1, "a.pdf.yaml": F(settled_at=None)}, {})
     assert result.plans == []
