@@ -11,6 +11,9 @@ import os
 import signal
 
 
+_AT = os.environ.get("FAX_GATEWAY_CRASH_AT")  # read once: crash_point runs several times per document
+
+
 def crash_point(name: str) -> None:
-    if os.environ.get("FAX_GATEWAY_CRASH_AT") == name:
+    if _AT == name:
         os.kill(os.getpid(), signal.SIGKILL)

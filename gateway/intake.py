@@ -28,7 +28,7 @@ from gateway.config import OutboxConfig
 from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
-from gateway.judge import evaluate, file_sha256, has_destination_without_sidecar, read_sidecar
+from gateway.judge import Accepted, evaluate, file_sha256, has_destination_without_sidecar, read_sidecar
 from gateway.metrics import Metrics
 from gateway.names import shown
 from gateway.planner import Plan, plan_folder
@@ -43,6 +43,7 @@ SLICE = 0.5         # the most work one turn does before the heartbeat beats aga
 FOLDER_CHECK = 2.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 UNFINISHED_RETRY = 1.0  # claims and judging to try again are looked at this often
 FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
+CLAIM_BATCH = 32    # groups claimed together: one commit for their intents, one for their verdicts
 
 
 def claim_problem(exc: OSError | SpoolError, folder: Path) -> str:
@@ -248,6 +249,7 @@ class Intake(Stage):
                                  sidecar_wait=ob.sidecar_wait, now=now)
             queue, wake = deque(result.plans), result.wake_at
         finished = True
+        batch: list[Plan] = []
         while queue:
             if time.monotonic() > end:
                 self._queued[(ob.name, folder)] = queue  # the rest next turn
@@ -260,12 +262,14 @@ class Intake(Stage):
             if key in self._stuck:
                 continue  # its one job row is tried again by _retry_unfinished, never a second
             if not self.blocked_claims.due(key):
-                nxt = self.blocked_claims.next_try(key)
-                wake = nxt if wake is None or (nxt is not None and nxt < wake) else wake
+                wake = _earliest(wake, self.blocked_claims.next_try(key))
                 continue
-            nxt = self.take(ob, plan, files, now)
-            if nxt is not None:
-                wake = nxt if wake is None or nxt < wake else wake
+            batch.append(plan)
+            if len(batch) >= CLAIM_BATCH:
+                wake = _earliest(wake, self.take(ob, batch, files, now))
+                batch = []
+        if batch:
+            wake = _earliest(wake, self.take(ob, batch, files, now))
         if wake is not None:
             self._wake_at[(ob.name, folder)] = wake
         return finished
@@ -284,38 +288,59 @@ class Intake(Stage):
                 return None  # an I/O error: not ready; the next change or rescan tries again
         return self._sidecars[key]
 
-    def take(self, ob: OutboxConfig, plan: Plan, files: Mapping[str, Seen], now_mono: float) -> float | None:
-        """Claim a group: commit the intent, rename into the job's folder, then judge it.
-        Returns when to try again if the claim is blocked."""
-        sources = [SourceFile(n, files[n].ino, files[n].size, files[n].sig[1] if files[n].sig else 0)
-                   for n in plan.names]
-        settled_wall = time.time() - (now_mono - plan.settled_at) if plan.settled_at else None
-        rej = plan.rejection
-        key = (ob.name, plan.rel_dir, plan.primary)
-        job_id = self.store.record_claim_intent(
-            outbox=ob.name, outbox_path=str(ob.path), rel_dir=plan.rel_dir, sources=sources,
-            documents=plan.documents, sidecar=plan.sidecar, primary=plan.primary,
-            simulated=self.simulate, settled_at=settled_wall,
-            reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None,
-            sent_root=str(ob.sent), failed_root=str(ob.failed), private_root=str(ob.private))
+    def take(self, ob: OutboxConfig, plans: list[Plan], files: Mapping[str, Seen],
+             now_mono: float) -> float | None:
+        """Claim groups of one folder as a batch: commit every intent (one commit), rename
+        each group into its job's folder, sync each folder once, judge them, and commit
+        that they are held and judged (one commit).  The same commit points as one group
+        at a time, shared.  Returns when to try again if a claim is blocked."""
+        wall = time.time()
+        intents = []
+        with self.store.batch():
+            for plan in plans:
+                sources = [SourceFile(n, files[n].ino, files[n].size, files[n].sig[1] if files[n].sig else 0)
+                           for n in plan.names]
+                rej = plan.rejection
+                job_id = self.store.record_claim_intent(
+                    outbox=ob.name, outbox_path=str(ob.path), rel_dir=plan.rel_dir, sources=sources,
+                    documents=plan.documents, sidecar=plan.sidecar, primary=plan.primary,
+                    simulated=self.simulate,
+                    settled_at=wall - (now_mono - plan.settled_at) if plan.settled_at else None,
+                    reason_code=rej.reason_code if rej else None, reason=rej.reason if rej else None,
+                    sent_root=str(ob.sent), failed_root=str(ob.failed), private_root=str(ob.private))
+                intents.append((plan, sources, job_id))
         crash_point("claim")
+        syncs = spool.DirSyncs()
+        taken: dict[int, list[str]] = {}  # job -> the names that were gone
+        wake = None
+        for plan, sources, job_id in intents:
+            key = (ob.name, plan.rel_dir, plan.primary)
+            try:
+                taken[job_id] = spool.claim(ob.path, ob.private, job_id, plan.rel_dir, sources,
+                                            crash_hook=crash_point, syncs=syncs)
+            except (OSError, SpoolError) as exc:
+                path = ob.path / plan.rel_dir / plan.primary
+                if not self._undo_claim(job_id, ob.path, ob.private, plan.rel_dir, sources):
+                    self._unfinished[job_id] = ob.name
+                    self._stuck[key] = job_id
+                wake = _earliest(wake, self.blocked_claims.block(
+                    key, outbox=ob.name, item=str(path), folder=plan.rel_dir,
+                    reason=claim_problem(exc, ob.path / plan.rel_dir)))
+                continue
+            self.blocked_claims.clear(key, "claimed")
+            for n in plan.names:
+                self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
+            self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(taken[job_id]))
         try:
-            missing = spool.claim(ob.path, ob.private, job_id, plan.rel_dir, sources, crash_hook=crash_point)
-        except (OSError, SpoolError) as exc:
-            path = ob.path / plan.rel_dir / plan.primary
-            if not self._undo_claim(job_id, ob.path, ob.private, plan.rel_dir, sources):
+            syncs.run()
+        except OSError:
+            for job_id in taken:  # renamed but not known to be on disk: finished on their own
                 self._unfinished[job_id] = ob.name
-                self._stuck[key] = job_id
-            return self.blocked_claims.block(key, outbox=ob.name, item=str(path), folder=plan.rel_dir,
-                                             reason=claim_problem(exc, ob.path / plan.rel_dir))
-        self.blocked_claims.clear(key, "claimed")
-        for n in plan.names:
-            self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
-        self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(missing))
-        self.store.mark_held(job_id, missing)
+            raise
         crash_point("claimed")
-        self.judge(job_id)
-        return None
+        if taken:
+            self._judge_all(sorted(self.store.jobs_by_ids(taken), key=lambda j: j.id), taken)
+        return wake
 
     def _undo_claim(self, job_id: int, outbox_path: Path, private: Path, rel_dir: str,
                     sources: list[SourceFile]) -> bool:
@@ -387,37 +412,70 @@ class Intake(Stage):
         """Accept or reject a claimed job.  Anything but a rejection (an I/O error, a
         bug met by odd content) leaves it claimed and blocked, to be judged again."""
         job = self.store.get_job(job_id)
+        verdict = self._verdict(job)
+        if isinstance(verdict, Exception) and not isinstance(verdict, Rejected) and raise_errors:
+            raise verdict
+        self._record(job, verdict)
+        self._after_verdict(job, verdict)
+        self.on_judged()
+
+    def _judge_all(self, jobs: list[Job], missing: Mapping[int, list[str]]) -> None:
+        """Jobs just claimed: judged one by one (file reads only), then recorded as held
+        and judged in one commit."""
+        verdicts = []
+        for job in jobs:
+            gone = set(missing.get(job.id, ()))
+            if gone:
+                job.sources = [s for s in job.sources if s.name not in gone]
+            verdicts.append((job, self._verdict(job)))
+        with self.store.batch():
+            for job, verdict in verdicts:
+                self.store.mark_held(job.id, missing.get(job.id, ()))
+                self._record(job, verdict)
+        for job, verdict in verdicts:
+            self._after_verdict(job, verdict)
+        self.on_judged()
+
+    def _verdict(self, job: Job) -> Accepted | Rejected | Exception | None:
+        """What judging says, without writing anything: None while its outbox is unknown."""
         ob = self._config_of(job.outbox)
         if ob is None:
-            self._unfinished[job_id] = job.outbox
-            return
+            return None
         held = spool.job_dir(job.private_root, job.id) / job.rel_dir
         try:
             if not job.sources:
                 raise Rejected("unreadable", "every file of the job disappeared before it was taken")
-            accepted = evaluate(job, ob, held)
+            return evaluate(job, ob, held)
         except Rejected as exc:
-            self.store.reject_job(job.id, exc.reason_code, exc.reason,
-                                  sha256=[file_sha256(held / n) for n in job.names])
-            self.metrics.files_rejected.labels(job.outbox, exc.reason_code).inc()
-            if self.file_names:
-                self.log.warning("%s: %s rejected: %s", ob.name, shown(", ".join(job.names)),
-                                 shown(exc.reason))
-            else:  # the reason may quote a name or sidecar text (SPEC 3): its code and the job say enough
-                self.log.warning("%s: job %s rejected: %s", ob.name, job.id, exc.reason_code)
+            exc.sha256 = [file_sha256(held / n) for n in job.names]
+            return exc
         except Exception as exc:
-            if raise_errors:
-                raise
-            self._unfinished[job_id] = job.outbox
-            self.blocked_jobs.block(("job", job_id), outbox=job.outbox, item=f"job {job_id}", job_id=job_id,
-                                    reason=_job_problem(exc))
-            return
-        else:
-            send_at = accepted.options.get("send_at")
-            self.store.accept_job(job.id, numbers=accepted.numbers, options=accepted.options,
-                                  sha256=accepted.sha256, pages=accepted.pages, kinds=accepted.kinds,
+            return exc
+
+    def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None) -> None:
+        if isinstance(verdict, Rejected):
+            self.store.reject_job(job.id, verdict.reason_code, verdict.reason,
+                                  sha256=getattr(verdict, "sha256", ()))
+        elif isinstance(verdict, Accepted):
+            send_at = verdict.options.get("send_at")
+            self.store.accept_job(job.id, numbers=verdict.numbers, options=verdict.options,
+                                  sha256=verdict.sha256, pages=verdict.pages, kinds=verdict.kinds,
                                   send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None)
-        self.on_judged()
+
+    def _after_verdict(self, job: Job, verdict: Accepted | Rejected | Exception | None) -> None:
+        if verdict is None:
+            self._unfinished[job.id] = job.outbox
+        elif isinstance(verdict, Rejected):
+            self.metrics.files_rejected.labels(job.outbox, verdict.reason_code).inc()
+            if self.file_names:
+                self.log.warning("%s: %s rejected: %s", job.outbox, shown(", ".join(job.names)),
+                                 shown(verdict.reason))
+            else:  # the reason may quote a name or sidecar text (SPEC 3): its code and the job say enough
+                self.log.warning("%s: job %s rejected: %s", job.outbox, job.id, verdict.reason_code)
+        elif not isinstance(verdict, Accepted):
+            self._unfinished[job.id] = job.outbox
+            self.blocked_jobs.block(("job", job.id), outbox=job.outbox, item=f"job {job.id}", job_id=job.id,
+                                    reason=_job_problem(verdict))
 
     # -- outbox folders ---------------------------------------------------------------
 
@@ -457,6 +515,10 @@ def _job_problem(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"its files could not be read or moved ({exc.strerror or exc}); it is tried again"
     return f"judging it failed ({type(exc).__name__}: {exc}); it is tried again"
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _readable(path: Path) -> bool:

@@ -152,10 +152,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class DirSyncs:
+    """Folders whose renames must become durable, each synced once for a whole batch of
+    claims or filings (one fsync per folder, not one per file), and the steps that may
+    only follow those syncs.  `run` before the batch's next commit: nothing is recorded
+    as moved before its move is on disk."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[tuple[str, str], None] = {}
+        self._after: list[Callable[[], None]] = []
+
+    def add(self, root: str | Path, rel_dir: str = "") -> None:
+        self._dirs[(str(root), rel_dir)] = None
+
+    def after(self, step: Callable[[], None]) -> None:
+        self._after.append(step)
+
+    def run(self) -> None:
+        dirs, self._dirs = self._dirs, {}
+        for root, rel_dir in dirs:
+            try:
+                with open_dir(root, rel_dir) as fd:
+                    os.fsync(fd)
+            except FileNotFoundError:
+                continue  # removed since (an emptied number folder): nothing in it to keep
+        steps, self._after = self._after, []
+        for step in steps:
+            step()
+
+
 # -- claiming -------------------------------------------------------------------------
 
 def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any],
-          *, resume: bool = False, crash_hook: Any = None) -> list[str]:
+          *, resume: bool = False, crash_hook: Any = None, syncs: DirSyncs | None = None) -> list[str]:
     """Rename the job's files from the outbox into its own folder in the private folder.
 
     The job's folder is made with an exclusive mkdir (an existing one means the database
@@ -163,7 +192,8 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
     interrupted.  `sources` carry the inode seen when the claim was decided: only that
     inode is moved (a file at the same name with another inode is a new document), and
     what lies in the job's folder afterwards is checked to be it.  Returns the names that
-    were not taken (gone, or replaced, before they could be).
+    were not taken (gone, or replaced, before they could be).  With `syncs`, the folders
+    are synced by the caller, once for its whole batch.
     """
     dst_path = job_dir(private, job_id) / rel_dir
     longest = max((len(os.fsencode(dst_path / s.name)) for s in sources), default=0)
@@ -202,9 +232,15 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
                     missing.append(s.name)
                 if crash_hook:
                     crash_hook("claim_partial")
-            os.fsync(dst)
-        os.fsync(priv)
-        os.fsync(src)
+            if syncs is None:
+                os.fsync(dst)
+        if syncs is None:
+            os.fsync(priv)
+            os.fsync(src)
+    if syncs is not None:
+        syncs.add(private, os.path.join(str(job_id), rel_dir))
+        syncs.add(private)
+        syncs.add(outbox, rel_dir)
     return missing
 
 
@@ -344,9 +380,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_atomically_at(dir_fd: int, name: str, fill: Any, mode: int) -> None:
-    """Write beside the target, fsync, rename over it, sync the folder: a reader sees no
-    file or the complete one, never a part."""
+def _write_atomically_at(dir_fd: int, name: str, fill: Any, mode: int, *, sync_dir: bool = True) -> None:
+    """Write beside the target, fsync, rename over it, sync the folder (unless the caller
+    syncs it later): a reader sees no file or the complete one, never a part."""
     tmp = f".fax-gateway-tmp-{secrets.token_hex(6)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=dir_fd)
@@ -364,7 +400,8 @@ def _write_atomically_at(dir_fd: int, name: str, fill: Any, mode: int) -> None:
         except OSError:
             pass
         raise
-    os.fsync(dir_fd)
+    if sync_dir:
+        os.fsync(dir_fd)
 
 
 def _same_content_at(a_dir: int, a: str, b_dir: int, b: str) -> bool:
@@ -397,10 +434,10 @@ def move_file(src: Path, dst: Path) -> None:
         move_at(s, src.name, d, dst.name)
 
 
-def write_result_at(dir_fd: int, name: str, document: dict[str, Any]) -> None:
+def write_result_at(dir_fd: int, name: str, document: dict[str, Any], *, sync_dir: bool = True) -> None:
     """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    _write_atomically_at(dir_fd, name, lambda fd: _write_all(fd, data), FILE_MODE)
+    _write_atomically_at(dir_fd, name, lambda fd: _write_all(fd, data), FILE_MODE, sync_dir=sync_dir)
 
 
 def write_result(path: Path, document: dict[str, Any]) -> None:
@@ -412,11 +449,13 @@ def write_result(path: Path, document: dict[str, Any]) -> None:
 
 def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
              bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
-             result: Callable[[list[str]], dict[str, Any]], crash_hook: Any = None) -> list[str]:
+             result: Callable[[list[str]], dict[str, Any]], crash_hook: Any = None,
+             syncs: DirSyncs | None = None) -> list[str]:
     """Move the job's files to `dest_root/rel_dir/` under their suffixed names, then write
     the result file (`result(names as filed)`), then remove the job's folder.  A symbolic
     link is never filed: it is removed (its result records what it pointed at).  Returns
-    the names as filed."""
+    the names as filed.  With `syncs`, the destination is synced by the caller once for
+    its whole batch, and the job's folder removed only after that."""
     if not dest_root.is_dir():
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
@@ -439,9 +478,14 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
                 filed.append(new)
             if crash_hook:
                 crash_hook("filing")
-        os.fsync(dst)
-        write_result_at(dst, suffixed(result_name, suffix, bases), result(filed))
-    remove_job_dir(private, job_id)
+        if syncs is None:
+            os.fsync(dst)
+        write_result_at(dst, suffixed(result_name, suffix, bases), result(filed), sync_dir=syncs is None)
+    if syncs is None:
+        remove_job_dir(private, job_id)
+    else:
+        syncs.add(dest_root, rel_dir)
+        syncs.after(lambda: remove_job_dir(private, job_id))
     return filed
 
 

@@ -32,6 +32,7 @@ from gateway.names import shown
 SCHEMA_VERSION = 4
 VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
 HOUR = 3600.0  # max_faxes_per_hour's rolling window
+GROUP_WAIT = 0.02  # seconds a finished write waits at most for writers joining its commit
 
 # Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
 # that was deleted (an abandoned claim, retention): an id names the job's folder and its
@@ -249,6 +250,17 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly or immutable
         self._lock = threading.RLock()
+        # Group commit (`_write`): the transaction writers share, and who waits for it.
+        self._done = threading.Condition(self._lock)
+        self._entry = threading.Lock()
+        self._local = threading.local()
+        self._waiting = 0      # writers waiting to get in: the last one in commits
+        self._open = False
+        self._opened_at = 0.0
+        self._members = 0
+        self._gen = 0          # the number of the open (or last) transaction
+        self._completed = 0    # the last transaction committed or rolled back
+        self._failures: dict[int, BaseException] = {}
         try:
             if self.readonly:
                 if not self.path.exists():
@@ -320,6 +332,8 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            if self._open:
+                self._commit()
             self.conn.close()
 
     # -- schema ---------------------------------------------------------------------
@@ -443,6 +457,8 @@ class Store:
         other stages wait at most milliseconds; returns how many free pages remain.  In WAL
         mode the file shrinks once the log is checkpointed, done when none remain."""
         with self._lock:
+            if self._open:
+                self._commit()
             if not self.shrinks():
                 return 0
             self.conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
@@ -509,18 +525,125 @@ class Store:
         finally:
             c.execute("PRAGMA foreign_keys=ON")
 
+    # -- transactions: group commit ---------------------------------------------------
+    #
+    # Each write is a transaction that is durable when the call returns (synchronous=FULL),
+    # as before; but writers that come while a commit is being synced join one transaction
+    # and share the next commit (its fsync), instead of each paying their own.  A write
+    # that joins runs in a savepoint, so one that raises undoes only itself.  A write
+    # waits for the commit that holds it at most GROUP_WAIT beyond its own work: the last
+    # writer in commits at once, and nobody holds a transaction open for others.
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE so that a transaction never fails half-way on a lock upgrade."""
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+        """One write, committed (durably) before this returns.  BEGIN IMMEDIATE, so that a
+        transaction never fails half-way on a lock upgrade.  Inside `batch()` of the same
+        thread it is part of the batch's transaction."""
+        if getattr(self._local, "batch", False):
+            yield self.conn
+            return
+        with self._write():
+            yield self.conn
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several writes of one thread that commit together, all or none: a slice of
+        claims or a batch of filings costs one commit instead of one each.  Only writes
+        belong inside (no file I/O): other writers wait for it.  An exception from any
+        write inside must leave the block, and undoes all of them."""
+        if getattr(self._local, "batch", False):
+            yield
+            return
+        with self._write():
+            self._local.batch = True
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
+                yield
+            finally:
+                self._local.batch = False
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        with self._entry:
+            self._waiting += 1
+        self._lock.acquire()
+        try:
+            with self._entry:
+                self._waiting -= 1
+            if not self._open:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._open, self._opened_at, self._members = True, time.monotonic(), 0
+                self._gen += 1
+            gen, joined = self._gen, self._members > 0
+            self._members += 1
+            if joined:
+                self.conn.execute("SAVEPOINT joined")
+            try:
+                yield
+            except BaseException as exc:
+                self._undo(gen, joined, exc)
                 raise
-            else:
-                self.conn.execute("COMMIT")
+            if joined:
+                self.conn.execute("RELEASE joined")
+            self._await_commit(gen)
+        finally:
+            self._lock.release()
+
+    def _undo(self, gen: int, joined: bool, exc: BaseException) -> None:
+        if not self.conn.in_transaction:  # SQLite rolled back everything itself (a full disk, I/O)
+            self._open = False
+            self._complete(gen, exc)
+        elif joined:
+            self.conn.execute("ROLLBACK TO joined")
+            self.conn.execute("RELEASE joined")
+            self._members -= 1
+            self._await_commit(gen)  # the others' writes still commit
+        else:  # alone in it (nobody joins while a write runs: it holds the lock)
+            self.conn.execute("ROLLBACK")
+            self._open = False
+            self._complete(gen, None)
+
+    def _await_commit(self, gen: int) -> None:
+        """Commit now unless another writer is about to join; else wait for its commit."""
+        if self._open and self._gen == gen and (
+                self._waiting == 0 or time.monotonic() - self._opened_at >= GROUP_WAIT):
+            self._commit()
+        while self._completed < gen:
+            self._done.wait(GROUP_WAIT)
+            if self._completed < gen and self._open and self._gen == gen:
+                self._commit()  # the writer that was to join has not: commit without it
+        failure = self._failures.get(gen)
+        if failure is not None:
+            raise StoreError(f"database {self.path}: the change could not be committed: {failure}") \
+                from failure
+
+    def _commit(self) -> None:
+        failure = None
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            failure = exc
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        self._open = False
+        self._complete(self._gen, failure)
+
+    def _complete(self, gen: int, failure: BaseException | None) -> None:
+        if failure is not None:
+            if len(self._failures) > 100:
+                self._failures.pop(min(self._failures))
+            self._failures[gen] = failure
+        self._completed = gen
+        self._done.notify_all()
+
+    def flush(self) -> None:
+        """Commit a transaction that writers share now, before what must not run inside
+        one (a backup, a checkpoint, closing)."""
+        with self._lock:
+            if self._open:
+                self._commit()
 
     def _event(self, c: sqlite3.Connection, job_id: int, state: str, detail: str | None = None,
                recipient_id: int | None = None, at: float | None = None) -> None:
@@ -589,7 +712,8 @@ class Store:
                     " next_action_at, updated_at, send_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     (job_id, pos, number, S.QUEUED, 0, pages, now, now, send_at))
                 self._event(c, job_id, S.QUEUED, number, recipient_id=int(cur.lastrowid), at=now)
-            self._refresh_job_state(c, job_id)
+            # The job was queued with no recipients, and every recipient is queued: its state
+            # stays queued, so there is nothing to refresh.
 
     def reject_job(self, job_id: int, reason_code: str, reason: str, *,
                    numbers: Sequence[str] = (), sha256: Sequence[str | None] = (),
@@ -1218,6 +1342,8 @@ class Store:
             raise StoreError(f"cannot create {target}: {exc}") from exc
         try:
             with self._lock:
+                if self._open:
+                    self._commit()
                 self.conn.backup(dst)
             dst.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:

@@ -305,28 +305,31 @@ def test_jobs_of_an_outbox_removed_from_the_configuration_are_filed_where_it_sai
 
 def test_a_burst_in_one_folder_does_not_starve_other_folders_or_outboxes(daemon, two_outboxes, spool,
                                                                         other, simulator, tmp_path):
-    """Claims are numbered in the order they happen: documents dropped into another folder
-    and another outbox just after a burst began are claimed long before the burst ends."""
+    """Documents dropped into another folder and another outbox just after a burst began
+    are claimed while most of the burst still waits in its folder.  (Counted in files left,
+    not in job numbers: a faster intake claims more of the burst in the same settle time.)"""
     d = daemon(two_outboxes()).start()
     burst = spool.folder("555-1234")  # not a valid number: each is rejected, nothing is sent
     data = make_pdf(1)
-    for i in range(800):
+    n = 2000
+    for i in range(n):
         (burst / f"b{i:04d}.pdf").write_bytes(data)
-    wait_for(lambda: len(os.listdir(burst)) < 800, 20, "the burst to start being claimed")
-    _write(spool.outbox / "+15551230519", b"side.pdf", make_pdf(1, text="side"))
-    _write(other.outbox / "+15551230519", b"elsewhere.pdf", make_pdf(1, text="elsewhere"))
+    wait_for(lambda: len(os.listdir(burst)) < n, 20, "the burst to start being claimed")
+    side_folder, elsewhere_folder = spool.outbox / "+15551230519", other.outbox / "+15551230519"
+    _write(side_folder, b"side.pdf", make_pdf(1, text="side"))
+    _write(elsewhere_folder, b"elsewhere.pdf", make_pdf(1, text="elsewhere"))
     samples = []
 
-    def both_done() -> bool:
+    def both_claimed() -> bool:
         samples.append(_health(d)[0])
-        return bool(other.results("sent")) and any(r["files"] == ["side.pdf"] for r in spool.results("sent"))
-    wait_for(both_done, 60, "the other folder's and the other outbox's documents")
+        return not os.listdir(side_folder) and not os.listdir(elsewhere_folder)
+    wait_for(both_claimed, 60, "the other folder's and the other outbox's documents claimed")
+    left = len(os.listdir(burst))
+    assert left > n // 3, f"the others waited for most of the burst ({left} of {n} left)"
+    wait_for(lambda: other.results("sent") and any(r["files"] == ["side.pdf"] for r in spool.results("sent")),
+             60, "both sent")
     wait_for(lambda: not os.listdir(burst), 60, "the whole burst claimed")
-    [side] = [r["job"] for r in spool.results("sent") if r["files"] == ["side.pdf"]]
-    [elsewhere] = [r["job"] for r in other.results("sent")]
-    last = job_rows(tmp_path / "jobs.db")
-    assert last == 802
-    assert max(side, elsewhere) < last - 200, "the others waited for most of the burst"
+    assert job_rows(tmp_path / "jobs.db") == n + 2
     assert set(samples) == {200}
 
 
