@@ -42,7 +42,9 @@ from gateway.throttle import Backoff, RateLimiter, Ticket
 log = logging.getLogger("gateway.dispatcher")
 
 PROBE_INTERVAL = 60.0
-IDLE = 2.0  # the longest wait: work wakes the stage; cancel and resend requests are read this often
+IDLE = 2.0  # the longest wait: work wakes the stage
+REQUESTS_EVERY = 0.5  # cancel and resend requests of the CLI are looked for at most this often
+JOB_CACHE = 4096  # jobs kept in memory while their recipients are sent and polled
 SAME_REFUSALS_TO_PAUSE = 3
 
 
@@ -82,6 +84,11 @@ class Dispatcher(Stage):
         # and those of them that hold submissions back right now (/healthz, the metric).
         self.capped: dict[str, float] = {}
         self.rate_limited: dict[str, float] = {}
+        self._next_requests = 0.0
+        self._caps_seen = False
+        # What a submission and a final poll need of a job (outbox, documents, options) does
+        # not change once it is judged: read once, not once per request.
+        self._jobs: dict[int, Job] = {}
 
     # -- the stage ------------------------------------------------------------------
 
@@ -103,14 +110,17 @@ class Dispatcher(Stage):
     def turn(self) -> float:
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return 1.0
-        self._handle_requests()
+        if time.monotonic() >= self._next_requests:
+            self._next_requests = time.monotonic() + REQUESTS_EVERY
+            self._handle_requests()
         self._check_hourly_caps()
+        submissions_full = False
         if self.paused_reason:
             self._probe()
         else:
-            self._start_submissions()
-        self._start_polls()
-        return self._sleep_time()
+            submissions_full = self._start_submissions()
+        polls_full = self._start_polls()
+        return self._sleep_time(submissions_full, polls_full)
 
     def shutdown(self) -> None:
         """No new request starts; requests under way finish (or time out) first."""
@@ -143,7 +153,9 @@ class Dispatcher(Stage):
             self._next_probe = 0.0
         self._wake.set()
 
-    def _sleep_time(self) -> float:
+    def _sleep_time(self, submissions_full: bool = False, polls_full: bool = False) -> float:
+        """Every worker of a kind busy: the end of one wakes the loop, so when the next of
+        that kind is due need not be asked (two queries per turn saved in a burst)."""
         now = time.time()
         # While the API is down, work that is due waits for the backoff: wake when it lets
         # the probe through, not at each due time (that would spin) and not later.  While
@@ -151,24 +163,33 @@ class Dispatcher(Stage):
         gate = now + self.backoff.wait()
         # Paused, submissions wait for the account probe (polls go on).
         held = max(gate, now + self._next_probe - time.monotonic()) if self.paused_reason else gate
-        nxt = [now + IDLE, *self.capped.values()]
-        for t, at_the_earliest in ((self.store.next_submission_time(skip_outboxes=list(self.capped)), held),
-                                   (self.store.next_poll_time(), gate)):
+        nxt = [now + IDLE, *self.capped.values()]  # operator requests: read at least every IDLE
+        if not submissions_full:
+            t = self.store.next_submission_time(skip_outboxes=list(self.capped))
             if t is not None:
-                nxt.append(max(t, at_the_earliest))
+                nxt.append(max(t, held))
+        if not polls_full:
+            t = self.store.next_poll_time()
+            if t is not None:
+                nxt.append(max(t, gate))
         return max(0.01, min(nxt) - now)
 
     # -- submitting -----------------------------------------------------------------
 
-    def _start_submissions(self) -> None:
+    def _start_submissions(self) -> bool:
         # Started before polls, so while the API is down the probe is the next due
         # submission: real work, and one that gets "not now" certainly never left (6.2).
         if self.backoff.wait() == 0:
             skip = list(self.capped)
-            self._start("submit", lambda now, n: self.store.due_submissions(now, n, skip_outboxes=skip),
-                        self._submit, self.max_in_flight)
+            return self._start("submit",
+                               lambda now, n: self.store.due_submissions(now, n, skip_outboxes=skip),
+                               self._submit, self.max_in_flight)
+        return False
 
     def _check_hourly_caps(self) -> None:
+        if not self._caps_seen and not any(ob.max_faxes_per_hour for ob in self.outboxes.values()):
+            return
+        self._caps_seen = True  # once an outbox had a cap, its metric is kept up to date
         """max_faxes_per_hour (a rolling hour, resends counted), from the database, so a
         restart forgets nothing: an outbox at its cap submits nothing until the hour has
         room; its faxes wait, none fails.  `record_submit_intent` enforces the cap
@@ -194,14 +215,17 @@ class Dispatcher(Stage):
         self.capped, self.rate_limited = capped, limited
 
     def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
-               work: Callable[[Recipient, Ticket], None], limit: int) -> None:
+               work: Callable[[Recipient, Ticket], None], limit: int) -> bool:
         """Hand due recipients to the workers, at most `limit` of this kind at once; one
         already in flight is skipped, so a slow request is never doubled.  Each takes a
-        ticket from the backoff: while the API is down that is one request at a time."""
+        ticket from the backoff: while the API is down that is one request at a time.
+        True if every worker of this kind is busy afterwards."""
         with self._lock:
             free = limit - self._running[kind]
-        if free <= 0 or self.backoff.wait() > 0:
-            return
+        if free <= 0:
+            return True
+        if self.backoff.wait() > 0:
+            return False
         for rec in due(time.time(), free + len(self._inflight)):
             with self._lock:
                 if rec.id in self._inflight or self._running[kind] >= limit:
@@ -220,6 +244,8 @@ class Dispatcher(Stage):
                     self._inflight.discard(rec.id)
                     self._running[kind] -= 1
                 raise
+        with self._lock:
+            return self._running[kind] >= limit
 
     def _run(self, fn: Callable[[Recipient, Ticket], None], rec: Recipient, kind: str,
              ticket: Ticket) -> None:
@@ -254,7 +280,7 @@ class Dispatcher(Stage):
         return out
 
     def _submit(self, rec: Recipient, ticket: Ticket) -> None:
-        job = self.store.get_job(rec.job_id)
+        job = self._job(rec.job_id)
         if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
             self.store.reschedule(rec.id, time.time() + 2.0)
             return
@@ -370,8 +396,16 @@ class Dispatcher(Stage):
 
     # -- polling --------------------------------------------------------------------
 
-    def _start_polls(self) -> None:
-        self._start("poll", self.store.due_polls, self._poll, self.max_polls)
+    def _start_polls(self) -> bool:
+        return self._start("poll", self.store.due_polls, self._poll, self.max_polls)
+
+    def _job(self, job_id: int) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            if len(self._jobs) >= JOB_CACHE:
+                self._jobs.clear()
+            job = self._jobs[job_id] = self.store.get_job(job_id)
+        return job
 
     def _poll(self, rec: Recipient, ticket: Ticket) -> None:
         """Polls share the API's backoff with submissions (SPEC 6.1): while it is down they
@@ -417,7 +451,7 @@ class Dispatcher(Stage):
             seconds += max(0.0, now - counted_from)
         new_state = JobState(final) if final else None
         next_at, message, given_up = now + self.poll_interval, st.message, False
-        job = self.store.get_job(rec.job_id) if final else None
+        job = self._job(rec.job_id) if final else None
         ob = self.outboxes.get(job.outbox) if job else None
         if job and new_state == JobState.FAILED:
             # Only `failed` is resent; blocked, failed_chargeable and partially_cancelled are
@@ -441,16 +475,19 @@ class Dispatcher(Stage):
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
         # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
         cost = None if awaiting_fresh else st.cost
+        if new_state is not None:
+            crash_point("polled")  # an answer that ends the attempt, not yet committed
         self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
                                  transferred_pages=st.transferred_pages, cost=cost, code=st.code,
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
         if new_state is not None and cost:  # every attempt that ends, a resent one too (SPEC 4.4)
-            job = job or self.store.get_job(rec.job_id)
+            job = job or self._job(rec.job_id)
             self.metrics.cost.labels(job.outbox).inc(cost)
         if new_state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
-            job = job or self.store.get_job(rec.job_id)
+            job = job or self._job(rec.job_id)
+            self._jobs.pop(job.id, None)
             if new_state == JobState.DELIVERED:
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
             if rec.accepted_at:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 
-
 _AT = os.environ.get("FAX_GATEWAY_CRASH_AT")  # read once: crash_point runs several times per document
 
 

@@ -27,6 +27,7 @@ from gateway.stage import Stage
 from gateway.store import Job, JobState, Phase, Store
 
 BATCH = 100
+FILE_BATCH = 32  # jobs filed together: one commit for their intents, one for their filing
 IDLE = 5.0  # the longest wait with nothing to file: a job that ends wakes the stage (on_final)
 SLICE = 0.5
 
@@ -83,34 +84,102 @@ class Filing(Stage):
             return IDLE
         end = time.monotonic() + SLICE
         batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
-        for job_id, outbox in batch:
-            self._cursor = job_id
+        due = [job_id for job_id, outbox in batch
+               if self.blocked.due(("job", job_id)) and not self.folder_problem(outbox)]
+        # never write into a folder that is missing or an empty mount point
+        jobs = sorted(self.store.jobs_by_ids(due), key=lambda j: j.id) if due else []
+        for i in range(0, len(jobs), FILE_BATCH):
             if time.monotonic() > end:
                 return 0.0
-            key = ("job", job_id)
-            if not self.blocked.due(key) or self.folder_problem(outbox):
-                continue  # never write into a folder that is missing or an empty mount point
-            job = None
-            try:
-                job = self.store.get_job(job_id)
-                self.file_or_take_back(job)
-            except Exception as exc:
-                where = Path(job.outbox_path) / job.rel_dir / job.primary if job else None
-                item = f"job {job_id}" + (f": {where}" if where else "")
-                self.blocked.block(key, outbox=outbox, item=item, job_id=job_id, reason=_filing_problem(exc))
-            else:
-                self.blocked.clear(key, "filed")
+            chunk = jobs[i:i + FILE_BATCH]
+            self._file_all(chunk)
+            self._cursor = chunk[-1].id
         if len(batch) < BATCH:
             self._cursor = 0
             retry = self.blocked.earliest()
             return IDLE if retry is None else max(0.05, min(IDLE, retry - time.monotonic()))
+        self._cursor = batch[-1][0]
         return 0.0
 
-    def file_or_take_back(self, job: Job) -> None:
-        if job.phase == Phase.UNFILING:
-            self.take_back(job)
+    def _file_all(self, jobs: list[Job]) -> None:
+        """File a batch: every filing intent in one commit, the moves and result files,
+        each destination folder synced once, then every job recorded filed in one commit.
+        A job that fails is blocked alone; one whose names would meet another's in the
+        same folder waits for the next batch."""
+        firsts, ready, taken = [], [], set()
+        for job in jobs:
+            if job.phase == Phase.UNFILING:
+                self._one(job, self.take_back)
+                continue
+            try:
+                if job.phase == Phase.HELD:
+                    firsts.append(self._destination(job))
+                else:
+                    ready.append(job)
+            except Exception as exc:
+                self._block(job, exc)
+        if firsts:
+            used = self.store.highest_suffixes([key for _, _, _, key in firsts])
+            chosen = []
+            for job, filed_to, root, key in firsts:
+                names = job.names + [result_name(job)]
+                try:
+                    suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job),
+                                                 start=0 if used.get(key) is None else used[key] + 1)
+                except Exception as exc:
+                    self._block(job, exc)
+                    continue
+                mine = {(key[0], n) for n in (spool.suffixed(n, suffix, bases(job)) for n in names)}
+                if mine & taken:
+                    continue  # chosen before the other's files are there: it waits for the next batch
+                taken |= mine
+                chosen.append((job, filed_to, root, suffix, key))
+            with self.store.batch():
+                for job, filed_to, root, suffix, key in chosen:
+                    self.store.record_filing_intent(job.id, filed_to, str(root), suffix,
+                                                    suffix_key=key if suffix else None)
+            for job, filed_to, root, suffix, _ in chosen:
+                job.phase, job.filed_to, job.filed_root = Phase.FILING, filed_to, str(root)
+                job.filed_suffix = suffix
+                ready.append(job)
+        syncs = spool.DirSyncs()
+        moved = []
+        for job in ready:
+            try:
+                self._move(job, syncs)
+            except Exception as exc:
+                self._block(job, exc)
+            else:
+                moved.append(job)
+        syncs.run()
+        if not moved:
+            return
+        notices = {job.id: self.notifier is not None and self.notifier.wants(job.state) for job in moved}
+        with self.store.batch():  # with the intent to notify, if any
+            for job in moved:
+                self.store.mark_filed(job.id, notify=notices[job.id])
+        crash_point("filed")
+        for job in moved:
+            self.blocked.clear(("job", job.id), "filed")
+            if job.state != JobState.REJECTED:  # rejections are counted when judged
+                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
+            what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
+            self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
+            if notices[job.id]:
+                self._notify(job)
+
+    def _one(self, job: Job, step: Callable[[Job], None]) -> None:
+        try:
+            step(job)
+        except Exception as exc:
+            self._block(job, exc)
         else:
-            self.file_job(job)
+            self.blocked.clear(("job", job.id), "filed")
+
+    def _block(self, job: Job, exc: Exception) -> None:
+        item = f"job {job.id}: {Path(job.outbox_path) / job.rel_dir / job.primary}"
+        self.blocked.block(("job", job.id), outbox=job.outbox, item=item, job_id=job.id,
+                           reason=_filing_problem(exc))
 
     # -- filing -----------------------------------------------------------------------
 
@@ -125,35 +194,19 @@ class Filing(Stage):
                              "does not record its sent/failed folders: add the outbox back to file it")
         return Path(sent), Path(failed)
 
-    def file_job(self, job: Job) -> None:
-        first_time = job.phase == Phase.HELD
-        if first_time:
-            filed_to = "sent" if job.state == JobState.DELIVERED else "failed"
-            sent, failed = self._roots(job)
-            root = sent if filed_to == "sent" else failed
-            names = job.names + [result_name(job)]
-            key = (str(root / job.rel_dir), job.primary)
-            used = self.store.highest_suffix(*key)
-            suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job),
-                                         start=0 if used is None else used + 1)
-            self.store.record_filing_intent(job.id, filed_to, str(root), suffix, suffix_key=key)
-            job = self.store.get_job(job.id)
+    def _destination(self, job: Job) -> tuple[Job, str, Path, tuple[str, str]]:
+        filed_to = "sent" if job.state == JobState.DELIVERED else "failed"
+        sent, failed = self._roots(job)
+        root = sent if filed_to == "sent" else failed
+        return job, filed_to, root, (str(root / job.rel_dir), job.primary)
+
+    def _move(self, job: Job, syncs: spool.DirSyncs) -> None:
         assert job.filed_root is not None and job.filed_suffix is not None
-        b = bases(job)
         spool.file_job(private=job.private_root, job_id=job.id, rel_dir=job.rel_dir,
-                       names=job.names, bases=b, dest_root=Path(job.filed_root),
+                       names=job.names, bases=bases(job), dest_root=Path(job.filed_root),
                        suffix=job.filed_suffix, result_name=result_name(job),
                        result=lambda filed: result_document(job, [shown(f) for f in filed]),
-                       crash_hook=crash_point)
-        notice = self.notifier is not None and self.notifier.wants(job.state)
-        self.store.mark_filed(job.id, notify=notice)  # with the intent to notify, if any
-        crash_point("filed")
-        if first_time and job.state != JobState.REJECTED:  # rejections are counted when judged
-            self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
-        what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
-        self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
-        if notice:
-            self._notify(job)
+                       crash_hook=crash_point, syncs=syncs)
 
     # -- taking back for a resend -------------------------------------------------------
 

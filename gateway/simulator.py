@@ -612,6 +612,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each answer waits for the client's delayed ACK (~40 ms)
     server_version = "iFaxSimulator/1.0"
     timeout = 300  # an idle keep-alive connection gives its thread back after this
     server: _Server

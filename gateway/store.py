@@ -261,6 +261,7 @@ class Store:
         self._gen = 0          # the number of the open (or last) transaction
         self._completed = 0    # the last transaction committed or rolled back
         self._failures: dict[int, BaseException] = {}
+        self._pruned: dict[str, float] = {}  # outbox -> when its old submissions rows go next
         try:
             if self.readonly:
                 if not self.path.exists():
@@ -798,15 +799,19 @@ class Store:
                           " JOIN jobs j ON j.id=r.job_id WHERE r.id=?", (recipient_id,)).fetchone()
             if r is None or r["state"] not in (S.QUEUED, S.RETRY_WAIT):
                 return False
-            c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (r["outbox"], now - HOUR))
+            if now >= self._pruned.get(r["outbox"], 0.0):  # rows that left the hour: once a minute
+                self._pruned[r["outbox"]] = now + 60.0
+                c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (r["outbox"], now - HOUR))
             if per_hour is not None:
-                (n,) = c.execute("SELECT COUNT(*) FROM submissions WHERE outbox=?", (r["outbox"],)).fetchone()
+                (n,) = c.execute("SELECT COUNT(*) FROM submissions WHERE outbox=? AND at>?",
+                                 (r["outbox"], now - HOUR)).fetchone()
                 if n >= per_hour:
                     return False
             c.execute("INSERT INTO submissions(outbox, recipient_id, at) VALUES (?,?,?)",
                       (r["outbox"], recipient_id, now))
             self._set_recipient(c, recipient_id, r["job_id"], S.SUBMITTING,
-                                f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None)
+                                f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None,
+                                old=r["state"])
         return True
 
     def _uncount_submission(self, c: sqlite3.Connection, recipient_id: int) -> None:
@@ -821,8 +826,8 @@ class Store:
         same jobId, the old final status must not be read as this attempt's (SPEC 6.2)."""
         now = _now()
         with self.transaction() as c:
-            r = c.execute("SELECT job_id, ifax_job_id, call_start, ifax_job_ids FROM recipients WHERE id=?",
-                          (recipient_id,)).fetchone()
+            r = c.execute("SELECT job_id, state, ifax_job_id, call_start, ifax_job_ids FROM recipients"
+                          " WHERE id=?", (recipient_id,)).fetchone()
             reused = r["ifax_job_id"] == ifax_job_id
             ids = json.loads(r["ifax_job_ids"] or "[]")
             if ifax_job_id not in ids:
@@ -836,7 +841,7 @@ class Store:
                       (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
                        json.dumps(ids), recipient_id))
             self._set_recipient(c, recipient_id, r["job_id"], S.SENDING, f"iFax job {ifax_job_id}",
-                                next_action_at=next_poll_at)
+                                next_action_at=next_poll_at, old=r["state"])
 
     def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
         """The request certainly did not reach iFax: back to waiting, nothing counted."""
@@ -911,7 +916,7 @@ class Store:
                 detail = message if given_up else (
                     f"iFax status {ifax_status}" + (f": {message}" if message else ""))
                 self._set_recipient(c, recipient_id, row["job_id"], new_state, detail,
-                                    next_action_at=next_action_at)
+                                    next_action_at=next_action_at, old=row["state"])
 
     def record_poll_failure(self, recipient_id: int, next_poll_at: float) -> None:
         """A poll that failed: time until the next good one does not count toward giving up."""
@@ -955,12 +960,23 @@ class Store:
                 " ORDER BY id LIMIT ?", (after, *skip_outboxes, limit)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def highest_suffix(self, folder: str, name: str) -> int | None:
-        """The highest collision suffix the gateway used for `name` in `folder`, if any."""
+    def highest_suffixes(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """`highest_suffix` for a batch of (folder, name): one query per folder."""
+        by_folder: dict[str, set[str]] = {}
+        for folder, name in keys:
+            by_folder.setdefault(folder, set()).add(name)
+        found: dict[tuple[str, str], int] = {}
         with self._lock:
-            row = self.conn.execute("SELECT n FROM suffixes WHERE folder=? AND name=?",
-                                    (_name_in(folder), _name_in(name))).fetchone()
-        return row[0] if row else None
+            for folder, names in by_folder.items():
+                wanted = sorted(names)
+                for chunk in range(0, len(wanted), 500):
+                    part = [_name_in(n) for n in wanted[chunk:chunk + 500]]
+                    marks = ",".join("?" * len(part))
+                    rows = self.conn.execute(
+                        f"SELECT name, n FROM suffixes WHERE folder=? AND name IN ({marks})",
+                        (_name_in(folder), *part)).fetchall()
+                    found.update({(folder, _name_out(r[0])): r[1] for r in rows})
+        return found
 
     def record_filing_intent(self, job_id: int, filed_to: str, filed_root: str, suffix: int,
                              suffix_key: tuple[str, str] | None = None) -> None:
@@ -1364,13 +1380,16 @@ class Store:
         return int(row[0])
 
     def _set_recipient(self, c: sqlite3.Connection, recipient_id: int, job_id: int, state: str,
-                       detail: str | None = None, *, next_action_at: float | None = None) -> None:
+                       detail: str | None = None, *, next_action_at: float | None = None,
+                       old: str | None = None) -> None:
+        """`old`: the state the caller read in this same transaction, so it is not read again."""
         now = _now()
-        row = c.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"no recipient {recipient_id}")
-        check_transition(RECIPIENT_TRANSITIONS, row["state"], state,
-                         f"recipient {recipient_id} of job {job_id}")
+        if old is None:
+            row = c.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no recipient {recipient_id}")
+            old = row["state"]
+        check_transition(RECIPIENT_TRANSITIONS, old, state, f"recipient {recipient_id} of job {job_id}")
         if next_action_at is None:
             c.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=?", (state, now, recipient_id))
         else:
@@ -1382,10 +1401,12 @@ class Store:
     def _refresh_job_state(self, c: sqlite3.Connection, job_id: int) -> None:
         """The job's state follows from its recipients (SPEC 5); kept in a column so that
         listing and counting by state is an index lookup."""
-        states = [r[0] for r in c.execute("SELECT state FROM recipients WHERE job_id=?", (job_id,))]
-        job = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if not states or job["state"] == "rejected":
+        rows = c.execute("SELECT j.state, r.state FROM jobs j LEFT JOIN recipients r ON r.job_id=j.id"
+                         " WHERE j.id=?", (job_id,)).fetchall()
+        states = [r[1] for r in rows if r[1] is not None]
+        if not states or rows[0][0] == "rejected":
             return
+        job = {"state": rows[0][0]}
         active = [s for s in states if s in ACTIVE_ORDER]
         if active:
             new = min(active, key=ACTIVE_ORDER.index)

@@ -93,6 +93,24 @@ def test_sigkill_after_the_answer_before_it_was_stored(daemon, spool, simulator)
     _everything_filed_once(spool, datas, "failed")
 
 
+def test_sigkill_between_a_final_status_and_its_commit_polls_again(daemon, spool, simulator, tmp_path):
+    """The answer that says "delivered" is lost with the process: after the restart the fax
+    is still sending, is polled again, and ends delivered and filed once, never sent twice."""
+    d = daemon()
+    d.start(crash_at="polled")
+    datas = _drop(spool, "+15551230207")
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    assert db.execute("SELECT state FROM recipients").fetchall() == [("sending",)]
+    polls = len(simulator.requests("fax-status"))
+    d.start()
+    [result] = spool.wait_results(1, "sent")
+    assert result["state"] == "delivered"
+    assert len(simulator.requests("fax-status")) > polls
+    assert sent_documents(simulator) == [("+15551230207", datas["a.pdf"])]
+    _everything_filed_once(spool, datas, "sent")
+
+
 def test_sigkill_during_the_final_move(daemon, spool, simulator):
     d = daemon()
     d.start(crash_at="filing")

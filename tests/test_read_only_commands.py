@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_pdf, run_cli
+from conftest import REPO, make_pdf, run_cli, wait_for
 
 CREDENTIAL = "/run/credentials/fax-gateway.service/ifax-api-key"  # the README's production setting
 NOBODY = 65534
@@ -108,6 +109,14 @@ def read_as_nobody(reader: Path, job: int) -> None:
     assert listing(db_dir) == before
 
 
+def _phases(db: Path) -> list[tuple[str]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT phase FROM jobs").fetchall()
+    finally:
+        conn.close()
+
+
 def test_a_user_who_may_only_read_lists_jobs_with_the_daemon_running_stopped_and_killed(
         daemon, spool, make_config, shared_dir):
     cfg = make_config(extra={"database": str(shared_dir / "jobs.db")})
@@ -117,6 +126,9 @@ def test_a_user_who_may_only_read_lists_jobs_with_the_daemon_running_stopped_and
     [result] = spool.wait_results(1, "sent")
     db = shared_dir / "jobs.db"
     assert db.stat().st_mode & 0o777 == 0o644
+    # The result file is written before the filing is committed: the daemon is done with the
+    # job (and writes nothing more) once its row says filed.
+    wait_for(lambda: _phases(db) == [("filed",)], 10, "the filing committed")
 
     read_as_nobody(reader, result["job"])  # running: mode=ro, through the daemon's -wal and -shm
 
