@@ -339,7 +339,12 @@ class Intake(Stage):
             raise
         crash_point("claimed")
         if taken:
-            self._judge_all(sorted(self.store.jobs_by_ids(taken), key=lambda j: j.id), taken)
+            try:
+                self._judge_all(sorted(self.store.jobs_by_ids(taken), key=lambda j: j.id), taken)
+            except Exception:  # e.g. the database's disk is full: each is finished on its own later
+                for job_id in taken:
+                    self._unfinished[job_id] = ob.name
+                raise
         return wake
 
     def _undo_claim(self, job_id: int, outbox_path: Path, private: Path, rel_dir: str,

@@ -95,6 +95,8 @@ class WatchedOutbox:
     by_folder: dict[str, dict[str, Seen]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # folders whose files changed since last planned
     long_waiting: int = 0
+    # Folder listings the last rescan read, so the next one reads only folders that changed (_walk).
+    listings: dict[str, tuple[tuple[int, int, int], int, list[str]]] = field(default_factory=dict)
 
     def put(self, seen: Seen) -> None:
         self.files[seen.rel] = seen
@@ -302,7 +304,7 @@ class Watcher:
         now = self.clock()
         wo.next_rescan = now + wo.rescan
         found: set[str] = set()
-        for rel, sig in _walk(wo.root, wo.skip):
+        for rel, sig in _walk(wo.root, wo.skip, wo.listings):
             found.add(rel)
             seen = wo.files.get(rel)
             if seen is None:
@@ -474,33 +476,45 @@ def _signature(path: str | Path) -> tuple[int, int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
 
-def _walk(root: Path, skip: str | None = None) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TRUST_AFTER_NS = 1_000_000_000  # a listing is reused only if its folder had not changed for this long
+
+
+Listings = dict[str, tuple[tuple[int, int, int], int, list[str]]]
+
+
+def _walk(root: Path, skip: str | None = None,
+          listings: Listings | None = None) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
     """Every file below root with its signature.  Folders are opened with O_NOFOLLOW from
-    the root down and listed by descriptor, so a link never leads the walk out (SPEC 4.5)."""
+    the root down and listed by descriptor, so a link never leads the walk out (SPEC 4.5).
+
+    `listings` (rel_dir -> (inode, mtime, ctime), when listed, names) lets a rescan skip
+    reading a folder whose entries cannot have changed: its mtime and ctime (which no
+    writer can set back) are those of the last listing, made more than a second after
+    them.  Such a folder is only opened with O_PATH and its files stat'ed, which raises
+    no inotify event: an idle daemon's rescans then wake none of the watcher's threads."""
     try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return
     stack = [("", top)]
+    found: set[str] = set()
     try:
         while stack:
             rel_dir, fd = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-            except OSError:
-                entries = []
-            for e in entries:
-                rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
-                if e.name == LEGACY_JOB_DIR or is_ignored(rel) or rel == skip:
+            found.add(rel_dir)
+            names = _names(fd, rel_dir, listings)
+            for name in names:
+                rel = os.path.join(rel_dir, name) if rel_dir else name
+                if name == LEGACY_JOB_DIR or is_ignored(rel) or rel == skip:
                     continue
                 try:
-                    st = e.stat(follow_symlinks=False)
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     try:
-                        stack.append((rel, os.open(e.name, _NOFOLLOW_DIR, dir_fd=fd)))
+                        stack.append((rel, os.open(name, _PATH_DIR, dir_fd=fd)))
                     except OSError:
                         pass
                     continue
@@ -509,3 +523,28 @@ def _walk(root: Path, skip: str | None = None) -> Iterator[tuple[str, tuple[int,
     finally:
         for _rel, fd in stack:
             os.close(fd)
+    if listings is not None:
+        for gone in listings.keys() - found:
+            del listings[gone]
+
+
+def _names(fd: int, rel_dir: str, listings: Listings | None) -> list[str]:
+    try:
+        st = os.fstat(fd)
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        known = listings.get(rel_dir) if listings is not None else None
+        changed = max(st.st_mtime_ns, st.st_ctime_ns)
+        if known is not None and known[0] == key and known[1] - changed > TRUST_AFTER_NS:
+            return known[2]
+        listed_at = time.time_ns()
+        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            with os.scandir(rfd) as it:
+                names = [e.name for e in it]
+        finally:
+            os.close(rfd)
+    except OSError:
+        return []
+    if listings is not None:
+        listings[rel_dir] = (key, listed_at, names)
+    return names

@@ -154,8 +154,14 @@ def _refreshes(driver: Any) -> int:
 
 
 def _body(driver: Any) -> str:
+    """The page's text; "" while a navigation replaces the page under us (the element
+    found is stale by the time its text is read), so a caller polling for text asks again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    return driver.find_element(By.TAG_NAME, "body").text
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except StaleElementReferenceException:
+        return ""
 
 
 def _row(driver: Any, text: str) -> str:

@@ -136,3 +136,45 @@ def test_the_ten_minute_warning_names_no_file_with_file_names_false(tmp_path, si
         assert "Smith" not in caplog.text
     finally:
         w.stop()
+
+
+# -- rescans read only the folders that changed ------------------------------------------
+
+def _inotify_events_during(folder, action) -> int:
+    """Bytes of inotify events `action` raises on `folder` (a real inotify watch)."""
+    import ctypes
+    import os
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0
+    try:
+        assert libc.inotify_add_watch(fd, os.fsencode(folder), 0xFFF) >= 0
+        action()
+        try:
+            return len(os.read(fd, 65536))
+        except BlockingIOError:
+            return 0
+    finally:
+        os.close(fd)
+
+
+def test_a_rescan_rereads_only_changed_folders_and_misses_no_file(tmp_path):
+    """An idle rescan opens no folder for reading, so it raises no inotify event and wakes
+    none of the watcher's threads; a folder whose entries changed is read again, even if
+    its writer set its mtime back (its ctime cannot be)."""
+    import os
+
+    from gateway.watcher import TRUST_AFTER_NS, _walk
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.pdf").write_bytes(b"a")
+    listings: dict = {}
+    assert sorted(r for r, _ in _walk(tmp_path, None, listings)) == ["sub/a.pdf"]
+    time.sleep(TRUST_AFTER_NS / 1e9 + 0.1)
+    list(_walk(tmp_path, None, listings))  # listed more than a second after the last change
+    quiet = _inotify_events_during(tmp_path / "sub", lambda: list(_walk(tmp_path, None, listings)))
+    assert quiet == 0
+    st = os.stat(tmp_path / "sub")
+    (tmp_path / "sub" / "b.pdf").write_bytes(b"b")
+    os.utime(tmp_path / "sub", ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back: ctime moves on
+    assert sorted(r for r, _ in _walk(tmp_path, None, listings)) == ["sub/a.pdf", "sub/b.pdf"]
+    assert _inotify_events_during(tmp_path / "sub", lambda: list(_walk(tmp_path, None, {}))) > 0
