@@ -40,7 +40,7 @@ from gateway.watcher import Seen, Watcher
 
 TICK = 0.1          # the shortest wait between two turns with nothing to do now
 SLICE = 0.5         # the most work one turn does before the heartbeat beats again
-FOLDER_CHECK = 2.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
+FOLDER_CHECK = 5.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 UNFINISHED_RETRY = 1.0  # claims and judging to try again are looked at this often
 FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
 CLAIM_BATCH = 32    # groups claimed together: one commit for their intents, one for their verdicts

@@ -95,6 +95,7 @@ class WatchedOutbox:
     by_folder: dict[str, dict[str, Seen]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # folders whose files changed since last planned
     long_waiting: int = 0
+    follow_up: bool = False  # the next rescan is the one that reads again a folder read too soon
     # Folder listings the last rescan read, so the next one reads only folders that changed (_walk).
     listings: dict[str, tuple[tuple[int, int, int], int, list[str]]] = field(default_factory=dict)
 
@@ -300,9 +301,10 @@ class Watcher:
 
     # -- rescans and settling -------------------------------------------------------
 
-    def rescan(self, wo: WatchedOutbox) -> None:
+    def rescan(self, wo: WatchedOutbox, *, follow_up: bool = False) -> None:
         now = self.clock()
         wo.next_rescan = now + wo.rescan
+        wo.follow_up = False
         found: set[str] = set()
         for rel, sig in _walk(wo.root, wo.skip, wo.listings):
             found.add(rel)
@@ -319,16 +321,22 @@ class Watcher:
         # Every folder is planned again once per rescan: whatever a lost event or a failed
         # turn left waiting is taken within one rescan period (SPEC 4.1).
         wo.dirty.update(wo.by_folder)
+        if not follow_up and any(listed - max(key[1], key[2]) <= TRUST_AFTER_NS
+                                 for key, listed, _ in wo.listings.values()):
+            # A folder changed just before it was read (at start: the private folder's probe):
+            # read once more soon, so the rescans after it need not read it (_walk).
+            wo.next_rescan = min(wo.next_rescan, now + TRUST_AFTER_NS / 1e9 + 0.2)
+            wo.follow_up = True
 
     def tick(self, budget: float = 0.2) -> None:
         """Rescans that are due, then settle deadlines that have come, for at most about
         `budget` seconds: what is left waits for the next call."""
         now = self.clock()
         for wo in self.outboxes.values():
-            if now >= wo.next_rescan:
-                self.rescan(wo)
+            if now >= wo.next_rescan - (0.0 if wo.follow_up else RESCAN_EARLY):  # due together: one wake-up
+                self.rescan(wo, follow_up=wo.follow_up)
         if now >= self._next_sweep:
-            self._next_sweep = now + 10.0
+            self._next_sweep = now + SWEEP_EVERY
             self._sweep_long_waiting(now)
         end = time.monotonic() + budget
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -476,6 +484,8 @@ def _signature(path: str | Path) -> tuple[int, int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
 
+RESCAN_EARLY = 1.0  # seconds a rescan may come early to share a wake-up with another outbox's
+SWEEP_EVERY = 30.0  # how often files waiting over ten minutes are counted
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TRUST_AFTER_NS = 1_000_000_000  # a listing is reused only if its folder had not changed for this long
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import wait_for
 
-from gateway.watcher import Watcher, leases_usable
+from gateway.watcher import SWEEP_EVERY, Watcher, leases_usable
 
 SETTLE = 0.2
 
@@ -83,7 +83,7 @@ def test_files_waiting_over_ten_minutes_are_counted_and_logged_once(tmp_path, si
             now[0] += 599
             w.tick()
             assert w.long_waiting("main") == 0
-            now[0] += 11  # the count is refreshed every 10 s
+            now[0] += SWEEP_EVERY + 1  # the count is refreshed every SWEEP_EVERY seconds
             w.tick()
             assert w.long_waiting("main") == 1
             now[0] += 20
