@@ -119,7 +119,7 @@ class Dispatcher(Stage):
             self._probe()
         else:
             submissions_full = self._start_submissions()
-        polls_full = self._start_polls()
+        polls_full = self._start_polls(yield_to_sends=submissions_full)
         return self._sleep_time(submissions_full, polls_full)
 
     def shutdown(self) -> None:
@@ -171,7 +171,7 @@ class Dispatcher(Stage):
         if not polls_full:
             t = self.store.next_poll_time()
             if t is not None:
-                nxt.append(max(t, gate))
+                nxt.append(max(t + (self.poll_interval if submissions_full else 0.0), gate))
         return max(0.01, min(nxt) - now)
 
     # -- submitting -----------------------------------------------------------------
@@ -396,8 +396,20 @@ class Dispatcher(Stage):
 
     # -- polling --------------------------------------------------------------------
 
-    def _start_polls(self) -> bool:
-        return self._start("poll", self.store.due_polls, self._poll, self.max_polls)
+    def _start_polls(self, *, yield_to_sends: bool = False) -> bool:
+        """While every sending worker is busy (sends are waiting), a poll waits until it is
+        a whole poll.interval overdue: sending goes first, and no poll is ever later than
+        that (issue 12)."""
+        late = self.poll_interval if yield_to_sends else 0.0
+        return self._start("poll", lambda now, n: self.store.due_polls(now - late, n), self._poll,
+                           self.max_polls)
+
+    def remember(self, jobs: list[Job]) -> None:
+        """Jobs intake just accepted, as it knows them: their first submission reads no row."""
+        if len(self._jobs) + len(jobs) > JOB_CACHE:
+            self._jobs.clear()
+        for job in jobs:
+            self._jobs[job.id] = job
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)

@@ -77,6 +77,8 @@ class Intake(Stage):
         self.simulate, self.file_names = simulate, file_names
         self.paused = paused  # shared with the other stages and /healthz: outbox -> why
         self.on_judged = on_judged
+        # Jobs just accepted, handed to the sending stage so that it need not read them again.
+        self.on_accepted: Callable[[list[Job]], None] = lambda jobs: None
         self.watcher = Watcher(file_names=file_names)
         self.watcher.on_event = self.wake
         self.guard = FolderGuard()
@@ -435,10 +437,13 @@ class Intake(Stage):
             verdicts.append((job, self._verdict(job)))
         with self.store.batch():
             for job, verdict in verdicts:
-                self.store.mark_held(job.id, missing.get(job.id, ()))
-                self._record(job, verdict)
+                whole = isinstance(verdict, Accepted) and not missing.get(job.id)
+                if not whole:
+                    self.store.mark_held(job.id, missing.get(job.id, ()))
+                self._record(job, verdict, claimed=whole)
         for job, verdict in verdicts:
             self._after_verdict(job, verdict)
+        self.on_accepted([job for job, verdict in verdicts if isinstance(verdict, Accepted)])
         self.on_judged()
 
     def _verdict(self, job: Job) -> Accepted | Rejected | Exception | None:
@@ -457,7 +462,8 @@ class Intake(Stage):
         except Exception as exc:
             return exc
 
-    def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None) -> None:
+    def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None, *,
+                claimed: bool = False) -> None:
         if isinstance(verdict, Rejected):
             self.store.reject_job(job.id, verdict.reason_code, verdict.reason,
                                   sha256=getattr(verdict, "sha256", ()))
@@ -465,7 +471,10 @@ class Intake(Stage):
             send_at = verdict.options.get("send_at")
             self.store.accept_job(job.id, numbers=verdict.numbers, options=verdict.options,
                                   sha256=verdict.sha256, pages=verdict.pages, kinds=verdict.kinds,
-                                  send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None)
+                                  send_at=datetime.fromisoformat(send_at).timestamp() if send_at else None,
+                                  claimed=claimed)
+            job.options, job.sha256, job.pages, job.kinds = (verdict.options, list(verdict.sha256),
+                                                             verdict.pages, list(verdict.kinds))
 
     def _after_verdict(self, job: Job, verdict: Accepted | Rejected | Exception | None) -> None:
         if verdict is None:

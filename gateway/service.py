@@ -133,6 +133,7 @@ class Service:
                                      on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
         self.dispatcher.folder_problem = self.intake.folder_problem
+        self.intake.on_accepted = self.dispatcher.remember
         self.retention = Retention(store, self.metrics, sent=cfg.retention.sent, failed=cfg.retention.failed,
                                    jobs=cfg.retention.jobs, paused=self.paused,
                                    folder_problem=self.intake.folder_problem)

@@ -700,13 +700,22 @@ class Store:
 
     def accept_job(self, job_id: int, *, numbers: Sequence[str], options: dict[str, Any],
                    sha256: Sequence[str | None], pages: int, send_at: float | None = None,
-                   kinds: Sequence[str] = ()) -> None:
-        """The documents are valid and have destinations: one queued recipient per number."""
+                   kinds: Sequence[str] = (), claimed: bool = False) -> None:
+        """The documents are valid and have destinations: one queued recipient per number.
+        `claimed`: its claim's renames are done too, all of its files taken (`mark_held` in
+        the same statement)."""
         now = _now()
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET options=?, sha256=?, pages=?, kinds=? WHERE id=?",
-                      (json.dumps(options), json.dumps(list(sha256)), pages, json.dumps(list(kinds)),
-                       job_id))
+            if claimed:
+                c.execute("UPDATE jobs SET phase=?, options=?, sha256=?, pages=?, kinds=?"
+                          " WHERE id=? AND phase=?",
+                          (Phase.HELD, json.dumps(options), json.dumps(list(sha256)), pages,
+                           json.dumps(list(kinds)), job_id, Phase.CLAIMING))
+                self._event(c, job_id, "claimed", None, at=now)
+            else:
+                c.execute("UPDATE jobs SET options=?, sha256=?, pages=?, kinds=? WHERE id=?",
+                          (json.dumps(options), json.dumps(list(sha256)), pages, json.dumps(list(kinds)),
+                           job_id))
             for pos, number in enumerate(numbers):
                 cur = c.execute(
                     "INSERT INTO recipients(job_id, position, number, state, attempts, pages,"
@@ -902,21 +911,21 @@ class Store:
         attempt's actualCost: the recipient's cost is it plus what earlier attempts cost
         (null only while iFax has reported none for any attempt)."""
         with self.transaction() as c:
-            row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
-            if row is None or row["state"] != "sending":
-                return
-            c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN prior_cost"
-                      " ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
-                      " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
-                      " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=? WHERE id=?",
-                      (transferred_pages, cost, cost, _text(code), message, next_action_at, _now(),
-                       call_start, sending_seconds, polled_at, int(awaiting_fresh), int(given_up),
-                       recipient_id))
-            if new_state:
+            # Only while it is still sending (a cancel may have ended it meanwhile): one statement
+            # that checks, writes and says whose it is.
+            row = c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN"
+                            " prior_cost ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
+                            " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
+                            " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=?"
+                            " WHERE id=? AND state='sending' RETURNING job_id",
+                            (transferred_pages, cost, cost, _text(code), message, next_action_at, _now(),
+                             call_start, sending_seconds, polled_at, int(awaiting_fresh), int(given_up),
+                             recipient_id)).fetchone()
+            if row is not None and new_state:
                 detail = message if given_up else (
                     f"iFax status {ifax_status}" + (f": {message}" if message else ""))
                 self._set_recipient(c, recipient_id, row["job_id"], new_state, detail,
-                                    next_action_at=next_action_at, old=row["state"])
+                                    next_action_at=next_action_at, old=S.SENDING)
 
     def record_poll_failure(self, recipient_id: int, next_poll_at: float) -> None:
         """A poll that failed: time until the next good one does not count toward giving up."""
