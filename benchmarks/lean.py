@@ -4,8 +4,8 @@ the issue's targets; asserts nothing.
     python benchmarks/lean.py [--rounds 5] [--docs 1000] [--no-idle] [--no-profile]
 
 Every phase sends to the project's simulator running in a process of its own
-(`python -m gateway simulator`, with TCP_NODELAY set on its connections: see
-NODELAY_SIMULATOR; --stock-simulator runs it unchanged), never inside the daemon, and
+(`python -m gateway simulator`, as shipped: it sets TCP_NODELAY on its connections),
+never inside the daemon, and
 every daemon is a real `python -m gateway run` process, so CPU, RSS, context switches
 and fsyncs are the daemon's own.  Everything stays on 127.0.0.1 and under one temporary folder.
 
@@ -211,24 +211,17 @@ def count_results(folder: Path) -> int:
 
 # -- the simulator, in its own process ---------------------------------------------
 
-# `python -m gateway simulator`, with one change made in its own process: TCP_NODELAY on
-# the connections it answers.  As shipped, its handler writes the headers and then the
-# body of each answer in two sends with Nagle's algorithm on, so the body waits for the
-# client's delayed ACK: about 40 ms per answer on loopback, which capped any client at
-# ~25 requests/s per connection (~90/s with 4) and would make the simulator, not the
-# gateway, the thing measured.  --stock-simulator runs it unchanged.
-NODELAY_SIMULATOR = ("import sys; import gateway.simulator as s; s._Handler.disable_nagle_algorithm = True; "
-                     "from gateway.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
+# `python -m gateway simulator` as shipped.  It sets TCP_NODELAY on the connections it
+# answers: without it each answer's body waited for the client's delayed ACK (~40 ms on
+# loopback), which capped any client at ~25 requests/s per connection and made the
+# simulator, not the gateway, the thing measured.
 class SimulatorProcess:
-    def __init__(self, root: Path, delay: float, *, stock: bool = False) -> None:
+    def __init__(self, root: Path, delay: float) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/v1"
         self.log = open(root / "simulator.log", "wb")
-        start = ["-m", "gateway"] if stock else ["-c", NODELAY_SIMULATOR]
-        self.proc = subprocess.Popen([sys.executable, *start, "simulator", "--host", "127.0.0.1",
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "simulator", "--host", "127.0.0.1",
                                       "--port", str(self.port), "--delay", str(delay)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.http = httpx.Client(base_url=self.base, timeout=30)
@@ -691,8 +684,6 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle measurement (default 60 s)")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle phase")
     ap.add_argument("--no-profile", action="store_true", help="no py-spy in rounds 3 and 4")
-    ap.add_argument("--stock-simulator", action="store_true",
-                    help="run the simulator as shipped (each answer then stalls ~40 ms: NODELAY_SIMULATOR)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, traces)")
     args = ap.parse_args()
     if args.rounds < 3:
@@ -706,9 +697,8 @@ def main() -> None:
     m = machine()
     print(f"machine: {m['nproc']} cores, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, "
           f"/tmp on {m['tmp']}")
-    sim = SimulatorProcess(tmp, delay=0.05, stock=args.stock_simulator)
-    print("simulator: `python -m gateway simulator` in a process of its own, "
-          + ("as shipped" if args.stock_simulator else "with TCP_NODELAY on its answers (NODELAY_SIMULATOR)"))
+    sim = SimulatorProcess(tmp, delay=0.05)
+    print("simulator: `python -m gateway simulator` in a process of its own, as shipped (TCP_NODELAY)")
     try:
         # -- 1. bare clients
         n = args.docs
