@@ -342,6 +342,7 @@ class Dispatcher(Stage):
         self.backoff.success(ticket)
         self._refusals.clear()
         self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
+        crash_point("accepted")  # written, not yet committed: the store's committer does that
         self.metrics.jobs_submitted.labels(job.outbox).inc()
         if job.settled_at:
             self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
@@ -487,13 +488,13 @@ class Dispatcher(Stage):
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
         # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
         cost = None if awaiting_fresh else st.cost
-        if new_state is not None:
-            crash_point("polled")  # an answer that ends the attempt, not yet committed
         self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
                                  transferred_pages=st.transferred_pages, cost=cost, code=st.code,
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
+        if new_state is not None:
+            crash_point("polled")  # an answer that ends the attempt, written, not yet committed
         if new_state is not None and cost:  # every attempt that ends, a resent one too (SPEC 4.4)
             job = job or self._job(rec.job_id)
             self.metrics.cost.labels(job.outbox).inc(cost)

@@ -11,6 +11,7 @@ Times are Unix seconds (UTC) as REAL; they are formatted only at the edges.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -28,6 +29,8 @@ import sqlite_utils
 
 from gateway.errors import InvalidTransition, JobNotFound, StoreError
 from gateway.names import shown
+
+log = logging.getLogger("gateway.store")
 
 SCHEMA_VERSION = 4
 VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
@@ -261,6 +264,10 @@ class Store:
         self._gen = 0          # the number of the open (or last) transaction
         self._completed = 0    # the last transaction committed or rolled back
         self._failures: dict[int, BaseException] = {}
+        self._kick = threading.Condition(self._lock)  # wakes the committer (`_commit_soon`)
+        self._commit_due: float | None = None
+        self._committer: threading.Thread | None = None
+        self._closing = False
         self._pruned: dict[str, float] = {}  # outbox -> when its old submissions rows go next
         try:
             if self.readonly:
@@ -333,6 +340,8 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self._closing = True
+            self._kick.notify_all()
             if self._open:
                 self._commit()
             self.conn.close()
@@ -533,17 +542,25 @@ class Store:
     # and share the next commit (its fsync), instead of each paying their own.  A write
     # that joins runs in a savepoint, so one that raises undoes only itself.  A write
     # waits for the commit that holds it at most GROUP_WAIT beyond its own work: the last
-    # writer in commits at once, and nobody holds a transaction open for others.
+    # writer in commits at once.  An answer from iFax (`durable=False`) does not wait at
+    # all: the store's committer thread commits it within GROUP_WAIT, or the next durable
+    # write does, so the sending workers never wait for a commit but their intents'.
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write, committed (durably) before this returns.  BEGIN IMMEDIATE, so that a
         transaction never fails half-way on a lock upgrade.  Inside `batch()` of the same
-        thread it is part of the batch's transaction."""
+        thread it is part of the batch's transaction.
+
+        `durable=False` returns once the change is written, and it is committed within
+        GROUP_WAIT.  Only for what the next step never depends on being on disk: an answer
+        recorded after its request's intent, which a crash before the commit makes as
+        unknown as a crash before the answer came (SPEC 6.3), and every later durable
+        write commits it first (one connection: commits keep their order)."""
         if getattr(self._local, "batch", False):
             yield self.conn
             return
-        with self._write():
+        with self._write(durable=durable):
             yield self.conn
 
     @contextmanager
@@ -563,7 +580,7 @@ class Store:
                 self._local.batch = False
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self, *, durable: bool = True) -> Iterator[None]:
         with self._entry:
             self._waiting += 1
         self._lock.acquire()
@@ -585,9 +602,41 @@ class Store:
                 raise
             if joined:
                 self.conn.execute("RELEASE joined")
-            self._await_commit(gen)
+            if durable:
+                self._await_commit(gen)
+            else:
+                self._commit_soon()
         finally:
             self._lock.release()
+
+    def _commit_soon(self) -> None:
+        """Under the lock: the open transaction is committed GROUP_WAIT from now at the latest."""
+        if not self._open or self._commit_due is not None:
+            return
+        self._commit_due = time.monotonic() + GROUP_WAIT
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_later, name="store-commit", daemon=True)
+            self._committer.start()
+        self._kick.notify()
+
+    def _commit_later(self) -> None:
+        """The committer thread: idle (no wake-up) while nothing waits to be committed."""
+        with self._lock:
+            while not self._closing:
+                if self._commit_due is None:
+                    self._kick.wait()
+                    continue
+                delay = self._commit_due - time.monotonic()
+                if delay > 0:
+                    self._kick.wait(delay)
+                    continue
+                self._commit_due = None
+                if self._open:
+                    self._commit()
+                    failure = self._failures.get(self._gen)
+                    if failure is not None:
+                        log.error("database %s: answers from iFax could not be committed (%s); they "
+                                  "count as unknown, as after a crash", self.path, failure)
 
     def _undo(self, gen: int, joined: bool, exc: BaseException) -> None:
         if not self.conn.in_transaction:  # SQLite rolled back everything itself (a full disk, I/O)
@@ -629,6 +678,7 @@ class Store:
                 except sqlite3.Error:
                     pass
         self._open = False
+        self._commit_due = None
         self._complete(self._gen, failure)
 
     def _complete(self, gen: int, failure: BaseException | None) -> None:
@@ -834,7 +884,7 @@ class Store:
         """A new attempt: its give-up clock starts now.  If iFax answered a resend with the
         same jobId, the old final status must not be read as this attempt's (SPEC 6.2)."""
         now = _now()
-        with self.transaction() as c:
+        with self.transaction(durable=False) as c:  # an answer: see transaction()
             r = c.execute("SELECT job_id, state, ifax_job_id, call_start, ifax_job_ids FROM recipients"
                           " WHERE id=?", (recipient_id,)).fetchone()
             reused = r["ifax_job_id"] == ifax_job_id
@@ -910,7 +960,7 @@ class Store:
         retry_wait for a resend) ends this attempt; None keeps polling.  `cost` is this
         attempt's actualCost: the recipient's cost is it plus what earlier attempts cost
         (null only while iFax has reported none for any attempt)."""
-        with self.transaction() as c:
+        with self.transaction(durable=False) as c:  # an answer: see transaction()
             # Only while it is still sending (a cancel may have ended it meanwhile): one statement
             # that checks, writes and says whose it is.
             row = c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN"

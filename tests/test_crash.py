@@ -93,15 +93,36 @@ def test_sigkill_after_the_answer_before_it_was_stored(daemon, spool, simulator)
     _everything_filed_once(spool, datas, "failed")
 
 
+def test_sigkill_between_acceptance_and_its_commit_is_uncertain_not_resent(daemon, spool, simulator,
+                                                                          tmp_path):
+    """iFax's acceptance is written but not committed yet (answers are committed within
+    GROUP_WAIT, not waited for): after the kill the recipient is still submitting, which
+    the restart reports as uncertain (SPEC 6.3), never submitted again."""
+    d = daemon()
+    d.start(crash_at="accepted")
+    datas = _drop(spool, "+15551230208")
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    assert db.execute("SELECT state FROM recipients").fetchall() == [("submitting",)]
+    db.close()
+    d.start()
+    [result] = spool.wait_results(1, "failed")
+    assert "unknown" in result["recipients"][0]["message"]
+    assert len(simulator.requests("fax-send")) == 1
+    _everything_filed_once(spool, datas, "failed")
+
+
 def test_sigkill_between_a_final_status_and_its_commit_polls_again(daemon, spool, simulator, tmp_path):
-    """The answer that says "delivered" is lost with the process: after the restart the fax
-    is still sending, is polled again, and ends delivered and filed once, never sent twice."""
+    """The answer that says "delivered" is written but not committed when the process dies:
+    after the restart the fax is still sending, is polled again, and ends delivered and
+    filed once, never sent twice."""
     d = daemon()
     d.start(crash_at="polled")
     datas = _drop(spool, "+15551230207")
     assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
     db = sqlite3.connect(tmp_path / "jobs.db")
     assert db.execute("SELECT state FROM recipients").fetchall() == [("sending",)]
+    db.close()
     polls = len(simulator.requests("fax-status"))
     d.start()
     [result] = spool.wait_results(1, "sent")

@@ -1,0 +1,98 @@
+"""Group commit in the store (issue 12): writes that meet share a commit, each durable
+write is on disk when it returns, an answer (durable=False) is committed by the store's
+own committer soon after, and a write that fails undoes only itself.  A real SQLite file,
+read back through a second connection, which sees only what was committed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+from conftest import wait_for
+
+from gateway.errors import StoreError
+from gateway.store import Store
+
+
+def _committed(path, sql: str) -> list:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _write(store: Store, key: str, *, durable: bool = True) -> None:
+    with store.transaction(durable=durable) as c:
+        c.execute("INSERT INTO meta(key, value) VALUES (?, 'x')", (key,))
+
+
+def test_durable_writes_from_many_threads_are_committed_when_they_return(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    seen_missing = []
+
+    def writer(i: int) -> None:
+        for n in range(25):
+            key = f"k{i}-{n}"
+            _write(store, key)
+            if not _committed(tmp_path / "jobs.db", f"SELECT 1 FROM meta WHERE key='{key}'"):
+                seen_missing.append(key)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen_missing == []
+    assert len(_committed(tmp_path / "jobs.db", "SELECT key FROM meta WHERE key LIKE 'k%'")) == 150
+    store.close()
+
+
+def test_an_answer_is_committed_by_the_committer_without_another_write(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    _write(store, "answer", durable=False)
+    wait_for(lambda: _committed(tmp_path / "jobs.db", "SELECT 1 FROM meta WHERE key='answer'"), 5,
+             "the answer committed")
+    store.close()
+
+
+def test_a_failing_write_that_joined_undoes_only_itself(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    _write(store, "first", durable=False)  # leaves the transaction open: the next write joins it
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES ('half', 'x')")
+            c.execute("INSERT INTO meta(key, value) VALUES ('first', 'again')")  # the key exists
+    _write(store, "after")
+    keys = {k for (k,) in _committed(tmp_path / "jobs.db", "SELECT key FROM meta")}
+    assert {"first", "after"} <= keys and "half" not in keys
+    store.close()
+
+
+def test_a_batch_is_all_or_nothing(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.batch():
+            _write(store, "b1")
+            _write(store, "b2")
+            _write(store, "b1")
+    with store.batch():
+        _write(store, "c1")
+        _write(store, "c2")
+    keys = {k for (k,) in _committed(tmp_path / "jobs.db", "SELECT key FROM meta")}
+    assert {"c1", "c2"} <= keys and not {"b1", "b2"} & keys
+    store.close()
+
+
+def test_a_commit_that_fails_is_reported_to_the_writer(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    store.conn.execute("CREATE TABLE deferred_parent (id INTEGER PRIMARY KEY)")
+    store.conn.execute("CREATE TABLE deferred_child (pid INTEGER REFERENCES deferred_parent(id)"
+                       " DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(StoreError, match="could not be committed"):
+        with store.transaction() as c:  # a deferred foreign key fails only at COMMIT
+            c.execute("INSERT INTO deferred_child(pid) VALUES (42)")
+    _write(store, "later")
+    assert _committed(tmp_path / "jobs.db", "SELECT COUNT(*) FROM deferred_child") == [(0,)]
+    store.close()
