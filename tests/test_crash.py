@@ -48,6 +48,29 @@ def test_sigkill_during_claim_loses_nothing_and_sends_once(daemon, spool, simula
     _everything_filed_once(spool, datas, "sent")
 
 
+@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed", "filing", "filed"])
+def test_sigkill_in_the_middle_of_a_batch_loses_nothing_and_sends_once(daemon, spool, simulator, point,
+                                                                       tmp_path):
+    """Six documents of one folder are claimed in one batch and filed in one batch (one
+    commit for the intents, renames, one commit for the outcome): a kill at any step of
+    the batch leaves each document delivered once and filed once after the restart.
+    They are there before the daemon starts, so its first scan finds them together."""
+    d = daemon()
+    names = tuple(f"b{i}.pdf" for i in range(6))
+    datas = _drop(spool, "+15551230209", names=names)
+    d.start(crash_at=point, wait_healthy=False)
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    if point == "claim":  # all six intents were committed together, before the first rename
+        db = sqlite3.connect(tmp_path / "jobs.db")
+        assert db.execute("SELECT phase, COUNT(*) FROM jobs GROUP BY phase").fetchall() == [("claiming", 6)]
+        db.close()
+    d.start()
+    results = spool.wait_results(len(names), "sent")
+    assert sorted(f for r in results for f in r["files"]) == sorted(names)
+    assert sorted(data for _, data in sent_documents(simulator)) == sorted(datas.values())
+    _everything_filed_once(spool, datas, "sent")
+
+
 def test_sigkill_before_the_request_leaves_never_sends_twice(daemon, spool, simulator):
     d = daemon()
     d.start(crash_at="submit")
