@@ -154,13 +154,14 @@ def _refreshes(driver: Any) -> int:
 
 
 def _body(driver: Any) -> str:
-    """The page's text; "" while a navigation replaces the page under us (the element
-    found is stale by the time its text is read), so a caller polling for text asks again."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The page's text; "" while a navigation replaces the page under us (the new page has
+    no body yet, or the body found is stale by the time its text is read), so a caller
+    polling for text asks again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     try:
         return driver.find_element(By.TAG_NAME, "body").text
-    except StaleElementReferenceException:
+    except (NoSuchElementException, StaleElementReferenceException):
         return ""
 
 
@@ -209,10 +210,10 @@ def test_search_finds_a_job_by_name_and_by_number(office, browser):
     box = browser.find_element(By.NAME, "q")
     box.send_keys("REFUSED", Keys.ENTER)
     wait_for(lambda: "?q=REFUSED" in browser.current_url, 10, "the search")
-    assert "1 job found for “REFUSED”" in _body(browser)
+    wait_for(lambda: "1 job found for “REFUSED”" in _body(browser), 10, "the search's answer")
     browser.find_element(By.CSS_SELECTOR, "table.jobs tbody a").click()
     wait_for(lambda: "/jobs/" in browser.current_url, 10, "the job's page")
-    page = _body(browser)
+    page = wait_for(lambda: _body(browser), 10, "the job's page text")
     assert "refused.pdf" in page and "USER_BUSY" in page and "History" in page and "Recipients" in page
     box = browser.find_element(By.NAME, "q")
     box.send_keys("+1 (555) 123-0100", Keys.ENTER)
@@ -234,7 +235,7 @@ def test_a_hostile_name_and_sidecar_run_no_script_and_show_literally(office, bro
     browser.find_element(By.CSS_SELECTOR, "table.jobs tbody a").click()
     wait_for(lambda: "/jobs/" in browser.current_url, 10, "the job's page")
     _no_alert(browser)
-    page = _body(browser)
+    page = wait_for(lambda: _body(browser), 10, "the job's page text")
     assert HOSTILE_SUBJECT in page and HOSTILE_REFERENCE in page
     assert browser.find_elements(By.TAG_NAME, "img") == []
     assert len(browser.find_elements(By.TAG_NAME, "script")) == 1
