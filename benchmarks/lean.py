@@ -14,7 +14,9 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
 1. bare clients: the same DOCS fax-send bodies the gateway sends (base64 PDF JSON, the
    gateway's headers) posted by one keep-alive `httpx.Client` from 4 threads, then by
    4 keep-alive `http.client` connections, both paced by the gateway's own RateLimiter
-   at the same requests_per_minute (10^6); the better of two runs of each.
+   at the same requests_per_minute (10^6); the better of two runs of each.  Also the
+   client's own CPU per request (getrusage of this process over both runs), the floor
+   under the gateway's two requests (fax-send, fax-status) per document.
 2. burst rounds: one daemon, one outbox, max_in_flight 4, requests_per_minute 10^6,
    settle 0.05 s, poll interval 0.1 s, simulator delay 0.05 s.  Each round drops DOCS
    one-page PDFs at once and waits until all are filed in sent/.  Documents/s are
@@ -125,6 +127,13 @@ def wait(condition: Any, timeout: float, what: str, every: float = 0.02) -> Any:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
+
+
+def own_cpu() -> float:
+    """User + system CPU seconds of this process (the bare clients run in it)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def cpu_ticks(pid: int) -> int:
@@ -703,11 +712,18 @@ def main() -> None:
         # -- 1. bare clients
         n = args.docs
         m0 = machine_ticks()
+        c0 = own_cpu()
         t_httpx = min(bare_httpx(sim, n, pdf) for _ in range(2))  # the better of two
+        c1 = own_cpu()
         t_raw = min(bare_http_client(sim, n, pdf) for _ in range(2))
+        c2 = own_cpu()
         busy, steal = machine_share(m0, machine_ticks())
         print(f"\n[bare] {n} fax-send, concurrency 4 (the better of 2 runs each): httpx {n / t_httpx:.0f}/s, "
               f"http.client {n / t_raw:.0f}/s; machine busy {busy:.0f}%, steal {steal:.1f}%")
+        # The client's own CPU per request (this process does nothing else meanwhile): the
+        # floor the HTTP client sets under the gateway's two requests per document.
+        print(f"[bare] client CPU per request: httpx {1000 * (c1 - c0) / (2 * n):.2f} ms, "
+              f"http.client {1000 * (c2 - c1) / (2 * n):.2f} ms")
 
         # -- 2. burst rounds
         broot = tmp / "burst"
