@@ -314,6 +314,29 @@ class Intake(Stage):
         crash_point("claim")
         syncs = spool.DirSyncs()
         taken: dict[int, list[str]] = {}  # job -> the names that were gone
+        handled: set[int] = set()  # taken, or undone (or left to retry) on its own
+        try:
+            wake = self._claim_all(ob, intents, syncs, taken, handled)
+            syncs.run()
+        except Exception:  # e.g. a sync or the database failed: each is finished on its own later
+            for _, _, job_id in intents:
+                if job_id in taken or job_id not in handled:
+                    self._unfinished[job_id] = ob.name
+            raise
+        crash_point("claimed")
+        if taken:
+            try:
+                self._judge_all(sorted(self.store.jobs_by_ids(taken), key=lambda j: j.id), taken)
+            except Exception:  # e.g. the database's disk is full: each is finished on its own later
+                for job_id in taken:
+                    self._unfinished[job_id] = ob.name
+                raise
+        return wake
+
+    def _claim_all(self, ob: OutboxConfig, intents: list[tuple[Plan, list[SourceFile], int]],
+                   syncs: spool.DirSyncs, taken: dict[int, list[str]], handled: set[int]) -> float | None:
+        """The renames of a batch whose intents are committed (`taken` and `handled` fill
+        as they are done); a group that cannot be claimed is undone and blocked on its own."""
         wake = None
         for plan, sources, job_id in intents:
             key = (ob.name, plan.rel_dir, plan.primary)
@@ -325,28 +348,16 @@ class Intake(Stage):
                 if not self._undo_claim(job_id, ob.path, ob.private, plan.rel_dir, sources):
                     self._unfinished[job_id] = ob.name
                     self._stuck[key] = job_id
+                handled.add(job_id)
                 wake = _earliest(wake, self.blocked_claims.block(
                     key, outbox=ob.name, item=str(path), folder=plan.rel_dir,
                     reason=claim_problem(exc, ob.path / plan.rel_dir)))
                 continue
+            handled.add(job_id)
             self.blocked_claims.clear(key, "claimed")
             for n in plan.names:
                 self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
             self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(taken[job_id]))
-        try:
-            syncs.run()
-        except OSError:
-            for job_id in taken:  # renamed but not known to be on disk: finished on their own
-                self._unfinished[job_id] = ob.name
-            raise
-        crash_point("claimed")
-        if taken:
-            try:
-                self._judge_all(sorted(self.store.jobs_by_ids(taken), key=lambda j: j.id), taken)
-            except Exception:  # e.g. the database's disk is full: each is finished on its own later
-                for job_id in taken:
-                    self._unfinished[job_id] = ob.name
-                raise
         return wake
 
     def _undo_claim(self, job_id: int, outbox_path: Path, private: Path, rel_dir: str,
