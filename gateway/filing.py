@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from gateway import spool
 from gateway.blocking import BlockedItems
@@ -27,6 +28,7 @@ from gateway.stage import Stage
 from gateway.store import Job, JobState, Phase, Store
 
 BATCH = 100
+_Item = TypeVar("_Item", bound=tuple)  # a job first, then what its write needs
 FILE_BATCH = 32  # jobs filed together: one commit for their intents, one for their filing
 IDLE = 5.0  # the longest wait with nothing to file: a job that ends wakes the stage (on_final)
 SLICE = 0.5
@@ -134,10 +136,8 @@ class Filing(Stage):
                     continue  # chosen before the other's files are there: it waits for the next batch
                 taken |= mine
                 chosen.append((job, filed_to, root, suffix, key))
-            with self.store.batch():
-                for job, filed_to, root, suffix, key in chosen:
-                    self.store.record_filing_intent(job.id, filed_to, str(root), suffix,
-                                                    suffix_key=key if suffix else None)
+            chosen = self._commit_each(chosen, lambda c: self.store.record_filing_intent(
+                c[0].id, c[1], str(c[2]), c[3], suffix_key=c[4] if c[3] else None))
             for job, filed_to, root, suffix, _ in chosen:
                 job.phase, job.filed_to, job.filed_root = Phase.FILING, filed_to, str(root)
                 job.filed_suffix = suffix
@@ -155,9 +155,8 @@ class Filing(Stage):
         if not moved:
             return
         notices = {job.id: self.notifier is not None and self.notifier.wants(job.state) for job in moved}
-        with self.store.batch():  # with the intent to notify, if any
-            for job in moved:
-                self.store.mark_filed(job.id, notify=notices[job.id])
+        moved = [c[0] for c in self._commit_each(  # with the intent to notify, if any
+            [(job,) for job in moved], lambda c: self.store.mark_filed(c[0].id, notify=notices[c[0].id]))]
         crash_point("filed")
         for job in moved:
             self.blocked.clear(("job", job.id), "filed")
@@ -167,6 +166,28 @@ class Filing(Stage):
             self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
             if notices[job.id]:
                 self._notify(job)
+
+    def _commit_each(self, items: list[_Item], write: Callable[[_Item], None]) -> list[_Item]:
+        """`write` every item (its job first) in one commit.  If that fails, each in a commit
+        of its own, so a job whose write always fails is blocked alone and never holds up
+        the rest of its batch.  Returns the items committed."""
+        try:
+            with self.store.batch():
+                for item in items:
+                    write(item)
+            return items
+        except Exception:
+            pass
+        done = []
+        for item in items:
+            try:
+                with self.store.batch():
+                    write(item)
+            except Exception as exc:
+                self._block(item[0], exc)
+            else:
+                done.append(item)
+        return done
 
     def _one(self, job: Job, step: Callable[[Job], None]) -> None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -380,3 +381,30 @@ def test_a_full_database_disk_logs_a_few_lines_not_a_flood(daemon, make_config, 
     filler.unlink()
     results = spool.wait_results(5, "sent", timeout=30)
     assert sorted(r["files"][0] for r in results) == [f"f{i}.pdf" for i in range(5)]
+
+
+def test_a_job_whose_filing_write_always_fails_is_blocked_alone(daemon, spool, simulator, tmp_path):
+    """Filing commits a batch of jobs at once; if one job's write keeps failing (here a
+    real SQLite error, from a trigger on that one row), the others of its batch are still
+    filed and the failing one is a blocked item, filed once the cause is gone."""
+    d = daemon()
+    d.start()
+    assert d.terminate() == 0  # the database exists: a trigger can be added before the next start
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute("CREATE TRIGGER refuse_job_2 BEFORE UPDATE OF phase ON jobs WHEN NEW.id = 2"
+               " AND NEW.phase = 'filing' BEGIN SELECT RAISE(ABORT, 'refused for job 2'); END")
+    db.commit()
+    names = [f"f{i}.pdf" for i in range(3)]
+    folder = spool.folder("+15551230520")
+    for n in names:  # there before the start: claimed, sent and filed together
+        (folder / n).write_bytes(make_pdf(1, text=n))
+    d.start()
+    results = spool.wait_results(2, "sent")
+    assert sorted(r["job"] for r in results) == [1, 3]
+    [item] = wait_for(lambda: _blocked(d.config), 10, "the blocked filing")
+    assert item["stage"] == "filing" and "job 2" in item["item"]
+    db.execute("DROP TRIGGER refuse_job_2")
+    db.commit()
+    db.close()
+    wait_for(lambda: len(spool.results("sent")) == 3, 30, "job 2 filed once the cause is gone")
+    assert sorted(f for r in spool.results("sent") for f in r["files"]) == names
