@@ -342,8 +342,7 @@ class Store:
         with self._lock:
             self._closing = True
             self._kick.notify_all()
-            if self._open:
-                self._commit()
+            self.flush()
             self.conn.close()
 
     # -- schema ---------------------------------------------------------------------
@@ -467,8 +466,7 @@ class Store:
         other stages wait at most milliseconds; returns how many free pages remain.  In WAL
         mode the file shrinks once the log is checkpointed, done when none remain."""
         with self._lock:
-            if self._open:
-                self._commit()
+            self.flush()  # PRAGMAs below must not run inside the writers' shared transaction
             if not self.shrinks():
                 return 0
             self.conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
@@ -1417,8 +1415,7 @@ class Store:
             raise StoreError(f"cannot create {target}: {exc}") from exc
         try:
             with self._lock:
-                if self._open:
-                    self._commit()
+                self.flush()
                 self.conn.backup(dst)
             dst.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:

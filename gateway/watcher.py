@@ -301,10 +301,10 @@ class Watcher:
 
     # -- rescans and settling -------------------------------------------------------
 
-    def rescan(self, wo: WatchedOutbox, *, follow_up: bool = False) -> None:
+    def rescan(self, wo: WatchedOutbox) -> None:
         now = self.clock()
         wo.next_rescan = now + wo.rescan
-        wo.follow_up = False
+        follow_up, wo.follow_up = wo.follow_up, False
         found: set[str] = set()
         for rel, sig in _walk(wo.root, wo.skip, wo.listings):
             found.add(rel)
@@ -334,7 +334,7 @@ class Watcher:
         now = self.clock()
         for wo in self.outboxes.values():
             if now >= wo.next_rescan - (0.0 if wo.follow_up else RESCAN_EARLY):  # due together: one wake-up
-                self.rescan(wo, follow_up=wo.follow_up)
+                self.rescan(wo)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_EVERY
             self._sweep_long_waiting(now)

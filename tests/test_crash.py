@@ -116,18 +116,27 @@ def test_sigkill_after_the_answer_before_it_was_stored(daemon, spool, simulator)
     _everything_filed_once(spool, datas, "failed")
 
 
+def _killed_with_recipient(daemon, spool, tmp_path, point: str, number: str, state: str):
+    """Drop a document, let the daemon kill itself at `point`, and check that the
+    database shows the recipient still `state`: the answer written was not committed."""
+    d = daemon()
+    d.start(crash_at=point)
+    datas = _drop(spool, number)
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        assert db.execute("SELECT state FROM recipients").fetchall() == [(state,)]
+    finally:
+        db.close()
+    return d, datas
+
+
 def test_sigkill_between_acceptance_and_its_commit_is_uncertain_not_resent(daemon, spool, simulator,
                                                                           tmp_path):
     """iFax's acceptance is written but not committed yet (answers are committed within
     GROUP_WAIT, not waited for): after the kill the recipient is still submitting, which
     the restart reports as uncertain (SPEC 6.3), never submitted again."""
-    d = daemon()
-    d.start(crash_at="accepted")
-    datas = _drop(spool, "+15551230208")
-    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
-    db = sqlite3.connect(tmp_path / "jobs.db")
-    assert db.execute("SELECT state FROM recipients").fetchall() == [("submitting",)]
-    db.close()
+    d, datas = _killed_with_recipient(daemon, spool, tmp_path, "accepted", "+15551230208", "submitting")
     d.start()
     [result] = spool.wait_results(1, "failed")
     assert "unknown" in result["recipients"][0]["message"]
@@ -139,13 +148,7 @@ def test_sigkill_between_a_final_status_and_its_commit_polls_again(daemon, spool
     """The answer that says "delivered" is written but not committed when the process dies:
     after the restart the fax is still sending, is polled again, and ends delivered and
     filed once, never sent twice."""
-    d = daemon()
-    d.start(crash_at="polled")
-    datas = _drop(spool, "+15551230207")
-    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
-    db = sqlite3.connect(tmp_path / "jobs.db")
-    assert db.execute("SELECT state FROM recipients").fetchall() == [("sending",)]
-    db.close()
+    d, datas = _killed_with_recipient(daemon, spool, tmp_path, "polled", "+15551230207", "sending")
     polls = len(simulator.requests("fax-status"))
     d.start()
     [result] = spool.wait_results(1, "sent")
