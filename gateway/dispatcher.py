@@ -1,19 +1,21 @@
 """Stage 2, sending: submit queued recipients, poll those sending, resend, cancel (SPEC 6).
 
-One scheduler thread (the stage's loop) decides what to start; a pool of
-`max_in_flight` worker threads makes the HTTP calls (threads, because a blocking pooled
-client is the cheapest way to keep a handful of requests in flight).  Every step
-commits its intent in the store before its side effect, so a restart can tell what may
-have happened.  Filing is the next stage's work (`filing.py`).
+One scheduler thread (the stage's loop) decides what to start and does every write
+to the store; a pool of `max_in_flight` worker threads makes the HTTP calls and nothing
+else (threads, because a blocking pooled client is the cheapest way to keep a handful of
+requests in flight).  Every step commits its intent in the store before its side
+effect, so a restart can tell what may have happened.  Filing is the next stage's work (`filing.py`).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from gateway import spool
@@ -31,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.faults import crash_point
 from gateway.filing import bases
-from gateway.ifax import Attachment, IFaxClient
+from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
 from gateway.judge import safe_read
 from gateway.metrics import Metrics
 from gateway.reload import Reload
@@ -46,6 +48,10 @@ IDLE = 2.0  # the longest wait: work wakes the stage
 REQUESTS_EVERY = 0.5  # cancel and resend requests of the CLI are looked for at most this often
 JOB_CACHE = 4096  # jobs kept in memory while their recipients are sent and polled
 SAME_REFUSALS_TO_PAUSE = 3
+
+# What a worker brings back: the write that records its request's outcome, run in the
+# loop's thread, returning what to do once it is written (metrics, logs) or None.
+Write = Callable[[], "Callable[[], None] | None"]
 
 
 class Dispatcher(Stage):
@@ -89,6 +95,10 @@ class Dispatcher(Stage):
         # What a submission and a final poll need of a job (outbox, documents, options) does
         # not change once it is judged: read once, not once per request.
         self._jobs: dict[int, Job] = {}
+        # (recipient, kind, write) of requests that ended, for the loop to record.
+        self._finished: collections.deque[tuple[Recipient, str, Write | None]] = collections.deque()
+        self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self._token_at: float | None = None  # held back by requests_per_minute until then
 
     # -- the stage ------------------------------------------------------------------
 
@@ -108,27 +118,37 @@ class Dispatcher(Stage):
         self.store.forget_poll_clocks()
 
     def turn(self) -> float:
+        self._settle()
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return 1.0
+        self._token_at = None
         if time.monotonic() >= self._next_requests:
             self._next_requests = time.monotonic() + REQUESTS_EVERY
             self._handle_requests()
         self._check_hourly_caps()
+        # A poll a whole poll.interval overdue goes before any send (never later than
+        # that); other polls yield to sends while those take every worker (issue 12).
+        # While the API is down the probe is a submission instead (see _start_submissions).
+        polls_full = not self.backoff.down and self._start_polls(late=self.poll_interval)
         submissions_full = False
         if self.paused_reason:
             self._probe()
         else:
             submissions_full = self._start_submissions()
-        polls_full = self._start_polls(yield_to_sends=submissions_full)
+        if not submissions_full and not polls_full:
+            polls_full = self._start_polls(late=0.0)
         return self._sleep_time(submissions_full, polls_full)
 
     def shutdown(self) -> None:
-        """No new request starts; requests under way finish (or time out) first."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """No new request starts; requests under way finish (or time out) first, and what
+        they brought back is recorded.  Every request handed out has a worker of its own,
+        so none waits in a queue (one whose intent is committed is sent or undone)."""
+        self._pool.shutdown(wait=True)
         for pool, client in self._retired:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
             client.close()
         self._retired.clear()
+        self._settle()
 
     def apply(self, change: Reload) -> None:
         """New settings (SIGHUP) for requests started from now on."""
@@ -164,6 +184,8 @@ class Dispatcher(Stage):
         # Paused, submissions wait for the account probe (polls go on).
         held = max(gate, now + self._next_probe - time.monotonic()) if self.paused_reason else gate
         nxt = [now + IDLE, *self.capped.values()]  # operator requests: read at least every IDLE
+        if self._token_at is not None:  # due work waits for requests_per_minute
+            nxt.append(self._token_at)
         if not submissions_full:
             t = self.store.next_submission_time(skip_outboxes=list(self.capped))
             if t is not None:
@@ -175,16 +197,114 @@ class Dispatcher(Stage):
         return max(0.01, min(nxt) - now)
 
     # -- submitting -----------------------------------------------------------------
+    #
+    # Workers make HTTP requests and nothing else: this thread prepares a round of
+    # submissions, commits their intents in one transaction, hands each to a worker that
+    # is free at once (so an intent never waits behind other requests: one that never
+    # left is never called uncertain, SPEC 6.3), and records what the workers brought
+    # back, a turn's answers in one transaction.  No worker waits for SQLite or for
+    # another worker's commit (issue 12: they spent half their time doing so).
 
     def _start_submissions(self) -> bool:
-        # Started before polls, so while the API is down the probe is the next due
-        # submission: real work, and one that gets "not now" certainly never left (6.2).
-        if self.backoff.wait() == 0:
-            skip = list(self.capped)
-            return self._start("submit",
-                               lambda now, n: self.store.due_submissions(now, n, skip_outboxes=skip),
-                               self._submit, self.max_in_flight)
-        return False
+        """Started before polls, so while the API is down the probe is the next due
+        submission: real work, and one that gets "not now" certainly never left (6.2).
+        True if every worker is busy afterwards."""
+        free = self._free("submit")
+        if free <= 0:
+            return True
+        if self.backoff.wait() > 0:
+            return False
+        skip = list(self.capped)
+        ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]] = []
+        for rec in self.store.due_submissions(time.time(), free + len(self._inflight), skip_outboxes=skip):
+            if len(ready) >= free:
+                break
+            if rec.id in self._inflight:
+                continue
+            if not self._token():
+                break
+            try:
+                prepared = self._prepare(rec)
+            except Exception as exc:  # this one waits a minute; the others go on
+                self._failed(rec, "submit", exc)
+                continue
+            if prepared is None:
+                continue
+            ticket = self.backoff.admit()
+            if ticket is None:
+                break
+            ready.append((rec, *prepared, ticket))
+        self._send_all(ready)
+        return self._free("submit") <= 0
+
+    def _token(self) -> bool:
+        """A request may start now (requests_per_minute); if not, the loop sleeps until it may."""
+        wait = self.limiter.try_acquire()
+        if wait > 0:
+            self._token_at = time.time() + wait
+        return wait == 0
+
+    def _prepare(self, rec: Recipient) -> tuple[Job, PreparedRequest] | None:
+        """Read and encode before the intent: a request that cannot be built never left
+        (SPEC 4.5).  None if it is not to be sent now (what happened is recorded)."""
+        job = self._job(rec.job_id)
+        if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
+            self.store.reschedule(rec.id, time.time() + 2.0)
+            return None
+        try:
+            attachments = self._attachments(job)
+        except Rejected as exc:
+            self.store.mark_submit_refused(rec.id, f"the claimed document could not be read: {exc.reason}")
+            return None
+        options = {k: v for k, v in job.options.items() if k != "reference"}
+        try:
+            if rec.ifax_job_id:  # iFax knows this fax: resend it under its jobId (SPEC 6.2)
+                request = self.client.resend_request(rec.ifax_job_id, attachments)
+            else:
+                request = self.client.send_request(rec.number, attachments, **options)
+        except RequestNotEncodable as exc:
+            self.store.mark_submit_refused(rec.id, f"the request could not be built: {exc}")
+            return None
+        return job, request
+
+    def _send_all(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> None:
+        # Stopping, paused, the database changed (dbguard.py) or the API went down
+        # meanwhile: still queued, nothing committed.
+        held = bool(ready) and (self._stop.is_set() or self.paused_reason is not None
+                                or self.halted() is not None)
+        for *_, ticket in ready:
+            if held or not self.backoff.current(ticket):
+                self.backoff.release(ticket)
+        ready = [item for item in ready if not item[3].settled]
+        if not ready:
+            return
+        allowed = self._record_intents(ready)
+        for rec, job, request, ticket in ready:
+            if rec.id not in allowed:  # canceled meanwhile, or the outbox reached its hourly cap
+                self.backoff.release(ticket)
+                self._wake.set()
+                continue
+            crash_point("resubmit" if rec.ifax_job_id else "submit")
+            self._launch("submit", rec, partial(self._send, rec, job, request, ticket), ticket)
+
+    def _record_intents(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> set[int]:
+        """One commit for the round's intents.  If it fails, each is tried alone, so one
+        recipient whose write always fails waits a minute and holds up nobody else."""
+        def intent(rec: Recipient, job: Job) -> bool:
+            ob = self.outboxes.get(job.outbox)
+            return self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None)
+        try:
+            with self.store.batch():
+                return {rec.id for rec, job, _, _ in ready if intent(rec, job)}
+        except Exception:
+            allowed = set()
+            for rec, job, _, _ in ready:
+                try:
+                    if intent(rec, job):
+                        allowed.add(rec.id)
+                except Exception as exc:
+                    self._failed(rec, "submit", exc)
+            return allowed
 
     def _check_hourly_caps(self) -> None:
         if not self._caps_seen and not any(ob.max_faxes_per_hour for ob in self.outboxes.values()):
@@ -214,61 +334,93 @@ class Dispatcher(Stage):
             self.metrics.rate_limited.labels(name).set(1 if name in limited else 0)
         self.capped, self.rate_limited = capped, limited
 
-    def _start(self, kind: str, due: Callable[[float, int], list[Recipient]],
-               work: Callable[[Recipient, Ticket], None], limit: int) -> bool:
-        """Hand due recipients to the workers, at most `limit` of this kind at once; one
-        already in flight is skipped, so a slow request is never doubled.  Each takes a
-        ticket from the backoff: while the API is down that is one request at a time.
-        True if every worker of this kind is busy afterwards."""
+    def _free(self, kind: str) -> int:
+        """Workers this kind may still use: all requests share max_in_flight, polls at
+        most half of it (SPEC 6.1)."""
         with self._lock:
-            free = limit - self._running[kind]
-        if free <= 0:
-            return True
-        if self.backoff.wait() > 0:
-            return False
-        for rec in due(time.time(), free + len(self._inflight)):
-            with self._lock:
-                if rec.id in self._inflight or self._running[kind] >= limit:
-                    continue
-            ticket = self.backoff.admit()
-            if ticket is None:
-                return
-            with self._lock:
-                self._inflight.add(rec.id)
-                self._running[kind] += 1
-            try:
-                self._pool.submit(self._run, work, rec, kind, ticket)
-            except RuntimeError:  # the pool is shut down: give back the ticket, a probe's above all
-                self.backoff.release(ticket)
-                with self._lock:
-                    self._inflight.discard(rec.id)
-                    self._running[kind] -= 1
-                raise
-        with self._lock:
-            return self._running[kind] >= limit
+            limit = self.max_in_flight if kind == "submit" else self.max_polls
+            total = self._running["submit"] + self._running["poll"]
+            return min(limit - self._running[kind], self.max_in_flight - total)
 
-    def _run(self, fn: Callable[[Recipient, Ticket], None], rec: Recipient, kind: str,
-             ticket: Ticket) -> None:
+    def _launch(self, kind: str, rec: Recipient, call: Callable[[], Write | None], ticket: Ticket) -> None:
+        """One request to a worker that is free now.  The recipient stays in flight (never
+        handed out twice) until what it brought back is recorded by `_settle`."""
+        with self._lock:
+            self._inflight.add(rec.id)
+            self._running[kind] += 1
+            pool = self._pool
         try:
-            fn(rec, ticket)
-        except Exception as exc:
-            # Never spin on one recipient: it is looked at again after a pause.
-            # Keyed by what went wrong, not by recipient: a full disk is one problem, not one
-            # per queued fax.
-            self.problems.problem((kind, type(exc).__name__, str(exc)[:80]),
-                                  "job %s: %s failed unexpectedly: %s: %s", rec.job_id, kind,
-                                  type(exc).__name__, exc, exc=exc)
-            try:
-                self.store.reschedule(rec.id, time.time() + 60.0)
-            except Exception:
-                pass
-        finally:
-            self.backoff.release(ticket)  # if nothing settled it: the request never started
+            pool.submit(self._work, call, rec, kind, ticket)
+        except RuntimeError:  # the pool is shut down: the request never starts
+            self.backoff.release(ticket)
             with self._lock:
                 self._inflight.discard(rec.id)
                 self._running[kind] -= 1
-            self._wake.set()
-            self.on_final()
+            if kind == "submit":
+                self.store.mark_submit_not_sent(rec.id, "not sent: the gateway is stopping",
+                                                retry_at=time.time())
+            raise
+
+    def _work(self, call: Callable[[], Write | None], rec: Recipient, kind: str, ticket: Ticket) -> None:
+        """A worker: the request, then its outcome handed back to the loop's thread."""
+        write: Write | None
+        try:
+            write = call()
+        except Exception as exc:
+            write = partial(self._failed, rec, kind, exc)
+        finally:
+            self.backoff.release(ticket)  # if nothing settled it: the request never started
+        self._finished.append((rec, kind, write))
+        self._wake.set()
+
+    def _settle(self) -> None:
+        """Record what the workers brought back: a turn's answers in one transaction,
+        committed within the store's GROUP_WAIT (never held for a slower answer: those
+        are recorded in a later turn).  If that fails, each is recorded alone."""
+        done = []
+        while self._finished:
+            done.append(self._finished.popleft())
+        if not done:
+            return
+        afters: list[Callable[[], None] | None] = []
+        try:
+            with self.store.batch(durable=False):
+                afters = [write() if write else None for _, _, write in done]
+        except Exception:
+            afters = [self._write_alone(rec, kind, write) for rec, kind, write in done]
+        with self._lock:
+            for rec, kind, _ in done:
+                self._inflight.discard(rec.id)
+                self._running[kind] -= 1
+        for after in afters:
+            if after is not None:
+                try:
+                    after()
+                except Exception as exc:
+                    self.problems.problem(("after", type(exc).__name__), "after a request: %s: %s",
+                                          type(exc).__name__, exc, exc=exc)
+        self.on_final()
+
+    def _write_alone(self, rec: Recipient, kind: str, write: Write | None) -> Callable[[], None] | None:
+        if write is None:
+            return None
+        try:
+            with self.store.batch(durable=False):
+                return write()
+        except Exception as exc:
+            self._failed(rec, kind, exc)
+            return None
+
+    def _failed(self, rec: Recipient, kind: str, exc: Exception) -> None:
+        """Never spin on one recipient: it is looked at again after a pause.  Keyed by what
+        went wrong, not by recipient: a full disk is one problem, not one per queued fax."""
+        self.problems.problem((kind, type(exc).__name__, str(exc)[:80]),
+                              "job %s: %s failed unexpectedly: %s: %s", rec.job_id, kind,
+                              type(exc).__name__, exc, exc=exc)
+        try:
+            self.store.reschedule(rec.id, time.time() + 60.0)
+        except Exception:
+            pass
 
     def _attachments(self, job: Job) -> list[Attachment]:
         held = spool.job_dir(job.private_root, job.id) / job.rel_dir
@@ -279,75 +431,66 @@ class Dispatcher(Stage):
             out.append(Attachment(safe_file_name(name, kind), data))
         return out
 
-    def _submit(self, rec: Recipient, ticket: Ticket) -> None:
-        job = self._job(rec.job_id)
-        if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
-            self.store.reschedule(rec.id, time.time() + 2.0)
-            return
-        try:
-            attachments = self._attachments(job)
-        except Rejected as exc:
-            self.store.mark_submit_refused(rec.id, f"the claimed document could not be read: {exc.reason}")
-            return
-        options = {k: v for k, v in job.options.items() if k != "reference"}
-        resend = bool(rec.ifax_job_id)
-        try:  # encoded before the intent: a request that cannot be encoded never left (SPEC 4.5)
-            if resend:  # iFax knows this fax: resend it under its jobId (SPEC 6.2)
-                request = self.client.resend_request(rec.ifax_job_id, attachments)
-            else:
-                request = self.client.send_request(rec.number, attachments, **options)
-        except RequestNotEncodable as exc:
-            self.store.mark_submit_refused(rec.id, f"the request could not be built: {exc}")
-            return
-        if not self.limiter.acquire(self._stop):
-            return
-        if self._stop.is_set() or self.paused_reason or not self.backoff.current(ticket):
-            return  # still queued: nothing was committed; the API went down meanwhile
-        if self.halted() is not None:  # the database file changed since this was handed out (dbguard.py)
-            return
-        ob = self.outboxes.get(job.outbox)
-        if not self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None):
-            self._wake.set()  # canceled meanwhile, or the outbox reached its hourly cap
-            return
-        crash_point("resubmit" if resend else "submit")
+    def _send(self, rec: Recipient, job: Job, request: PreparedRequest, ticket: Ticket) -> Write:
+        """A worker: fax-send or fax-resend, its intent already committed."""
+        if self._stop.is_set() or not self.backoff.current(ticket):
+            # Stopping, or the API went down since the intent: it never left.
+            return partial(self.store.mark_submit_not_sent, rec.id, "not sent: the request did not start",
+                           retry_at=rec.next_action_at or time.time())
         try:
             ifax_id = self.client.submit(request)
         except Transient as exc:
             delay = self.backoff.failure(ticket, exc.retry_after)
-            # It keeps its place in the queue: the backoff, not the recipient, says when the
-            # next try starts, and the first in the queue is the next probe.
-            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=rec.next_action_at or time.time())
-            self._polls_wait()
-            log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay, exc)
-            return
+            return partial(self._not_sent, rec, job, str(exc), delay)
         except AuthFailed as exc:
             self.backoff.success(ticket)  # it answered: the API is up, the account is not
-            self.store.mark_submit_not_sent(rec.id, str(exc), retry_at=time.time())
-            self._pause(str(exc))
-            return
+            return partial(self._account_refused, rec, str(exc))
         except Refused as exc:
             self.backoff.success(ticket)
-            if self._note_refusal(exc.message, job.id):
-                self.store.mark_submit_not_sent(rec.id, f"refused by iFax: {exc.message}",
-                                                retry_at=time.time())
-                return
-            log.warning("job %s: iFax refused the fax to %s: %s", job.id, rec.number, exc.message)
-            self.store.mark_submit_refused(rec.id, exc.message, exc.code)
-            return
+            return partial(self._refused, rec, job, exc.message, exc.code)
         except Uncertain as exc:
-            log.error("job %s: submission to %s uncertain: %s", job.id, rec.number, exc)
-            self.store.mark_submit_uncertain(rec.id, str(exc), resend=self.resend_uncertain(job.outbox))
-            return
-        crash_point("resubmitted" if resend else "submitted")
+            return partial(self._uncertain, rec, job, str(exc))
+        crash_point("resubmitted" if rec.ifax_job_id else "submitted")
         self.backoff.success(ticket)
+        return partial(self._accepted, rec, job, ifax_id)
+
+    # What a submission brought back, recorded in the loop's thread (`_settle`); each
+    # returns what to do once it is written (metrics, logs), or None.
+
+    def _not_sent(self, rec: Recipient, job: Job, detail: str, delay: float) -> Callable[[], None]:
+        # It keeps its place in the queue: the backoff, not the recipient, says when the
+        # next try starts, and the first in the queue is the next probe.
+        self.store.mark_submit_not_sent(rec.id, detail, retry_at=rec.next_action_at or time.time())
+        self._polls_wait()
+        return lambda: log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay,
+                                   detail)
+
+    def _account_refused(self, rec: Recipient, detail: str) -> Callable[[], None]:
+        self.store.mark_submit_not_sent(rec.id, detail, retry_at=time.time())
+        return lambda: self._pause(detail)
+
+    def _refused(self, rec: Recipient, job: Job, message: str, code: object) -> Callable[[], None] | None:
+        if self._note_refusal(message, job.id):
+            self.store.mark_submit_not_sent(rec.id, f"refused by iFax: {message}", retry_at=time.time())
+            return None
+        self.store.mark_submit_refused(rec.id, message, code)
+        return lambda: log.warning("job %s: iFax refused the fax to %s: %s", job.id, rec.number, message)
+
+    def _uncertain(self, rec: Recipient, job: Job, detail: str) -> Callable[[], None]:
+        self.store.mark_submit_uncertain(rec.id, detail, resend=self.resend_uncertain(job.outbox))
+        return lambda: log.error("job %s: submission to %s uncertain: %s", job.id, rec.number, detail)
+
+    def _accepted(self, rec: Recipient, job: Job, ifax_id: str) -> Callable[[], None]:
         self._refusals.clear()
         self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
         crash_point("accepted")  # written, not yet committed: the store's committer does that
-        self.metrics.jobs_submitted.labels(job.outbox).inc()
-        if job.settled_at:
-            self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
-        log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
 
+        def after() -> None:
+            self.metrics.jobs_submitted.labels(job.outbox).inc()
+            if job.settled_at:
+                self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
+            log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
+        return after
     def _polls_wait(self) -> None:
         """After a "not now" answer polls wait for the backoff too, so the time until each
         sending fax's next good poll must not count toward giving up on it (SPEC 6.2)."""
@@ -397,14 +540,45 @@ class Dispatcher(Stage):
 
     # -- polling --------------------------------------------------------------------
 
-    def _start_polls(self, *, yield_to_sends: bool = False) -> bool:
-        """While every sending worker is busy (sends are waiting), a poll waits until it is
-        a whole poll.interval overdue: sending goes first, and no poll is ever later than
-        that (issue 12)."""
-        late = self.poll_interval if yield_to_sends else 0.0
-        return self._start("poll", lambda now, n: self.store.due_polls(now - late, n), self._poll,
-                           self.max_polls)
+    def _start_polls(self, *, late: float) -> bool:
+        """Polls at least `late` overdue.  True if no poll can start now for want of a worker."""
+        self._start_deletes()
+        free = self._free("poll")
+        if free <= 0:
+            return True
+        if self.backoff.wait() > 0:
+            return False
+        for rec in self.store.due_polls(time.time() - late, free + len(self._inflight)):
+            if free <= 0:
+                break
+            if rec.id in self._inflight:
+                continue
+            if not self._token():
+                break
+            ticket = self.backoff.admit()
+            if ticket is None:
+                break
+            self._launch("poll", rec, partial(self._ask, rec, ticket), ticket)
+            free -= 1
+        return self._free("poll") <= 0
 
+    def _start_deletes(self) -> None:
+        """delete_after_delivery, once "delivered" is committed: a fax iFax forgot could
+        never be polled again after a crash.  It takes a polling worker."""
+        if not self._deletes:
+            return
+        self.store.flush()
+        while self._deletes and self._free("poll") > 0:
+            job_id, ids = self._deletes.popleft()
+            with self._lock:
+                self._running["poll"] += 1
+                pool = self._pool
+            try:
+                pool.submit(self._delete_at_ifax, job_id, ids)
+            except RuntimeError:
+                with self._lock:
+                    self._running["poll"] -= 1
+                raise
     def remember(self, jobs: list[Job]) -> None:
         """Jobs intake just accepted, as it knows them: their first submission reads no row."""
         if len(self._jobs) + len(jobs) > JOB_CACHE:
@@ -420,13 +594,12 @@ class Dispatcher(Stage):
             job = self._jobs[job_id] = self.store.get_job(job_id)
         return job
 
-    def _poll(self, rec: Recipient, ticket: Ticket) -> None:
-        """Polls share the API's backoff with submissions (SPEC 6.1): while it is down they
-        wait, and one may be the probe when no submission is due."""
-        if not self.limiter.acquire(self._stop):
-            return
-        if not self.backoff.current(ticket):
-            return  # the API went down since it was handed out: it stays due
+    def _ask(self, rec: Recipient, ticket: Ticket) -> Write | None:
+        """A worker: fax-status, and what it means.  Polls share the API's backoff with
+        submissions (SPEC 6.1): while it is down they wait, and one may be the probe when
+        no submission is due."""
+        if self._stop.is_set() or not self.backoff.current(ticket):
+            return None  # stopping, or the API went down since it was handed out: it stays due
         assert rec.ifax_job_id is not None
         now = time.time()
         try:
@@ -434,21 +607,13 @@ class Dispatcher(Stage):
         except ApiError as exc:
             if isinstance(exc, Transient):
                 delay = self.backoff.failure(ticket, exc.retry_after)
-                self.store.record_poll_failure(rec.id, now + self.poll_interval)
-                self._polls_wait()
-                log.warning("job %s: fax-status for %s failed, asking again in %.1fs at the earliest: %s",
-                            rec.job_id, rec.ifax_job_id, max(delay, self.poll_interval), exc)
-                return
+                return partial(self._poll_failed, rec, now, "transient", str(exc), delay)
             if isinstance(exc, AuthFailed):
                 self.backoff.success(ticket)
-                self._pause(str(exc))
-            else:  # a refusal answered; an uncertain failure says nothing of the API
-                if isinstance(exc, Refused):
-                    self.backoff.success(ticket)
-                log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
-                            rec.ifax_job_id, exc)
-            self.store.record_poll_failure(rec.id, now + self.poll_interval)
-            return
+                return partial(self._poll_failed, rec, now, "account", str(exc), 0.0)
+            if isinstance(exc, Refused):  # a refusal answered; an uncertain failure says nothing of the API
+                self.backoff.success(ticket)
+            return partial(self._poll_failed, rec, now, "other", str(exc), 0.0)
         self.backoff.success(ticket)
         self.metrics.last_poll.set(now)
         final, awaiting_fresh = st.final_state, rec.awaiting_fresh
@@ -488,35 +653,66 @@ class Dispatcher(Stage):
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
         # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
         cost = None if awaiting_fresh else st.cost
+        return partial(self._polled, rec, st, now, new_state=new_state, next_at=next_at, message=message,
+                       cost=cost, seconds=seconds, awaiting_fresh=awaiting_fresh, given_up=given_up)
+
+    def _poll_failed(self, rec: Recipient, now: float, kind: str, detail: str,
+                     delay: float) -> Callable[[], None]:
+        """A poll that failed: time until the next good one does not count toward giving up."""
+        self.store.record_poll_failure(rec.id, now + self.poll_interval)
+        if kind == "transient":
+            self._polls_wait()
+            return lambda: log.warning("job %s: fax-status for %s failed, asking again in %.1fs at the "
+                                       "earliest: %s", rec.job_id, rec.ifax_job_id,
+                                       max(delay, self.poll_interval), detail)
+        if kind == "account":
+            return lambda: self._pause(detail)
+        return lambda: log.warning("job %s: fax-status for %s failed, will ask again: %s", rec.job_id,
+                                   rec.ifax_job_id, detail)
+
+    def _polled(self, rec: Recipient, st: FaxStatus, now: float, *, new_state: JobState | None,
+                next_at: float, message: str | None, cost: float | None, seconds: float,
+                awaiting_fresh: bool, given_up: bool) -> Callable[[], None] | None:
         self.store.record_status(rec.id, new_state=new_state, next_action_at=next_at,
                                  transferred_pages=st.transferred_pages, cost=cost, code=st.code,
                                  message=message, ifax_status=st.status, call_start=st.call_start,
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
-        if new_state is not None:
-            crash_point("polled")  # an answer that ends the attempt, written, not yet committed
-        if new_state is not None and cost:  # every attempt that ends, a resent one too (SPEC 4.4)
-            job = job or self._job(rec.job_id)
-            self.metrics.cost.labels(job.outbox).inc(cost)
-        if new_state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
-            job = job or self._job(rec.job_id)
+        if new_state is None:
+            return None
+        crash_point("polled")  # an answer that ends the attempt, written, not yet committed
+
+        def after() -> None:
+            job = self._job(rec.job_id)
+            if cost:  # every attempt that ends, a resent one too (SPEC 4.4)
+                self.metrics.cost.labels(job.outbox).inc(cost)
+            if new_state not in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
+                return
             self._jobs.pop(job.id, None)
             if new_state == JobState.DELIVERED:
                 self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
+            ob = self.outboxes.get(job.outbox)
             if new_state == JobState.DELIVERED and ob is not None and ob.delete_after_delivery:
-                self._delete_at_ifax(job.id, rec.all_ifax_job_ids or [rec.ifax_job_id])
+                self._deletes.append((job.id, rec.all_ifax_job_ids or [rec.ifax_job_id]))
+        return after
 
     def _delete_at_ifax(self, job_id: int, ifax_job_ids: list[str]) -> None:
         """delete_after_delivery: best effort.  A refusal is logged; the fax was delivered."""
-        for ifax_id in ifax_job_ids:
-            try:
-                self.client.delete(ifax_id)
-            except ApiError as exc:
-                log.warning("job %s: fax-delete of iFax job %s failed (the fax was delivered): %s",
-                            job_id, ifax_id, exc)
+        try:
+            for ifax_id in ifax_job_ids:
+                try:
+                    self.client.delete(ifax_id)
+                except ApiError as exc:
+                    log.warning("job %s: fax-delete of iFax job %s failed (the fax was delivered): %s",
+                                job_id, ifax_id, exc)
+        finally:
+            with self._lock:
+                self._running["poll"] -= 1
+            self._wake.set()
+
 
     # -- operator requests ----------------------------------------------------------
 

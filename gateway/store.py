@@ -562,15 +562,16 @@ class Store:
             yield self.conn
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
         """Several writes of one thread that commit together, all or none: a slice of
         claims or a batch of filings costs one commit instead of one each.  Only writes
         belong inside (no file I/O): other writers wait for it.  An exception from any
-        write inside must leave the block, and undoes all of them."""
+        write inside must leave the block, and undoes all of them.  `durable=False` as for
+        `transaction`: for a batch of answers from iFax."""
         if getattr(self._local, "batch", False):
             yield
             return
-        with self._write():
+        with self._write(durable=durable):
             self._local.batch = True
             try:
                 yield

@@ -26,6 +26,19 @@ class RateLimiter:
         self._stamp = clock()
         self._lock = threading.Lock()
 
+    def try_acquire(self) -> float:
+        """Takes a token if one is there: 0.0.  Otherwise the seconds until one will be,
+        so a scheduler can start what it may now and sleep until the next, instead of
+        parking a worker thread on the limiter."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Blocks until a request may start; False if `stop` was set meanwhile."""
         while True:
