@@ -292,7 +292,8 @@ class Dispatcher(Stage):
         recipient whose write always fails waits a minute and holds up nobody else."""
         def intent(rec: Recipient, job: Job) -> bool:
             ob = self.outboxes.get(job.outbox)
-            return self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None)
+            return self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None,
+                                                   outbox=job.outbox)
         try:
             with self.store.batch():
                 return {rec.id for rec, job, _, _ in ready if intent(rec, job)}

@@ -35,6 +35,8 @@ log = logging.getLogger("gateway.store")
 SCHEMA_VERSION = 4
 VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
 HOUR = 3600.0  # max_faxes_per_hour's rolling window
+EVENTS_PER_INSERT = 200  # rows of one INSERT: 1,000 values, far below SQLite's limit
+RECIPIENT_COUNTS = 100_000  # jobs whose recipient count is kept in memory (a few MB at most)
 GROUP_WAIT = 0.02  # seconds a finished write waits at most for writers joining its commit
 
 # Schema 4: AUTOINCREMENT, so that a job id is never given twice, not even the id of a row
@@ -269,6 +271,11 @@ class Store:
         self._committer: threading.Thread | None = None
         self._closing = False
         self._pruned: dict[str, float] = {}  # outbox -> when its old submissions rows go next
+        # job id -> how many recipients it has (fixed once accepted): a job with one has
+        # that recipient's state, so changing it needs no read to derive the job's.
+        self._recipient_counts: dict[int, int] = {}
+        # Events of the write under way (it holds the lock), inserted together at its end.
+        self._events: list[tuple[Any, ...]] | None = None
         try:
             if self.readonly:
                 if not self.path.exists():
@@ -594,11 +601,15 @@ class Store:
             self._members += 1
             if joined:
                 self.conn.execute("SAVEPOINT joined")
+            self._events = []
             try:
                 yield
+                self._flush_events()
             except BaseException as exc:
+                self._events = None
                 self._undo(gen, joined, exc)
                 raise
+            self._events = None
             if joined:
                 self.conn.execute("RELEASE joined")
             if durable:
@@ -697,8 +708,23 @@ class Store:
 
     def _event(self, c: sqlite3.Connection, job_id: int, state: str, detail: str | None = None,
                recipient_id: int | None = None, at: float | None = None) -> None:
-        c.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES (?,?,?,?,?)",
-                  (job_id, recipient_id, at or _now(), str(state), _shown(detail)))
+        """Kept until the end of the write (one INSERT for all of a batch's events)."""
+        row = (job_id, recipient_id, at or _now(), str(state), _shown(detail))
+        if self._events is None:  # not inside a write of `_write`
+            c.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES (?,?,?,?,?)", row)
+        else:
+            self._events.append(row)
+
+    def _flush_events(self) -> None:
+        """Under the lock, in the write's transaction: before it ends, and before anything
+        deletes events (so none is left behind for a deleted job)."""
+        if not self._events:
+            return
+        rows, self._events = self._events, []
+        for i in range(0, len(rows), EVENTS_PER_INSERT):
+            chunk = rows[i:i + EVENTS_PER_INSERT]
+            self.conn.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES "
+                              + ",".join(["(?,?,?,?,?)"] * len(chunk)), [v for row in chunk for v in row])
 
     # -- claiming -------------------------------------------------------------------
 
@@ -733,6 +759,7 @@ class Store:
             row = c.execute("SELECT phase FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None or row["phase"] != Phase.CLAIMING:
                 raise StoreError(f"job {job_id} is not being claimed; it cannot be abandoned")
+            self._flush_events()
             c.execute("DELETE FROM events WHERE job_id=?", (job_id,))
             c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
@@ -773,6 +800,7 @@ class Store:
                 self._event(c, job_id, S.QUEUED, number, recipient_id=int(cur.lastrowid), at=now)
             # The job was queued with no recipients, and every recipient is queued: its state
             # stays queued, so there is nothing to refresh.
+            self._count_recipients(job_id, len(numbers))
 
     def reject_job(self, job_id: int, reason_code: str, reason: str, *,
                    numbers: Sequence[str] = (), sha256: Sequence[str | None] = (),
@@ -845,31 +873,42 @@ class Store:
                 (outbox, now - HOUR, per_hour - 1)).fetchone()
         return None if row is None else row[0] + HOUR
 
-    def record_submit_intent(self, recipient_id: int, *, per_hour: int | None = None) -> bool:
+    def record_submit_intent(self, recipient_id: int, *, per_hour: int | None = None,
+                             outbox: str | None = None) -> bool:
         """Commit that the request (fax-send, or fax-resend for a recipient iFax knows) is
         about to leave, and count it toward its outbox's hour.  False if the recipient is
         no longer waiting (canceled meanwhile) or its outbox reached `per_hour` submissions
         in the last hour, so the caller must not send; checked in the same transaction, so
-        the cap holds however many workers submit at once."""
+        the cap holds however many workers submit at once.  `outbox`: the recipient's, if
+        the caller knows it (one read less)."""
         now = _now()
         with self.transaction() as c:
-            r = c.execute("SELECT r.job_id, r.state, r.ifax_job_id, j.outbox FROM recipients r"
-                          " JOIN jobs j ON j.id=r.job_id WHERE r.id=?", (recipient_id,)).fetchone()
-            if r is None or r["state"] not in (S.QUEUED, S.RETRY_WAIT):
-                return False
-            if now >= self._pruned.get(r["outbox"], 0.0):  # rows that left the hour: once a minute
-                self._pruned[r["outbox"]] = now + 60.0
-                c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (r["outbox"], now - HOUR))
+            if outbox is None:
+                r = c.execute("SELECT j.outbox FROM recipients r JOIN jobs j ON j.id=r.job_id WHERE r.id=?",
+                              (recipient_id,)).fetchone()
+                if r is None:
+                    return False
+                outbox = str(r[0])
+            if now >= self._pruned.get(outbox, 0.0):  # rows that left the hour: once a minute
+                self._pruned[outbox] = now + 60.0
+                c.execute("DELETE FROM submissions WHERE outbox=? AND at<=?", (outbox, now - HOUR))
             if per_hour is not None:
                 (n,) = c.execute("SELECT COUNT(*) FROM submissions WHERE outbox=? AND at>?",
-                                 (r["outbox"], now - HOUR)).fetchone()
+                                 (outbox, now - HOUR)).fetchone()
                 if n >= per_hour:
                     return False
+            # Only if it is still waiting (queued or retry_wait: both may be submitted): one
+            # statement that checks, changes and says whose it is.
+            r = c.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=? AND state IN (?,?)"
+                          " RETURNING job_id, ifax_job_id", (S.SUBMITTING, now, recipient_id, S.QUEUED,
+                                                             S.RETRY_WAIT)).fetchone()
+            if r is None:
+                return False
             c.execute("INSERT INTO submissions(outbox, recipient_id, at) VALUES (?,?,?)",
-                      (r["outbox"], recipient_id, now))
-            self._set_recipient(c, recipient_id, r["job_id"], S.SUBMITTING,
-                                f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None,
-                                old=r["state"])
+                      (outbox, recipient_id, now))
+            detail = f"fax-resend of iFax job {r['ifax_job_id']}" if r["ifax_job_id"] else None
+            self._recipient_changed(c, recipient_id, r["job_id"], (S.QUEUED, S.RETRY_WAIT), S.SUBMITTING,
+                                    detail, now)
         return True
 
     def _uncount_submission(self, c: sqlite3.Connection, recipient_id: int) -> None:
@@ -890,16 +929,18 @@ class Store:
             ids = json.loads(r["ifax_job_ids"] or "[]")
             if ifax_job_id not in ids:
                 ids.append(ifax_job_id)
+            check_transition(RECIPIENT_TRANSITIONS, r["state"], S.SENDING,
+                             f"recipient {recipient_id} of job {r['job_id']}")
             # `cost` is the sum over every attempt (SPEC 4.4): what earlier attempts were
             # charged stays, in prior_cost, and this attempt's actualCost is added to it.
-            c.execute("UPDATE recipients SET attempts=attempts+1, ifax_job_id=?, accepted_at=?,"
-                      " awaiting_fresh=?, stale_call_start=?, last_ok_poll_at=?, sending_seconds=0,"
-                      " transferred_pages=NULL, prior_cost=cost, code=NULL, message=NULL, ifax_job_ids=?"
-                      " WHERE id=?",
-                      (ifax_job_id, now, int(reused), r["call_start"] if reused else None, now,
-                       json.dumps(ids), recipient_id))
-            self._set_recipient(c, recipient_id, r["job_id"], S.SENDING, f"iFax job {ifax_job_id}",
-                                next_action_at=next_poll_at, old=r["state"])
+            c.execute("UPDATE recipients SET state=?, updated_at=?, next_action_at=?,"
+                      " attempts=attempts+1, ifax_job_id=?, accepted_at=?, awaiting_fresh=?,"
+                      " stale_call_start=?, last_ok_poll_at=?, sending_seconds=0, transferred_pages=NULL,"
+                      " prior_cost=cost, code=NULL, message=NULL, ifax_job_ids=? WHERE id=?",
+                      (S.SENDING, now, next_poll_at, ifax_job_id, now, int(reused),
+                       r["call_start"] if reused else None, now, json.dumps(ids), recipient_id))
+            self._recipient_changed(c, recipient_id, r["job_id"], (r["state"],), S.SENDING,
+                                    f"iFax job {ifax_job_id}", now)
 
     def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
         """The request certainly did not reach iFax: back to waiting, nothing counted."""
@@ -961,20 +1002,24 @@ class Store:
         (null only while iFax has reported none for any attempt)."""
         with self.transaction(durable=False) as c:  # an answer: see transaction()
             # Only while it is still sending (a cancel may have ended it meanwhile): one statement
-            # that checks, writes and says whose it is.
-            row = c.execute("UPDATE recipients SET transferred_pages=?, cost=CASE WHEN ? IS NULL THEN"
-                            " prior_cost ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
+            # that checks, writes (the new state too, if the attempt ended: every end may follow
+            # `sending`) and says whose it is.
+            if new_state:
+                check_transition(RECIPIENT_TRANSITIONS, S.SENDING, new_state, f"recipient {recipient_id}")
+            now = _now()
+            row = c.execute("UPDATE recipients SET state=COALESCE(?, state), transferred_pages=?,"
+                            " cost=CASE WHEN ? IS NULL THEN prior_cost"
+                            " ELSE ROUND(COALESCE(prior_cost, 0) + ?, 6) END, code=?, message=?,"
                             " next_action_at=?, updated_at=?, call_start=COALESCE(?, call_start),"
                             " sending_seconds=?, last_ok_poll_at=?, awaiting_fresh=?, given_up=?"
                             " WHERE id=? AND state='sending' RETURNING job_id",
-                            (transferred_pages, cost, cost, _text(code), message, next_action_at, _now(),
-                             call_start, sending_seconds, polled_at, int(awaiting_fresh), int(given_up),
-                             recipient_id)).fetchone()
+                            (new_state and str(new_state), transferred_pages, cost, cost, _text(code),
+                             message, next_action_at, now, call_start, sending_seconds, polled_at,
+                             int(awaiting_fresh), int(given_up), recipient_id)).fetchone()
             if row is not None and new_state:
                 detail = message if given_up else (
                     f"iFax status {ifax_status}" + (f": {message}" if message else ""))
-                self._set_recipient(c, recipient_id, row["job_id"], new_state, detail,
-                                    next_action_at=next_action_at, old=S.SENDING)
+                self._recipient_changed(c, recipient_id, row["job_id"], (S.SENDING,), new_state, detail, now)
 
     def record_poll_failure(self, recipient_id: int, next_poll_at: float) -> None:
         """A poll that failed: time until the next good one does not count toward giving up."""
@@ -1099,6 +1144,7 @@ class Store:
         the highest in sqlite_sequence).  Returns the ids removed."""
         removed = []
         with self.transaction() as c:
+            self._flush_events()
             for job_id in job_ids:
                 row = c.execute("SELECT 1 FROM jobs WHERE id=? AND phase='filed' AND completed_at<? AND NOT"
                                 " EXISTS (SELECT 1 FROM requests WHERE job_id=jobs.id AND done_at IS NULL)"
@@ -1452,8 +1498,33 @@ class Store:
         else:
             c.execute("UPDATE recipients SET state=?, updated_at=?, next_action_at=? WHERE id=?",
                       (state, now, next_action_at, recipient_id))
-        self._event(c, job_id, state, detail, recipient_id=recipient_id, at=now)
+        self._recipient_changed(c, recipient_id, job_id, (old,), state, detail, now)
+
+    def _recipient_changed(self, c: sqlite3.Connection, recipient_id: int, job_id: int,
+                           olds: tuple[str, ...], new: str, detail: str | None, at: float) -> None:
+        """After a recipient's row changed from one of `olds` to `new`: its event, and its
+        job's state.  A job with one recipient had that recipient's old state, so it is
+        changed with one guarded UPDATE and no read (issue 12); if the guard finds the
+        job otherwise (a count not known, or wrong), the state is derived the long way."""
+        self._event(c, job_id, new, detail, recipient_id=recipient_id, at=at)
+        if self._recipient_counts.get(job_id) == 1 and new != S.FAILED and new not in olds:
+            for old in olds:
+                check_transition(JOB_TRANSITIONS, old, new, f"job {job_id}")
+            ended = new not in ACTIVE_ORDER
+            reason = "the fax was canceled before it was delivered" if new == S.CANCELED else None
+            cur = c.execute(f"UPDATE jobs SET state=?, completed_at=?, reason=?, reason_code=NULL"
+                            f" WHERE id=? AND state IN ({','.join('?' * len(olds))})",
+                            (new, at if ended else None, reason, job_id, *olds))
+            if cur.rowcount == 1:
+                if ended:
+                    self._event(c, job_id, new, reason, at=at)
+                return
         self._refresh_job_state(c, job_id)
+
+    def _count_recipients(self, job_id: int, n: int) -> None:
+        if len(self._recipient_counts) >= RECIPIENT_COUNTS:
+            self._recipient_counts.clear()
+        self._recipient_counts[job_id] = n
 
     def _refresh_job_state(self, c: sqlite3.Connection, job_id: int) -> None:
         """The job's state follows from its recipients (SPEC 5); kept in a column so that
@@ -1463,6 +1534,7 @@ class Store:
         states = [r[1] for r in rows if r[1] is not None]
         if not states or rows[0][0] == "rejected":
             return
+        self._count_recipients(job_id, len(states))
         job = {"state": rows[0][0]}
         active = [s for s in states if s in ACTIVE_ORDER]
         if active:

@@ -96,3 +96,35 @@ def test_a_commit_that_fails_is_reported_to_the_writer(tmp_path):
     _write(store, "later")
     assert _committed(tmp_path / "jobs.db", "SELECT COUNT(*) FROM deferred_child") == [(0,)]
     store.close()
+
+
+def _claim_intent(store: Store, name: str) -> int:
+    return store.record_claim_intent(outbox="main", outbox_path="/x", rel_dir="", sources=[],
+                                     documents=[name], sidecar=None, primary=name, simulated=True,
+                                     settled_at=None)
+
+
+def test_a_batch_writes_its_events_with_one_insert_and_a_failed_one_leaves_none(tmp_path):
+    """Events (SPEC 5) are written at the end of their write, all of a batch in one INSERT
+    (issue 12: fewer statements), and none is dropped, nor left by a write undone."""
+    store = Store(tmp_path / "jobs.db")
+    inserts: list[str] = []
+    store.conn.set_trace_callback(lambda sql: inserts.append(sql) if sql.startswith("INSERT INTO events")
+                                  else None)
+    with store.batch():
+        ids = [_claim_intent(store, f"d{i}.pdf") for i in range(40)]
+    assert len(inserts) == 1
+    assert _committed(tmp_path / "jobs.db", "SELECT job_id, state FROM events ORDER BY id") == \
+        [(i, "claiming") for i in ids]
+
+    with pytest.raises(RuntimeError), store.batch():
+        gone = _claim_intent(store, "gone.pdf")
+        raise RuntimeError("the batch fails after its writes")
+    assert _committed(tmp_path / "jobs.db", f"SELECT COUNT(*) FROM events WHERE job_id={gone}") == [(0,)]
+
+    with store.batch():  # a claim abandoned in the batch that made it: its event goes with it
+        abandoned = _claim_intent(store, "abandoned.pdf")
+        store.abandon_claim(abandoned)
+        kept = _claim_intent(store, "kept.pdf")
+    assert _committed(tmp_path / "jobs.db", f"SELECT job_id FROM events WHERE job_id>{ids[-1]}") == [(kept,)]
+    store.close()

@@ -83,3 +83,45 @@ def test_names_round_trip_as_bytes(tmp_path):
     assert (job.rel_dir, job.primary, job.sidecar, job.names) == ("f\udcfe", name, name + ".yaml", [name])
     assert all("\n" not in (e["detail"] or "") for e in store.events(job_id))
     store.close()
+
+
+def _job_states_the_long_way(store: Store, job_id: int) -> list[str]:
+    return [r[0] for r in store.conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,))]
+
+
+@pytest.mark.parametrize("numbers", [["+15551230001"], ["+15551230001", "+15551230002"]])
+def test_a_job_follows_its_recipients_with_one_read_less_when_it_has_one(tmp_path, numbers):
+    """A job with one recipient has that recipient's state (SPEC 5), so its state changes
+    with no read of its recipients (issue 12); with two it is derived from both.  Either
+    way the job's state, completion and events come out the same."""
+    store = Store(tmp_path / "jobs.db")
+    job_id = store.record_claim_intent(outbox="main", outbox_path="/x", rel_dir="", sources=[],
+                                       documents=["a.pdf"], sidecar=None, primary="a.pdf", simulated=True,
+                                       settled_at=None)
+    store.accept_job(job_id, numbers=numbers, options={}, sha256=[None], pages=1, claimed=True)
+    reads: list[str] = []
+    store.conn.set_trace_callback(lambda sql: reads.append(sql) if "LEFT JOIN recipients" in sql else None)
+    seen = []
+    for i, rec in enumerate(store.get_job(job_id).recipients):
+        assert store.record_submit_intent(rec.id)
+        seen.append(_job_states_the_long_way(store, job_id)[0])
+        store.mark_submit_accepted(rec.id, f"7{i}", next_poll_at=0)
+        seen.append(_job_states_the_long_way(store, job_id)[0])
+        store.record_status(rec.id, new_state=S.DELIVERED, next_action_at=0, transferred_pages=1, cost=0.1,
+                            code=None, message=None, ifax_status="delivered", call_start=None,
+                            sending_seconds=1, polled_at=0, awaiting_fresh=False)
+        seen.append(_job_states_the_long_way(store, job_id)[0])
+    store.conn.set_trace_callback(None)
+    store.flush()
+    if len(numbers) == 1:
+        assert seen == ["submitting", "sending", "delivered"]
+        assert reads == []
+    else:  # the least advanced recipient's state, until both are delivered
+        assert seen == ["queued", "queued", "queued", "submitting", "sending", "delivered"]
+        assert len(reads) == 6
+    job = store.get_job(job_id)
+    assert job.state == S.DELIVERED and job.completed_at is not None and job.reason is None
+    job_events = [e["state"] for e in store.events(job_id) if e["recipient"] is None]
+    assert job_events.count("delivered") == 1
+    assert store.count_by_state()["delivered"] == 1  # the job_counts triggers saw it
+    store.close()
