@@ -47,6 +47,8 @@ PROBE_INTERVAL = 60.0
 IDLE = 2.0  # the longest wait: work wakes the stage
 REQUESTS_EVERY = 0.5  # cancel and resend requests of the CLI are looked for at most this often
 JOB_CACHE = 4096  # jobs kept in memory while their recipients are sent and polled
+DUE_BATCH = 64  # due submissions read at once
+DUE_FRESH = 1.0  # seconds they are kept before they are read again
 SAME_REFUSALS_TO_PAUSE = 3
 
 # What a worker brings back: the write that records its request's outcome, run in the
@@ -99,6 +101,8 @@ class Dispatcher(Stage):
         self._finished: collections.deque[tuple[Recipient, str, Write | None]] = collections.deque()
         self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
         self._token_at: float | None = None  # held back by requests_per_minute until then
+        self._due: collections.deque[Recipient] = collections.deque()  # read ahead (_read_due)
+        self._due_until = 0.0
 
     # -- the stage ------------------------------------------------------------------
 
@@ -122,8 +126,11 @@ class Dispatcher(Stage):
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return 1.0
         self._token_at = None
+        if time.monotonic() >= self._due_until:
+            self._due.clear()
         if time.monotonic() >= self._next_requests:
             self._next_requests = time.monotonic() + REQUESTS_EVERY
+            self._due.clear()  # a cancel or a resend may change what is due
             self._handle_requests()
         self._check_hourly_caps()
         # A poll a whole poll.interval overdue goes before any send (never later than
@@ -153,6 +160,7 @@ class Dispatcher(Stage):
     def apply(self, change: Reload) -> None:
         """New settings (SIGHUP) for requests started from now on."""
         cfg = change.config
+        self._due.clear()
         self.outboxes, self.configured = change.known, set(change.outboxes)
         self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
         self.file_names = cfg.log.file_names
@@ -214,14 +222,20 @@ class Dispatcher(Stage):
             return True
         if self.backoff.wait() > 0:
             return False
-        skip = list(self.capped)
         ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]] = []
-        for rec in self.store.due_submissions(time.time(), free + len(self._inflight), skip_outboxes=skip):
-            if len(ready) >= free:
-                break
+        read = False
+        while len(ready) < free:
+            if not self._due:
+                if read:
+                    break
+                self._read_due(free, taken={item[0].id for item in ready})
+                read = True
+                continue
+            rec = self._due.popleft()
             if rec.id in self._inflight:
                 continue
             if not self._token():
+                self._due.appendleft(rec)
                 break
             try:
                 prepared = self._prepare(rec)
@@ -232,10 +246,21 @@ class Dispatcher(Stage):
                 continue
             ticket = self.backoff.admit()
             if ticket is None:
+                self._due.appendleft(rec)
                 break
             ready.append((rec, *prepared, ticket))
         self._send_all(ready)
         return self._free("submit") <= 0
+
+    def _read_due(self, free: int, taken: set[int]) -> None:
+        """Due recipients are read DUE_BATCH at a time (a burst reads the queue once per
+        batch, not once per free worker), and kept at most DUE_FRESH seconds: a canceled
+        one is caught by its intent, an outbox at its cap by `record_submit_intent`, a
+        paused one by `_prepare`."""
+        rows = self.store.due_submissions(time.time(), max(DUE_BATCH, free + len(self._inflight)),
+                                          skip_outboxes=list(self.capped))
+        self._due = collections.deque(r for r in rows if r.id not in self._inflight and r.id not in taken)
+        self._due_until = time.monotonic() + DUE_FRESH
 
     def _token(self) -> bool:
         """A request may start now (requests_per_minute); if not, the loop sleeps until it may."""

@@ -923,23 +923,29 @@ class Store:
         same jobId, the old final status must not be read as this attempt's (SPEC 6.2)."""
         now = _now()
         with self.transaction(durable=False) as c:  # an answer: see transaction()
-            r = c.execute("SELECT job_id, state, ifax_job_id, call_start, ifax_job_ids FROM recipients"
-                          " WHERE id=?", (recipient_id,)).fetchone()
-            reused = r["ifax_job_id"] == ifax_job_id
-            ids = json.loads(r["ifax_job_ids"] or "[]")
-            if ifax_job_id not in ids:
-                ids.append(ifax_job_id)
-            check_transition(RECIPIENT_TRANSITIONS, r["state"], S.SENDING,
-                             f"recipient {recipient_id} of job {r['job_id']}")
-            # `cost` is the sum over every attempt (SPEC 4.4): what earlier attempts were
-            # charged stays, in prior_cost, and this attempt's actualCost is added to it.
-            c.execute("UPDATE recipients SET state=?, updated_at=?, next_action_at=?,"
-                      " attempts=attempts+1, ifax_job_id=?, accepted_at=?, awaiting_fresh=?,"
-                      " stale_call_start=?, last_ok_poll_at=?, sending_seconds=0, transferred_pages=NULL,"
-                      " prior_cost=cost, code=NULL, message=NULL, ifax_job_ids=? WHERE id=?",
-                      (S.SENDING, now, next_poll_at, ifax_job_id, now, int(reused),
-                       r["call_start"] if reused else None, now, json.dumps(ids), recipient_id))
-            self._recipient_changed(c, recipient_id, r["job_id"], (r["state"],), S.SENDING,
+            # One statement while it is submitting (SET reads the row as it was): the same
+            # jobId again means a resend that iFax answered under the old id; the id is
+            # added to those of every attempt.  `cost` is the sum over every attempt (SPEC
+            # 4.4): what earlier attempts were charged stays, in prior_cost, and this
+            # attempt's actualCost is added to it.
+            r = c.execute(
+                "UPDATE recipients SET state=?, updated_at=?, next_action_at=?, attempts=attempts+1,"
+                " ifax_job_id=?, accepted_at=?, awaiting_fresh=(ifax_job_id IS ?),"
+                " stale_call_start=CASE WHEN ifax_job_id IS ? THEN call_start END, last_ok_poll_at=?,"
+                " sending_seconds=0, transferred_pages=NULL, prior_cost=cost, code=NULL, message=NULL,"
+                " ifax_job_ids=CASE WHEN EXISTS(SELECT 1 FROM json_each(COALESCE(ifax_job_ids, '[]'))"
+                " WHERE value=?) THEN ifax_job_ids ELSE json_insert(COALESCE(ifax_job_ids, '[]'), '$[#]', ?)"
+                " END WHERE id=? AND state=? RETURNING job_id",
+                (S.SENDING, now, next_poll_at, ifax_job_id, now, ifax_job_id, ifax_job_id, now, ifax_job_id,
+                 ifax_job_id, recipient_id, S.SUBMITTING)).fetchone()
+            if r is None:  # not submitting: say what it is
+                row = c.execute("SELECT job_id, state FROM recipients WHERE id=?", (recipient_id,)).fetchone()
+                if row is None:
+                    raise JobNotFound(f"no recipient {recipient_id}")
+                check_transition(RECIPIENT_TRANSITIONS, row["state"], S.SENDING,
+                                 f"recipient {recipient_id} of job {row['job_id']}")
+                raise StoreError(f"recipient {recipient_id} changed while its answer was recorded")
+            self._recipient_changed(c, recipient_id, r["job_id"], (S.SUBMITTING,), S.SENDING,
                                     f"iFax job {ifax_job_id}", now)
 
     def mark_submit_not_sent(self, recipient_id: int, detail: str, *, retry_at: float) -> None:
