@@ -142,9 +142,23 @@ def cpu_ticks(pid: int) -> int:
 
 
 def cpu_split(pid: int) -> tuple[int, int]:
-    """(utime, stime) of the whole process, in ticks."""
+    """(utime, stime) of the whole process, in ticks, with its child processes' (the
+    daemon reads PDFs in a child, gateway/pdfpages.py): live ones from their own stat,
+    ended ones from cutime/cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
+    user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                cu, cs = cpu_split(int(child))
+            except OSError:
+                continue
+            user, system = user + cu, system + cs
+    return user, system
 
 
 def status_kb(pid: int, key: str) -> int:
