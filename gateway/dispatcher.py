@@ -122,8 +122,8 @@ class Dispatcher(Stage):
         self.store.forget_poll_clocks()
 
     def turn(self) -> float:
-        self._settle()
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
+            self._settle()  # answers still go to the file the store has open (dbguard saves it)
             return 1.0
         self._token_at = None
         if time.monotonic() >= self._due_until:
@@ -142,6 +142,9 @@ class Dispatcher(Stage):
             self._probe()
         else:
             submissions_full = self._start_submissions()
+        # Answers are recorded after the next requests left: a free worker never waits
+        # for the last one's bookkeeping (each answer's recipient stays in flight until then).
+        self._settle()
         if not submissions_full and not polls_full:
             polls_full = self._start_polls(late=0.0)
         return self._sleep_time(submissions_full, polls_full)
@@ -396,7 +399,9 @@ class Dispatcher(Stage):
             write = partial(self._failed, rec, kind, exc)
         finally:
             self.backoff.release(ticket)  # if nothing settled it: the request never started
-        self._finished.append((rec, kind, write))
+        with self._lock:
+            self._finished.append((rec, kind, write))
+            self._running[kind] -= 1  # this worker is free; the recipient is in flight until recorded
         self._wake.set()
 
     def _settle(self) -> None:
@@ -415,9 +420,8 @@ class Dispatcher(Stage):
         except Exception:
             afters = [self._write_alone(rec, kind, write) for rec, kind, write in done]
         with self._lock:
-            for rec, kind, _ in done:
+            for rec, _, _ in done:
                 self._inflight.discard(rec.id)
-                self._running[kind] -= 1
         for after in afters:
             if after is not None:
                 try:
