@@ -86,9 +86,11 @@ class Filing(Stage):
             return IDLE
         end = time.monotonic() + SLICE
         batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
+        # Never write into a folder that is missing or an empty mount point: asked once per
+        # outbox per turn, right before its files are written (a dozen system calls each).
+        problems = {outbox: self.folder_problem(outbox) for outbox in {outbox for _, outbox in batch}}
         due = [job_id for job_id, outbox in batch
-               if self.blocked.due(("job", job_id)) and not self.folder_problem(outbox)]
-        # never write into a folder that is missing or an empty mount point
+               if not problems[outbox] and self.blocked.due(("job", job_id))]
         jobs = sorted(self.store.jobs_by_ids(due), key=lambda j: j.id) if due else []
         for i in range(0, len(jobs), FILE_BATCH):
             if time.monotonic() > end:
