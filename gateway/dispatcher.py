@@ -137,15 +137,15 @@ class Dispatcher(Stage):
         # that); other polls yield to sends while those take every worker (issue 12).
         # While the API is down the probe is a submission instead (see _start_submissions).
         polls_full = not self.backoff.down and self._start_polls(late=self.poll_interval)
-        submissions_full = False
+        submissions_full = sends_waiting = False
         if self.paused_reason:
             self._probe()
         else:
-            submissions_full = self._start_submissions()
+            submissions_full, sends_waiting = self._start_submissions()
         # Answers are recorded after the next requests left: a free worker never waits
         # for the last one's bookkeeping (each answer's recipient stays in flight until then).
         self._settle()
-        if not submissions_full and not polls_full:
+        if not sends_waiting and not polls_full:
             polls_full = self._start_polls(late=0.0)
         return self._sleep_time(submissions_full, polls_full)
 
@@ -216,15 +216,17 @@ class Dispatcher(Stage):
     # back, a turn's answers in one transaction.  No worker waits for SQLite or for
     # another worker's commit (issue 12: they spent half their time doing so).
 
-    def _start_submissions(self) -> bool:
+    def _start_submissions(self) -> tuple[bool, bool]:
         """Started before polls, so while the API is down the probe is the next due
         submission: real work, and one that gets "not now" certainly never left (6.2).
-        True if every worker is busy afterwards."""
+        Returns whether every worker is busy afterwards, and whether sends are waiting
+        (then polls that are not a whole interval overdue wait too: a worker that comes
+        free during this turn goes to the next send, not to them)."""
         free = self._free("submit")
         if free <= 0:
-            return True
+            return True, True
         if self.backoff.wait() > 0:
-            return False
+            return False, False
         ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]] = []
         read = False
         while len(ready) < free:
@@ -245,6 +247,9 @@ class Dispatcher(Stage):
             except Exception as exc:  # this one waits a minute; the others go on
                 self._failed(rec, "submit", exc)
                 continue
+            finally:
+                if self._finished:  # answers that came while a document was read and encoded
+                    self._settle()  # are recorded now, not after the whole round (issue 12: 50 ms)
             if prepared is None:
                 continue
             ticket = self.backoff.admit()
@@ -253,7 +258,8 @@ class Dispatcher(Stage):
                 break
             ready.append((rec, *prepared, ticket))
         self._send_all(ready)
-        return self._free("submit") <= 0
+        full = self._free("submit") <= 0
+        return full, full or bool(self._due)
 
     def _read_due(self, free: int, taken: set[int]) -> None:
         """Due recipients are read DUE_BATCH at a time (a burst reads the queue once per
