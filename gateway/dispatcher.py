@@ -103,6 +103,7 @@ class Dispatcher(Stage):
         self._token_at: float | None = None  # held back by requests_per_minute until then
         self._due: collections.deque[Recipient] = collections.deque()  # read ahead (_read_due)
         self._due_until = 0.0
+        self.sends_waiting = False  # read by the filing stage, which gives way meanwhile
 
     # -- the stage ------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Dispatcher(Stage):
         # Answers are recorded after the next requests left: a free worker never waits
         # for the last one's bookkeeping (each answer's recipient stays in flight until then).
         self._settle()
+        self.sends_waiting = sends_waiting
         if not sends_waiting and not polls_full:
             polls_full = self._start_polls(late=0.0)
         return self._sleep_time(submissions_full, polls_full)

@@ -32,6 +32,7 @@ _Item = TypeVar("_Item", bound=tuple)  # a job first, then what its write needs
 FILE_BATCH = 32  # jobs filed together: one commit for their intents, one for their filing
 IDLE = 5.0  # the longest wait with nothing to file: a job that ends wakes the stage (on_final)
 SLICE = 0.5
+DEFER = 2.0  # while sends wait, filing waits at most this long between two turns of work
 
 
 class Filing(Stage):
@@ -53,6 +54,10 @@ class Filing(Stage):
                                     lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
                                     else 60.0, file_names=file_names)
         self._cursor = 0
+        # True while faxes wait to be sent (the dispatcher): filing, which only does
+        # bookkeeping, then works at most every DEFER seconds, in larger batches.
+        self.defer: Callable[[], bool] = lambda: False
+        self._deferring_since: float | None = None
 
     def apply(self, change: Reload) -> None:
         """Jobs are filed into the folders recorded with them, so an outbox removed or
@@ -84,6 +89,13 @@ class Filing(Stage):
     def turn(self) -> float:
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return IDLE
+        now = time.monotonic()
+        if self.defer():
+            if self._deferring_since is None:
+                self._deferring_since = now
+            if now - self._deferring_since < DEFER:
+                return self._deferring_since + DEFER - now
+        self._deferring_since = None
         end = time.monotonic() + SLICE
         batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
         # Never write into a folder that is missing or an empty mount point: asked once per

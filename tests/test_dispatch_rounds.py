@@ -25,3 +25,15 @@ def test_a_burst_in_rounds_sends_each_document_once(daemon, spool, simulator):
     assert len(simulator.requests("fax-send")) == n
     assert spool.results("failed") == []
     assert d.healthy()
+
+
+def test_filing_gives_way_to_waiting_sends_but_is_never_starved_by_them(daemon, spool, simulator):
+    """While faxes wait to be sent, filing (bookkeeping only) works at most every couple
+    of seconds; it still works: a delivered fax is filed while others are still waiting."""
+    daemon(api={"max_in_flight": 1, "requests_per_minute": 60}).start()  # one request a second
+    n = 8
+    for i in range(n):
+        (spool.folder(f"+155512309{i:02d}") / "w.pdf").write_bytes(make_pdf(1, text=f"waits {i}"))
+    spool.wait_results(1, "sent", timeout=30)
+    assert len(simulator.requests("fax-send")) < n, "nothing was filed until every fax had left"
+    spool.wait_results(n, "sent", timeout=60)
