@@ -326,22 +326,18 @@ class Dispatcher(Stage):
     def _record_intents(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> set[int]:
         """One commit for the round's intents.  If it fails, each is tried alone, so one
         recipient whose write always fails waits a minute and holds up nobody else."""
-        def intent(rec: Recipient, job: Job) -> bool:
+        def intent(item: tuple[Recipient, Job, PreparedRequest, Ticket]) -> bool:
+            rec, job = item[0], item[1]
             ob = self.outboxes.get(job.outbox)
             return self.store.record_submit_intent(rec.id, per_hour=ob.max_faxes_per_hour if ob else None,
                                                    outbox=job.outbox)
-        try:
-            with self.store.batch():
-                return {rec.id for rec, job, _, _ in ready if intent(rec, job)}
-        except Exception:
-            allowed = set()
-            for rec, job, _, _ in ready:
-                try:
-                    if intent(rec, job):
-                        allowed.add(rec.id)
-                except Exception as exc:
-                    self._failed(rec, "submit", exc)
-            return allowed
+        allowed = set()
+        for (rec, *_), result in zip(ready, self.store.write_all(ready, intent), strict=True):
+            if isinstance(result, Exception):
+                self._failed(rec, "submit", result)
+            elif result:
+                allowed.add(rec.id)
+        return allowed
 
     def _check_hourly_caps(self) -> None:
         if not self._caps_seen and not any(ob.max_faxes_per_hour for ob in self.outboxes.values()):
@@ -422,11 +418,12 @@ class Dispatcher(Stage):
         if not done:
             return
         afters: list[Callable[[], None] | None] = []
-        try:
-            with self.store.batch(durable=False):
-                afters = [write() if write else None for _, _, write in done]
-        except Exception:
-            afters = [self._write_alone(rec, kind, write) for rec, kind, write in done]
+        results = self.store.write_all(done, lambda item: item[2]() if item[2] else None, durable=False)
+        for (rec, kind, _), result in zip(done, results, strict=True):
+            if isinstance(result, Exception):
+                self._failed(rec, kind, result)
+                result = None
+            afters.append(result)
         with self._lock:
             for rec, _, _ in done:
                 self._inflight.discard(rec.id)
@@ -438,16 +435,6 @@ class Dispatcher(Stage):
                     self.problems.problem(("after", type(exc).__name__), "after a request: %s: %s",
                                           type(exc).__name__, exc, exc=exc)
         self.on_final()
-
-    def _write_alone(self, rec: Recipient, kind: str, write: Write | None) -> Callable[[], None] | None:
-        if write is None:
-            return None
-        try:
-            with self.store.batch(durable=False):
-                return write()
-        except Exception as exc:
-            self._failed(rec, kind, exc)
-            return None
 
     def _failed(self, rec: Recipient, kind: str, exc: Exception) -> None:
         """Never spin on one recipient: it is looked at again after a pause.  Keyed by what

@@ -182,23 +182,12 @@ class Filing(Stage):
                 self._notify(job)
 
     def _commit_each(self, items: list[_Item], write: Callable[[_Item], None]) -> list[_Item]:
-        """`write` every item (its job first) in one commit.  If that fails, each in a commit
-        of its own, so a job whose write always fails is blocked alone and never holds up
-        the rest of its batch.  Returns the items committed."""
-        try:
-            with self.store.batch():
-                for item in items:
-                    write(item)
-            return items
-        except Exception:
-            pass
+        """`write` every item (its job first) in one commit (`Store.write_all`); a job whose
+        write always fails is blocked alone.  Returns the items committed."""
         done = []
-        for item in items:
-            try:
-                with self.store.batch():
-                    write(item)
-            except Exception as exc:
-                self._block(item[0], exc)
+        for item, result in zip(items, self.store.write_all(items, write), strict=True):
+            if isinstance(result, Exception):
+                self._block(item[0], result)
             else:
                 done.append(item)
         return done

@@ -18,12 +18,12 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -36,6 +36,8 @@ SCHEMA_VERSION = 4
 VACUUM_AT_START_MAX = 64 * 2**20  # bytes: an older database up to this size switches to incremental vacuum
 HOUR = 3600.0  # max_faxes_per_hour's rolling window
 EVENTS_PER_INSERT = 200  # rows of one INSERT: 1,000 values, far below SQLite's limit
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 RECIPIENT_COUNTS = 100_000  # jobs whose recipient count is kept in memory (a few MB at most)
 GROUP_WAIT = 0.02  # seconds a finished write waits at most for writers joining its commit
 
@@ -584,6 +586,25 @@ class Store:
                 yield
             finally:
                 self._local.batch = False
+
+    def write_all(self, items: Sequence[_T], write: Callable[[_T], _R], *,
+                  durable: bool = True) -> list[_R | Exception]:
+        """`write` every item in one commit.  If that fails, each in a commit of its own,
+        so that one item whose write always fails holds up none of the others.  Returns,
+        per item, what `write` returned or the exception its own commit ended with."""
+        try:
+            with self.batch(durable=durable):
+                return [write(item) for item in items]
+        except Exception:
+            pass
+        out: list[_R | Exception] = []
+        for item in items:
+            try:
+                with self.batch(durable=durable):
+                    out.append(write(item))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     @contextmanager
     def _write(self, *, durable: bool = True) -> Iterator[None]:

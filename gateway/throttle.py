@@ -42,14 +42,9 @@ class RateLimiter:
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Blocks until a request may start; False if `stop` was set meanwhile."""
         while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return True
-                wait = (1 - self._tokens) / self.rate
+            wait = self.try_acquire()
+            if wait == 0:
+                return True
             if stop is not None:
                 if stop.wait(wait):
                     return False
