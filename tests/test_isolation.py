@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -408,3 +409,30 @@ def test_a_job_whose_filing_write_always_fails_is_blocked_alone(daemon, spool, s
     db.close()
     wait_for(lambda: len(spool.results("sent")) == 3, 30, "job 2 filed once the cause is gone")
     assert sorted(f for r in spool.results("sent") for f in r["files"]) == names
+
+
+def test_a_fax_whose_submit_intent_always_fails_holds_up_no_other(daemon, spool, simulator, tmp_path):
+    """The sending loop commits a round's intents at once; if one recipient's intent keeps
+    failing (a real SQLite error, from a trigger on that one row), the others of its round
+    are sent, and the failing one waits a minute each time, logged once, never sent."""
+    d = daemon(api={"max_in_flight": 4})
+    d.start()
+    assert d.terminate() == 0  # the database exists: a trigger can be added before the next start
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute("CREATE TRIGGER refuse_recipient_2 BEFORE UPDATE OF state ON recipients WHEN NEW.id = 2"
+               " AND NEW.state = 'submitting' BEGIN SELECT RAISE(ABORT, 'refused for recipient 2'); END")
+    db.commit()
+    folder = spool.folder("+15551230523")
+    names = [f"s{i}.pdf" for i in range(4)]
+    for n in names:  # there before the start: claimed together, submitted in one round
+        (folder / n).write_bytes(make_pdf(1, text=n))
+    d.start()
+    results = spool.wait_results(3, "sent", timeout=30)
+    assert sorted(r["job"] for r in results) == [1, 3, 4]
+    assert len(simulator.requests("fax-send")) == 3
+    state, next_at = db.execute("SELECT state, next_action_at FROM recipients WHERE id=2").fetchone()
+    assert state == "queued" and next_at > time.time() + 30  # looked at again in a minute
+    log = d.log.read_text()
+    assert log.count("refused for recipient 2") == 1, log
+    assert "Traceback" not in log
+    db.close()
