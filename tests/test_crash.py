@@ -5,7 +5,9 @@ document was submitted twice (SPEC 6.3)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 from conftest import make_pdf, sent_documents, wait_for
@@ -22,15 +24,22 @@ def _drop(spool, number: str, names=("a.pdf",), sidecar: str | None = None):
     return datas
 
 
+def _pdfs(root) -> list[Path]:
+    """Every PDF below root; a folder the daemon removes meanwhile is skipped (os.walk)."""
+    return [Path(d) / f for d, _, files in os.walk(root) for f in files if f.endswith(".pdf")]
+
+
 def _everything_filed_once(spool, datas: dict[str, bytes], where: str):
-    """Each document lies in exactly one place: its final folder, with one result file."""
-    everywhere = [p for p in spool.root.rglob("*.pdf")]
+    """Each document lies in exactly one place: its final folder, with one result file.
+    Looked at once filing has removed the job's folder (the result file comes first)."""
+    wait_for(lambda: not _pdfs(spool.private), 15, "the filed jobs' folders removed")
+    everywhere = _pdfs(spool.root)
     for name, data in datas.items():
         copies = [p for p in everywhere if p.read_bytes() == data]
         assert len(copies) == 1, f"{name} found {len(copies)} times: {copies}"
         assert getattr(spool, where) in copies[0].parents, f"{name} is in {copies[0]}"
     assert spool.outbox_files() == []
-    assert not any(spool.private.rglob("*.pdf"))
+    assert not _pdfs(spool.private)
 
 
 @pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed"])
