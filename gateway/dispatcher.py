@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +50,8 @@ REQUESTS_EVERY = 0.5  # cancel and resend requests of the CLI are looked for at 
 JOB_CACHE = 4096  # jobs kept in memory while their recipients are sent and polled
 DUE_BATCH = 64  # due submissions read at once
 DUE_FRESH = 1.0  # seconds they are kept before they are read again
+POLL_AHEAD = 0.25  # polls due within this are read together (at most a quarter of poll.interval)
+SCHEDULE_TRUST = 1.0  # seconds the loop trusts what it knows of the queue without asking the store
 SAME_REFUSALS_TO_PAUSE = 3
 
 # What a worker brings back: the write that records its request's outcome, run in the
@@ -103,6 +106,14 @@ class Dispatcher(Stage):
         self._token_at: float | None = None  # held back by requests_per_minute until then
         self._due: collections.deque[Recipient] = collections.deque()  # read ahead (_read_due)
         self._due_until = 0.0
+        # No submission (poll) is due before this, as far as this process's writes tell;
+        # None: ask the store.  Every write here that makes one due sooner lowers it
+        # (`_soon`); a change from another stage comes with `wake`.  So a burst asks the
+        # store what is due once per intake slice, not once per turn (issue 12).
+        self._next: dict[str, float | None] = {"submit": None, "poll": None}
+        self._polls: collections.deque[Recipient] = collections.deque()  # read ahead (_read_polls)
+        self._news = False
+        self._known_at = 0.0
         self.sends_waiting = False  # read by the filing stage, which gives way meanwhile
 
     # -- the stage ------------------------------------------------------------------
@@ -127,6 +138,9 @@ class Dispatcher(Stage):
             self._settle()  # answers still go to the file the store has open (dbguard saves it)
             return 1.0
         self._token_at = None
+        if self._news or time.monotonic() - self._known_at >= SCHEDULE_TRUST:
+            self._news = False  # cleared before the store is asked: a change after it wakes again
+            self._forget_schedule()
         if time.monotonic() >= self._due_until:
             self._due.clear()
         if time.monotonic() >= self._next_requests:
@@ -151,6 +165,26 @@ class Dispatcher(Stage):
             polls_full = self._start_polls(late=0.0)
         return self._sleep_time(submissions_full, polls_full)
 
+    def wake(self) -> None:
+        """Another stage changed what is due (a job accepted or reopened, a webhook)."""
+        self._news = True
+        super().wake()
+
+    def _forget_schedule(self) -> None:
+        self._next = {"submit": None, "poll": None}
+        self._polls.clear()
+        self._known_at = time.monotonic()
+
+    def _soon(self, kind: str, at: float) -> None:
+        """A write of this loop made a submission or poll due at `at`."""
+        known = self._next[kind]
+        if known is not None and at < known:
+            self._next[kind] = at
+
+    def _may_be_due(self, kind: str, now: float) -> bool:
+        known = self._next[kind]
+        return known is None or known <= now
+
     def shutdown(self) -> None:
         """No new request starts; requests under way finish (or time out) first, and what
         they brought back is recorded.  Every request handed out has a worker of its own,
@@ -166,6 +200,7 @@ class Dispatcher(Stage):
         """New settings (SIGHUP) for requests started from now on."""
         cfg = change.config
         self._due.clear()
+        self._news = True
         self.outboxes, self.configured = change.known, set(change.outboxes)
         self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
         self.file_names = cfg.log.file_names
@@ -200,14 +235,25 @@ class Dispatcher(Stage):
         if self._token_at is not None:  # due work waits for requests_per_minute
             nxt.append(self._token_at)
         if not submissions_full:
-            t = self.store.next_submission_time(skip_outboxes=list(self.capped))
+            t = now if self._due else self._next_time("submit")
             if t is not None:
                 nxt.append(max(t, held))
         if not polls_full:
-            t = self.store.next_poll_time()
+            t = self._next_time("poll")
+            if self._polls:
+                t = min(self._polls[0].next_action_at or now, t if t is not None else math.inf)
             if t is not None:
                 nxt.append(max(t + (self.poll_interval if submissions_full else 0.0), gate))
         return max(0.01, min(nxt) - now)
+
+    def _next_time(self, kind: str) -> float | None:
+        """When the next submission (poll) is due: known, or asked of the store once."""
+        known = self._next[kind]
+        if known is None:
+            known = (self.store.next_submission_time(skip_outboxes=list(self.capped)) if kind == "submit"
+                     else self.store.next_poll_time())
+            self._next[kind] = math.inf if known is None else known
+        return None if known == math.inf else known
 
     # -- submitting -----------------------------------------------------------------
     #
@@ -233,7 +279,7 @@ class Dispatcher(Stage):
         read = False
         while len(ready) < free:
             if not self._due:
-                if read:
+                if read or not self._may_be_due("submit", time.time()):
                     break
                 self._read_due(free, taken={item[0].id for item in ready})
                 read = True
@@ -268,8 +314,10 @@ class Dispatcher(Stage):
         batch, not once per free worker), and kept at most DUE_FRESH seconds: a canceled
         one is caught by its intent, an outbox at its cap by `record_submit_intent`, a
         paused one by `_prepare`."""
-        rows = self.store.due_submissions(time.time(), max(DUE_BATCH, free + len(self._inflight)),
-                                          skip_outboxes=list(self.capped))
+        limit = max(DUE_BATCH, free + len(self._inflight))
+        rows = self.store.due_submissions(time.time(), limit, skip_outboxes=list(self.capped))
+        if len(rows) < limit:
+            self._next["submit"] = None  # all that is due was read: when the next is, is asked once
         self._due = collections.deque(r for r in rows if r.id not in self._inflight and r.id not in taken)
         self._due_until = time.monotonic() + DUE_FRESH
 
@@ -286,6 +334,7 @@ class Dispatcher(Stage):
         job = self._job(rec.job_id)
         if job.outbox in self.paused_outboxes:  # its claimed files are on the missing share
             self.store.reschedule(rec.id, time.time() + 2.0)
+            self._soon("submit", time.time() + 2.0)
             return None
         try:
             attachments = self._attachments(job)
@@ -340,13 +389,13 @@ class Dispatcher(Stage):
         return allowed
 
     def _check_hourly_caps(self) -> None:
-        if not self._caps_seen and not any(ob.max_faxes_per_hour for ob in self.outboxes.values()):
-            return
-        self._caps_seen = True  # once an outbox had a cap, its metric is kept up to date
         """max_faxes_per_hour (a rolling hour, resends counted), from the database, so a
         restart forgets nothing: an outbox at its cap submits nothing until the hour has
         room; its faxes wait, none fails.  `record_submit_intent` enforces the cap
         exactly; this only keeps such an outbox from being handed out and says so."""
+        if not self._caps_seen and not any(ob.max_faxes_per_hour for ob in self.outboxes.values()):
+            return
+        self._caps_seen = True  # once an outbox had a cap, its metric is kept up to date
         now = time.time()
         capped = {}
         for name, ob in self.outboxes.items():
@@ -365,6 +414,8 @@ class Dispatcher(Stage):
             log.info("outbox %s: no longer held back by max_faxes_per_hour", name)
         for name in self.configured:
             self.metrics.rate_limited.labels(name).set(1 if name in limited else 0)
+        if capped.keys() != self.capped.keys():
+            self._next["submit"] = None  # what is due was asked without the outboxes at their cap
         self.capped, self.rate_limited = capped, limited
 
     def _free(self, kind: str) -> int:
@@ -392,6 +443,7 @@ class Dispatcher(Stage):
             if kind == "submit":
                 self.store.mark_submit_not_sent(rec.id, "not sent: the gateway is stopping",
                                                 retry_at=time.time())
+                self._soon("submit", time.time())
             raise
 
     def _work(self, call: Callable[[], Write | None], rec: Recipient, kind: str, ticket: Ticket) -> None:
@@ -446,6 +498,7 @@ class Dispatcher(Stage):
             self.store.reschedule(rec.id, time.time() + 60.0)
         except Exception:
             pass
+        self._soon("submit" if kind == "submit" else "poll", time.time() + 60.0)
 
     def _attachments(self, job: Job) -> list[Attachment]:
         held = spool.job_dir(job.private_root, job.id) / job.rel_dir
@@ -460,8 +513,7 @@ class Dispatcher(Stage):
         """A worker: fax-send or fax-resend, its intent already committed."""
         if self._stop.is_set() or not self.backoff.current(ticket):
             # Stopping, or the API went down since the intent: it never left.
-            return partial(self.store.mark_submit_not_sent, rec.id, "not sent: the request did not start",
-                           retry_at=rec.next_action_at or time.time())
+            return partial(self._requeue, rec, "not sent: the request did not start")
         try:
             ifax_id = self.client.submit(request)
         except Transient as exc:
@@ -482,32 +534,41 @@ class Dispatcher(Stage):
     # What a submission brought back, recorded in the loop's thread (`_settle`); each
     # returns what to do once it is written (metrics, logs), or None.
 
+    def _requeue(self, rec: Recipient, detail: str, at: float | None = None) -> None:
+        """Not sent: queued again.  By default it keeps its place in the queue."""
+        at = at if at is not None else rec.next_action_at or time.time()
+        self.store.mark_submit_not_sent(rec.id, detail, retry_at=at)
+        self._soon("submit", at)
+
     def _not_sent(self, rec: Recipient, job: Job, detail: str, delay: float) -> Callable[[], None]:
         # It keeps its place in the queue: the backoff, not the recipient, says when the
         # next try starts, and the first in the queue is the next probe.
-        self.store.mark_submit_not_sent(rec.id, detail, retry_at=rec.next_action_at or time.time())
+        self._requeue(rec, detail)
         self._polls_wait()
         return lambda: log.warning("job %s: iFax not reachable, trying again in %.1fs: %s", job.id, delay,
                                    detail)
 
     def _account_refused(self, rec: Recipient, detail: str) -> Callable[[], None]:
-        self.store.mark_submit_not_sent(rec.id, detail, retry_at=time.time())
+        self._requeue(rec, detail, time.time())
         return lambda: self._pause(detail)
 
     def _refused(self, rec: Recipient, job: Job, message: str, code: object) -> Callable[[], None] | None:
         if self._note_refusal(message, job.id):
-            self.store.mark_submit_not_sent(rec.id, f"refused by iFax: {message}", retry_at=time.time())
+            self._requeue(rec, f"refused by iFax: {message}", time.time())
             return None
         self.store.mark_submit_refused(rec.id, message, code)
         return lambda: log.warning("job %s: iFax refused the fax to %s: %s", job.id, rec.number, message)
 
     def _uncertain(self, rec: Recipient, job: Job, detail: str) -> Callable[[], None]:
         self.store.mark_submit_uncertain(rec.id, detail, resend=self.resend_uncertain(job.outbox))
+        self._soon("submit", time.time())  # queued again if its outbox resends uncertain ones
         return lambda: log.error("job %s: submission to %s uncertain: %s", job.id, rec.number, detail)
 
     def _accepted(self, rec: Recipient, job: Job, ifax_id: str) -> Callable[[], None]:
         self._refusals.clear()
-        self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=time.time() + self.poll_interval)
+        next_poll = time.time() + self.poll_interval
+        self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=next_poll)
+        self._soon("poll", next_poll)
         crash_point("accepted")  # written, not yet committed: the store's committer does that
 
         def after() -> None:
@@ -573,19 +634,39 @@ class Dispatcher(Stage):
             return True
         if self.backoff.wait() > 0:
             return False
-        for rec in self.store.due_polls(time.time() - late, free + len(self._inflight)):
-            if free <= 0:
-                break
+        now = time.time()
+        if self._may_be_due("poll", now - late):  # one not read ahead yet may be due
+            self._read_polls(now)
+        while free > 0 and self._polls and self._is_due(self._polls[0], now - late):
+            rec = self._polls.popleft()
             if rec.id in self._inflight:
                 continue
             if not self._token():
+                self._polls.appendleft(rec)
                 break
             ticket = self.backoff.admit()
             if ticket is None:
+                self._polls.appendleft(rec)
                 break
             self._launch("poll", rec, partial(self._ask, rec, ticket), ticket)
             free -= 1
         return self._free("poll") <= 0
+
+    @staticmethod
+    def _is_due(rec: Recipient, at: float) -> bool:
+        return (rec.next_action_at or 0.0) <= at
+
+    def _read_polls(self, now: float) -> None:
+        """Polls due within POLL_AHEAD are read at once, each started when it is due: in a
+        burst, polls come due one after another, and the store is asked once per batch,
+        not once per poll.  Forgotten with what the loop knows (`_forget_schedule`), so a
+        webhook or a cancel is seen at once."""
+        until = now + min(POLL_AHEAD, self.poll_interval / 4)
+        rows = self.store.due_polls(until, DUE_BATCH)
+        self._polls = collections.deque(r for r in rows if r.id not in self._inflight)
+        # When the first poll not held now is due (a whole batch: perhaps right after its last).
+        nxt = rows[-1].next_action_at if len(rows) == DUE_BATCH else self.store.next_poll_time(after=until)
+        self._next["poll"] = math.inf if nxt is None else nxt
 
     def _start_deletes(self) -> None:
         """delete_after_delivery, once "delivered" is committed: a fax iFax forgot could
@@ -685,6 +766,7 @@ class Dispatcher(Stage):
                      delay: float) -> Callable[[], None]:
         """A poll that failed: time until the next good one does not count toward giving up."""
         self.store.record_poll_failure(rec.id, now + self.poll_interval)
+        self._soon("poll", now + self.poll_interval)
         if kind == "transient":
             self._polls_wait()
             return lambda: log.warning("job %s: fax-status for %s failed, asking again in %.1fs at the "
@@ -704,7 +786,10 @@ class Dispatcher(Stage):
                                  sending_seconds=seconds, polled_at=now, awaiting_fresh=awaiting_fresh,
                                  given_up=given_up)
         if new_state is None:
+            self._soon("poll", next_at)
             return None
+        if new_state == JobState.RETRY_WAIT:
+            self._soon("submit", next_at)
         crash_point("polled")  # an answer that ends the attempt, written, not yet committed
 
         def after() -> None:
@@ -743,6 +828,7 @@ class Dispatcher(Stage):
 
     def _handle_requests(self) -> None:
         for req in self.store.pending_requests():
+            self._forget_schedule()  # a cancel or a resend changes what is due
             try:
                 job = self.store.get_job(req["job_id"])
                 if req["action"] == "cancel":

@@ -1012,10 +1012,15 @@ class Store:
                 " ORDER BY next_action_at, id LIMIT ?", (now, limit)).fetchall()
         return [_recipient(r) for r in rows]
 
-    def next_poll_time(self) -> float | None:
+    def next_poll_time(self, *, after: float | None = None) -> float | None:
+        """The earliest poll due, or (`after`) the earliest one due later than that."""
         with self._lock:
-            row = self.conn.execute(
-                "SELECT MIN(next_action_at) FROM recipients WHERE state='sending'").fetchone()
+            if after is None:
+                row = self.conn.execute(
+                    "SELECT MIN(next_action_at) FROM recipients WHERE state='sending'").fetchone()
+            else:
+                row = self.conn.execute("SELECT MIN(next_action_at) FROM recipients WHERE state='sending'"
+                                        " AND next_action_at>?", (after,)).fetchone()
         return row[0]
 
     def record_status(self, recipient_id: int, *, new_state: str | None, next_action_at: float,
