@@ -25,16 +25,19 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
    after 5) are clean; the headline docs/s and CPU ms per document (/proc/PID/stat, user
    and system) are
    the best clean round's, since a shared machine only ever slows a round down (each
-   round prints how busy the machine was and the hypervisor's steal).  Round 2 runs under
-   `strace -c -f -e trace=fsync,fdatasync -p PID` for its first STRACE_DOCS documents
-   (default 200: strace stops every thread at every system call, which slows the
-   daemon several times over) to count fsyncs per document; round 3 under
+   round prints how busy the machine was and the hypervisor's steal).  Round 3 runs under
    `py-spy record --format raw --gil` (which Python code holds the GIL: the CPU the
    pipeline spends in Python) and round 4 under plain `py-spy record` (threads py-spy
    sees as active: waits for fsync and for answers included).  Traced rounds are
-   slowed by their tracer, so their docs/s are shown but not used; round 5 on is clean
-   again.  RSS (VmRSS) is read after every round (ROUNDS, default 5, at least 3):
+   slowed by their tracer, so their docs/s are shown but not used; rounds 1, 2 and 5 on
+   are clean.  RSS (VmRSS) is read after every round (ROUNDS, default 5, at least 3):
    "flat" means round 5 <= round 2 + 5 MB; peak RSS is VmHWM.
+2b. fsyncs: a fresh daemon started under `strace -f --seccomp-bpf -c -e
+   trace=fsync,fdatasync`, one burst of FSYNC_DOCS documents (default DOCS), stopped;
+   its fsync and fdatasync calls from start to exit (start-up and stop included), per
+   document.  --seccomp-bpf stops the daemon only at those two calls.  Attached with
+   -p instead, strace stops every thread at every system call, which slowed the burst
+   7 times over and halved its batches, so it counted a pipeline that does not run.
 3. SQL statements: SQLite's statements cannot be seen from outside the process and
    gateway/store.py has no hook, so this phase runs the gateway's Service in this
    process (SQL_DOCS documents, default 200, same settings as the burst) with
@@ -57,7 +60,7 @@ own connection in phase 3, and with a separate sqlite3 connection, which shows o
 that connection's default because the pragma is per connection) and whether folder
 fsyncs are on (read from gateway/spool.py: there is no setting).
 
-Needs strace (apt-get install strace) and py-spy (pip install py-spy) for rounds 2 to 4
+Needs strace (apt-get install strace) for 2b and py-spy (pip install py-spy) for rounds 3 and 4
 and for naming the idle phase's threads; without them those figures are skipped.
 """
 
@@ -81,6 +84,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,14 +321,17 @@ def write_config(root: Path, sim: SimulatorProcess, *, outboxes: int = 1, max_in
 
 
 class Daemon:
-    def __init__(self, root: Path, cfg: Path) -> None:
+    def __init__(self, root: Path, cfg: Path, prefix: Sequence[str] = ()) -> None:
         self.root = root
         self.listen = yaml.safe_load(cfg.read_text())["http"]["listen"]
         self.log = open(root / "daemon.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.pid = self.proc.pid
         wait(self._healthy, 30, "the daemon to answer /healthz", every=0.1)
+        if prefix:  # a tracer started it: the daemon is the tracer's child
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            self.pid = int(children.split()[0])
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -335,7 +342,7 @@ class Daemon:
             return False
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+        os.kill(self.pid, signal.SIGTERM)
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -448,23 +455,51 @@ def bare_http_client(sim: SimulatorProcess, n: int, pdf: bytes, concurrency: int
 
 # -- tracers: strace and py-spy ------------------------------------------------------------
 
-class Strace:
+def strace_prefix(out: Path) -> list[str]:
+    """The daemon runs under strace from its start: with --seccomp-bpf only the traced
+    calls stop it (that needs a tracee strace starts itself, not one attached with -p)."""
+    return ["strace", "-f", "--seccomp-bpf", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out)]
+
+
+class PerfFsyncs:
+    """fsync and fdatasync calls of a running daemon, counted in the kernel (perf's
+    syscall tracepoints): nothing stops the daemon, so it runs the pipeline it runs
+    untraced.  Threads that exist when it attaches are counted (after round 1: all)."""
+
     def __init__(self, pid: int, out: Path) -> None:
         self.out = out
-        self.proc = subprocess.Popen(["strace", "-c", "-f", "-e", "trace=fsync,fdatasync", "-o", str(out),
-                                      "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # attaching to every thread
+        events = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
+        self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out), "-e", events,
+                                      "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
 
     def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGINT)
-        self.proc.communicate(timeout=30)
+        self.proc.wait(30)
         calls = {}
         for line in self.out.read_text().splitlines():
-            parts = line.split()
-            if parts and parts[-1] in ("fsync", "fdatasync"):
-                # % time, seconds, usecs/call, calls, [errors,] syscall
-                calls[parts[-1]] = int(parts[3])
+            parts = line.split(",")
+            if len(parts) > 2 and parts[2].startswith("syscalls:sys_enter_") and parts[0].isdigit():
+                calls[parts[2].removeprefix("syscalls:sys_enter_")] = int(parts[0])
         return calls
+
+    @staticmethod
+    def works() -> bool:
+        try:
+            return subprocess.run(["perf", "stat", "-e", "syscalls:sys_enter_fsync", "true"],
+                                  capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+
+def strace_counts(out: Path) -> dict[str, int]:
+    calls = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync"):
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            calls[parts[-1]] = int(parts[3])
+    return calls
 
 
 class PySpy:
@@ -698,8 +733,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=1000, help="documents per burst round (default 1000)")
     ap.add_argument("--rounds", type=int, default=5, help="burst rounds, at least 3 (default 5)")
-    ap.add_argument("--strace-docs", type=int, default=200,
-                    help="documents of round 2 traced by strace (default 200)")
+    ap.add_argument("--fsync-docs", type=int, default=None,
+                    help="documents of the fsync phase under strace (default: --docs)")
     ap.add_argument("--sql-docs", type=int, default=200, help="documents of the SQL phase (default 200)")
     ap.add_argument("--latency-docs", type=int, default=400, help="documents of the latency phase (400)")
     ap.add_argument("--latency-poll", default="5s", help="poll interval of the latency phase (5s)")
@@ -710,11 +745,13 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, traces)")
     args = ap.parse_args()
     if args.rounds < 3:
-        ap.error("--rounds must be at least 3 (round 2 is traced with strace, rounds 3-4 profiled)")
+        ap.error("--rounds must be at least 3 (rounds 3-4 are profiled)")
     started = time.monotonic()
     pdf = make_pdf()
     tmp = Path(tempfile.mkdtemp(prefix="lean-"))
     strace_ok = shutil.which("strace") is not None
+    perf_ok = shutil.which("perf") is not None and PerfFsyncs.works()
+    perf_fsyncs: dict[str, int] = {}
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     pyspy_ok = not args.no_profile and Path(pyspy).exists()
     m = machine()
@@ -745,7 +782,6 @@ def main() -> None:
         daemon = Daemon(broot, write_config(broot, sim))
         box = broot / "box00"
         rounds: list[dict[str, Any]] = []
-        fsyncs: dict[str, int] = {}
         profiles: dict[int, list[tuple[list[str], int]]] = {}
         profiled_seconds: dict[int, float] = {}
         try:
@@ -753,35 +789,26 @@ def main() -> None:
             for r in range(1, args.rounds + 1):
                 tracer = None
                 (user0, sys0), machine0 = cpu_split(daemon.pid), machine_ticks()
-                if r == 2 and strace_ok:
-                    # strace stops every thread at every system call: attached to the first
-                    # STRACE_DOCS only, or the round would take minutes (the rest follow untraced).
-                    k = min(n, args.strace_docs)
-                    tracer = Strace(daemon.pid, tmp / "strace.txt")
-                    times = burst(sim, box, k, pdf, f"r{r}a-", (r - 1) * n)
-                    fsyncs = tracer.stop()
-                    if k < n:
-                        burst(sim, box, n - k, pdf, f"r{r}b-", (r - 1) * n + k)
-                else:
-                    if r in (3, 4) and pyspy_ok:
-                        tracer = PySpy(pyspy, daemon.pid, tmp / f"pyspy{r}.txt", gil=r == 3)
-                    times = burst(sim, box, n, pdf, f"r{r}-", (r - 1) * n)
-                    if isinstance(tracer, PySpy):
-                        profiles[r] = tracer.stop()
-                        profiled_seconds[r] = tracer.seconds
+                if r in (3, 4) and pyspy_ok:
+                    tracer = PySpy(pyspy, daemon.pid, tmp / f"pyspy{r}.txt", gil=r == 3)
+                counter = PerfFsyncs(daemon.pid, tmp / "perf.txt") if r == 2 and perf_ok else None
+                times = burst(sim, box, n, pdf, f"r{r}-", (r - 1) * n)
+                if counter is not None:
+                    perf_fsyncs = counter.stop()
+                if tracer is not None:
+                    profiles[r] = tracer.stop()
+                    profiled_seconds[r] = tracer.seconds
                 (user1, sys1), machine1 = cpu_split(daemon.pid), machine_ticks()
                 time.sleep(0.5)
                 rss = status_kb(daemon.pid, "VmRSS") / 1024
-                note = {2: f" (strace on the first {args.strace_docs}: docs/s of those)",
-                        3: " (under py-spy --gil)", 4: " (under py-spy)"}.get(r, "") if tracer else ""
+                note = {3: " (under py-spy --gil)", 4: " (under py-spy)"}.get(r, "") if tracer else ""
                 busy, steal = machine_share(machine0, machine1)
                 user = 1000.0 * (user1 - user0) / CLK_TCK / n
                 system = 1000.0 * (sys1 - sys0) / CLK_TCK / n
                 rounds.append({**times, "cpu_ms": user + system, "user_ms": user, "sys_ms": system,
                                "rss": rss, "note": note, "busy": busy, "steal": steal, "round": r})
-                k = min(n, args.strace_docs) if r == 2 and tracer else n
-                print(f"[burst {r}] {k / times['accepted']:.0f} docs/s to accepted, "
-                      f"{k / times['filed']:.0f} docs/s to filed (written in {times['written']:.2f}s), "
+                print(f"[burst {r}] {n / times['accepted']:.0f} docs/s to accepted, "
+                      f"{n / times['filed']:.0f} docs/s to filed (written in {times['written']:.2f}s), "
                       f"CPU {user + system:.1f} ms/doc ({user:.1f} user + {system:.1f} system), "
                       f"RSS {rss:.1f} MB; machine busy {busy:.0f}% "
                       f"of {os.cpu_count()} cores, steal {steal:.1f}%{note}")
@@ -794,6 +821,24 @@ def main() -> None:
             extra_keys = sorted(set(sends[-1]["body"]) - {"faxNumber", "faxData"}) if sends else []
         finally:
             daemon.stop()
+
+        # -- 2b. fsyncs: a fresh daemon under strace from its start to its exit
+        fsyncs: dict[str, int] = {}
+        n_traced = args.fsync_docs or n
+        if strace_ok:
+            froot = tmp / "fsync"
+            froot.mkdir()
+            out = froot / "strace.txt"
+            traced = Daemon(froot, write_config(froot, sim), prefix=strace_prefix(out))
+            try:
+                time.sleep(1.0)
+                times = burst(sim, froot / "box00", n_traced, pdf, "f-", 0)
+            finally:
+                traced.stop()
+                traced.proc.wait(30)
+            fsyncs = strace_counts(out)
+            print(f"[fsync] {n_traced} docs under strace --seccomp-bpf: {n_traced / times['accepted']:.0f} "
+                  f"docs/s to accepted; {fsyncs} from start to exit")
 
         # -- 3. SQL statements (in-process)
         sroot = tmp / "sql"
@@ -838,7 +883,6 @@ def main() -> None:
     b_httpx, b_raw = n / t_httpx, n / t_raw
     cpu_clean = sum(r["cpu_ms"] for r in clean) / len(clean)
     n_fsync = sum(fsyncs.values())
-    n_traced = min(n, args.strace_docs)
     rss = [r["rss"] for r in rounds]
     flat = len(rss) >= 5 and rss[4] <= rss[1] + 5
     sync_names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -857,9 +901,13 @@ def main() -> None:
         ("burst ratio gateway ÷ bare httpx (filed)", f"{g_filed / b_httpx:.2f}", ""),
         (f"latency-bound: {ln} docs, 100 ms answers, 8 in flight",
          f"{lrate:.1f}/s = {lrate / 80:.2f} of 80/s", TARGETS["latency-bound"]),
-        ("fsyncs per document (fsync+fdatasync, strace)",
-         f"{n_fsync / n_traced:.1f}" + (f" ({fsyncs.get('fsync', 0) / n_traced:.1f}+"
-                                        f"{fsyncs.get('fdatasync', 0) / n_traced:.1f})"
+        ("fsyncs per document (fsync+fdatasync, perf, round 2, untraced)",
+         (f"{sum(perf_fsyncs.values()) / n:.2f} ({perf_fsyncs.get('fsync', 0) / n:.2f}+"
+          f"{perf_fsyncs.get('fdatasync', 0) / n:.2f})") if perf_fsyncs else "(no perf)",
+         TARGETS["fsyncs/doc"]),
+        (f"fsyncs per document (fsync+fdatasync, strace, {n_traced} docs)",
+         f"{n_fsync / n_traced:.2f}" + (f" ({fsyncs.get('fsync', 0) / n_traced:.2f}+"
+                                        f"{fsyncs.get('fdatasync', 0) / n_traced:.2f})"
                                         if fsyncs else " (no strace)"), TARGETS["fsyncs/doc"]),
         ("SQL statements per document", f"{sql['statements'] / sql['n']:.1f}", TARGETS["statements/doc"]),
         ("SQL trigger runs per document (job_counts; not counted above)",
