@@ -271,11 +271,15 @@ def unclaim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str,
         raise SpoolError(f"{job_dir(private, job_id)} could not be removed")
 
 
-def remove_job_dir(private: str | Path, job_id: int) -> None:
-    """Only empty folders are removed: a file left behind is never deleted."""
+def remove_job_dir(private: str | Path, job_id: int, rel_dir: str | None = None) -> None:
+    """Only empty folders are removed: a file left behind is never deleted.  Knowing the
+    job's `rel_dir`, its folders are removed bottom-up without walking them (filing does
+    this for every job); anything else there sends it the long way."""
     try:
         with open_dir(private) as priv:
             name = str(job_id)
+            if rel_dir is not None and _remove_chain(priv, [name, *_parts(rel_dir)]):
+                return
             if lstat_at(priv, name) is None:
                 return
             for _dirpath, dirnames, _files, dfd in os.fwalk(name, topdown=False, dir_fd=priv):
@@ -290,6 +294,17 @@ def remove_job_dir(private: str | Path, job_id: int) -> None:
                 pass
     except FileNotFoundError:
         return
+
+
+def _remove_chain(priv: int, parts: list[str]) -> bool:
+    """rmdir JOB/A/B, JOB/A, JOB in the private folder (made by the gateway, no links in
+    it); False as soon as one is not empty or not there."""
+    for i in range(len(parts), 0, -1):
+        try:
+            os.rmdir(os.path.join(*parts[:i]), dir_fd=priv)
+        except OSError:
+            return False
+    return True
 
 
 # -- names on filing ------------------------------------------------------------------
@@ -482,10 +497,10 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
             os.fsync(dst)
         write_result_at(dst, suffixed(result_name, suffix, bases), result(filed), sync_dir=syncs is None)
     if syncs is None:
-        remove_job_dir(private, job_id)
+        remove_job_dir(private, job_id, rel_dir)
     else:
         syncs.add(dest_root, rel_dir)
-        syncs.after(lambda: remove_job_dir(private, job_id))
+        syncs.after(lambda: remove_job_dir(private, job_id, rel_dir))
     return filed
 
 

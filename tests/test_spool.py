@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import spool
 from gateway.spool import move_file, suffixed
 
 
@@ -54,3 +55,23 @@ def test_suffix_keeps_a_jobs_files_together():
     assert suffixed("scan.pdf.result.json", 2, bases) == "scan-2.pdf.result.json"
     assert suffixed("batch.yaml", 1, ["batch.yaml"]) == "batch-1.yaml"
     assert suffixed("README", 1, ["README"]) == "README-1"
+
+
+@pytest.mark.parametrize("rel_dir", ["", "+15551234567", "clinic/+15551234567"])
+def test_a_filed_jobs_folders_are_removed_and_a_file_left_in_them_is_kept(tmp_path, rel_dir):
+    """Filing removes the job's folder bottom-up without walking it; anything it did not
+    expect there (a file, another folder) is never deleted, and only empty folders go."""
+    private = tmp_path / "private"
+    held = spool.job_dir(private, 7) / rel_dir
+    held.mkdir(parents=True)
+    spool.remove_job_dir(private, 7, rel_dir)
+    assert not spool.job_dir(private, 7).exists()
+
+    held.mkdir(parents=True)
+    (held / "left.pdf").write_bytes(b"%PDF-1.4 left behind")
+    (spool.job_dir(private, 7) / "empty").mkdir()
+    spool.remove_job_dir(private, 7, rel_dir)
+    assert (held / "left.pdf").read_bytes() == b"%PDF-1.4 left behind"
+    assert not (spool.job_dir(private, 7) / "empty").exists()
+
+    spool.remove_job_dir(private, 8, rel_dir)  # never made, or removed before a crash: nothing to do
