@@ -51,6 +51,7 @@ JOB_CACHE = 4096  # jobs kept in memory while their recipients are sent and poll
 DUE_BATCH = 64  # due submissions read at once
 DUE_FRESH = 1.0  # seconds they are kept before they are read again
 POLL_AHEAD = 0.25  # polls due within this are read together (at most a quarter of poll.interval)
+PREPARED_AHEAD = 8 << 20  # bytes of requests encoded ahead while every worker is busy
 SCHEDULE_TRUST = 1.0  # seconds the loop trusts what it knows of the queue without asking the store
 SAME_REFUSALS_TO_PAUSE = 3
 
@@ -106,6 +107,8 @@ class Dispatcher(Stage):
         self._token_at: float | None = None  # held back by requests_per_minute until then
         self._due: collections.deque[Recipient] = collections.deque()  # read ahead (_read_due)
         self._due_until = 0.0
+        # Encoded while every worker was busy, so a worker that comes free starts at once.
+        self._prepared: collections.deque[tuple[Recipient, Job, PreparedRequest]] = collections.deque()
         # No submission (poll) is due before this, as far as this process's writes tell;
         # None: ask the store.  Every write here that makes one due sooner lowers it
         # (`_soon`); a change from another stage comes with `wake`.  So a burst asks the
@@ -142,10 +145,10 @@ class Dispatcher(Stage):
             self._news = False  # cleared before the store is asked: a change after it wakes again
             self._forget_schedule()
         if time.monotonic() >= self._due_until:
-            self._due.clear()
+            self._drop_read_ahead()
         if time.monotonic() >= self._next_requests:
             self._next_requests = time.monotonic() + REQUESTS_EVERY
-            self._due.clear()  # a cancel or a resend may change what is due
+            self._drop_read_ahead()  # a cancel or a resend may change what is due
             self._handle_requests()
         self._check_hourly_caps()
         # A poll a whole poll.interval overdue goes before any send (never later than
@@ -199,7 +202,7 @@ class Dispatcher(Stage):
     def apply(self, change: Reload) -> None:
         """New settings (SIGHUP) for requests started from now on."""
         cfg = change.config
-        self._due.clear()
+        self._drop_read_ahead()
         self._news = True
         self.outboxes, self.configured = change.known, set(change.outboxes)
         self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
@@ -235,7 +238,7 @@ class Dispatcher(Stage):
         if self._token_at is not None:  # due work waits for requests_per_minute
             nxt.append(self._token_at)
         if not submissions_full:
-            t = now if self._due else self._next_time("submit")
+            t = now if self._due or self._prepared else self._next_time("submit")
             if t is not None:
                 nxt.append(max(t, held))
         if not polls_full:
@@ -272,6 +275,7 @@ class Dispatcher(Stage):
         free during this turn goes to the next send, not to them)."""
         free = self._free("submit")
         if free <= 0:
+            self._prepare_ahead()
             return True, True
         if self.backoff.wait() > 0:
             return False, False
@@ -280,36 +284,59 @@ class Dispatcher(Stage):
         # A worker that comes free while this round is prepared joins it: one commit for more
         # intents, and still only requests that start at once (issue 12: fewer fsyncs).
         while len(ready) < max(free, self._free("submit")):
-            if not self._due:
-                if read or not self._may_be_due("submit", time.time()):
-                    break
-                self._read_due(free, taken={item[0].id for item in ready})
-                read = True
-                continue
-            rec = self._due.popleft()
-            if rec.id in self._inflight:
-                continue
-            if not self._token():
-                self._due.appendleft(rec)
-                break
-            try:
-                prepared = self._prepare(rec)
-            except Exception as exc:  # this one waits a minute; the others go on
-                self._failed(rec, "submit", exc)
-                continue
-            finally:
-                if self._finished:  # answers that came while a document was read and encoded
-                    self._settle()  # are recorded now, not after the whole round (issue 12: 50 ms)
-            if prepared is None:
-                continue
-            ticket = self.backoff.admit()
+            if not self._prepared:
+                if not self._due:
+                    if read or not self._may_be_due("submit", time.time()):
+                        break
+                    self._read_due(free, taken={item[0].id for item in ready})
+                    read = True
+                    continue
+                if not self._prepare_next(settle=True):
+                    continue
+            item = self._prepared.popleft()
+            ticket = self.backoff.admit() if self._token() else None
             if ticket is None:
-                self._due.appendleft(rec)
+                self._prepared.appendleft(item)
                 break
-            ready.append((rec, *prepared, ticket))
+            ready.append((*item, ticket))
         self._send_all(ready)
         full = self._free("submit") <= 0
-        return full, full or bool(self._due)
+        if full:
+            self._prepare_ahead()
+        return full, full or bool(self._due) or bool(self._prepared)
+
+    def _prepare_next(self, *, settle: bool) -> bool:
+        """Read and encode the next due recipient into `_prepared`; False if it is not to
+        be sent now (what happened is recorded) or fails (it waits a minute)."""
+        rec = self._due.popleft()
+        if rec.id in self._inflight:
+            return False
+        try:
+            prepared = self._prepare(rec)
+        except Exception as exc:  # this one waits a minute; the others go on
+            self._failed(rec, "submit", exc)
+            return False
+        finally:
+            if settle and self._finished:  # answers that came while a document was read and
+                self._settle()  # encoded are recorded now, not after the whole round (50 ms)
+        if prepared is None:
+            return False
+        self._prepared.append((rec, *prepared))
+        return True
+
+    def _prepare_ahead(self) -> None:
+        """While every worker is busy, the next requests are read and encoded (up to one
+        per worker and PREPARED_AHEAD bytes), so a worker that comes free gets one at once
+        instead of waiting for that (issue 12: the latency-bound case).  Nothing is
+        committed: a request prepared ahead is an intent's only after its commit."""
+        while (self._due and len(self._prepared) < self.max_in_flight and self._free("submit") <= 0
+               and not self._stop.is_set()
+               and sum(len(r.content) for _, _, r in self._prepared) < PREPARED_AHEAD):
+            self._prepare_next(settle=False)
+
+    def _drop_read_ahead(self) -> None:
+        self._due.clear()
+        self._prepared.clear()
 
     def _read_due(self, free: int, taken: set[int]) -> None:
         """Due recipients are read DUE_BATCH at a time (a burst reads the queue once per
@@ -320,6 +347,7 @@ class Dispatcher(Stage):
         rows = self.store.due_submissions(time.time(), limit, skip_outboxes=list(self.capped))
         if len(rows) < limit:
             self._next["submit"] = None  # all that is due was read: when the next is, is asked once
+        taken = taken | {rec.id for rec, _, _ in self._prepared}
         self._due = collections.deque(r for r in rows if r.id not in self._inflight and r.id not in taken)
         self._due_until = time.monotonic() + DUE_FRESH
 

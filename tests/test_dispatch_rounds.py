@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 
-from conftest import make_pdf, sent_documents
+from conftest import make_pdf, run_cli, sent_documents, wait_for
 
 
 def test_a_burst_in_rounds_sends_each_document_once(daemon, spool, simulator):
@@ -60,3 +60,28 @@ def test_a_burst_asks_the_store_what_is_due_once_per_batch_not_once_per_turn(ser
     sent = collections.Counter(doc for _, doc in sent_documents(simulator))
     assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
     assert len(reads) < n, f"{len(reads)} reads of what is due for {n} documents"
+
+
+def test_a_fax_encoded_ahead_and_then_canceled_is_never_sent(make_config, service, spool, simulator):
+    """While every worker is busy the next requests are read and encoded ahead, with
+    nothing committed: one canceled meanwhile never leaves, the others leave once each."""
+    simulator.set_fault("slow", seconds=1.5, endpoints=("fax-send",))
+    cfg = make_config(api={"max_in_flight": 1})
+    svc = service(cfg)
+    datas = {}
+    for i in range(3):
+        datas[i] = make_pdf(1, text=f"ahead {i}")
+        (spool.folder(f"+1555123096{i}") / f"a{i}.pdf").write_bytes(datas[i])
+    ahead = wait_for(lambda: [rec for rec, _, _ in list(svc.dispatcher._prepared)], 15,
+                     "a request encoded ahead while the only worker is busy")
+    canceled = ahead[0].job_id
+    p = run_cli("cancel", "-c", str(cfg), str(canceled))
+    assert p.returncode == 0, p.stderr
+    simulator.set_fault(None)
+    results = spool.wait_results(3, "both", timeout=30)
+    by_job = {r["job"]: r for r in results}
+    assert by_job[canceled]["state"] == "canceled"
+    assert by_job[canceled]["recipients"][0]["attempts"] == 0
+    sent = collections.Counter(doc for _, doc in sent_documents(simulator))
+    assert set(sent.values()) == {1} and len(sent) == 2
+    assert sorted(r["state"] for r in results) == ["canceled", "delivered", "delivered"]
