@@ -111,11 +111,12 @@ class Dispatcher(Stage):
         self._prepared: collections.deque[tuple[Recipient, Job, PreparedRequest]] = collections.deque()
         # No submission (poll) is due before this, as far as this process's writes tell;
         # None: ask the store.  Every write here that makes one due sooner lowers it
-        # (`_soon`); a change from another stage comes with `wake`.  So a burst asks the
-        # store what is due once per intake slice, not once per turn (issue 12).
+        # (`_soon`); a change from another stage comes with `wake` (submissions) or
+        # `poll_soon` (a webhook).  So a burst asks the store what is due once per intake
+        # slice, not once per turn (issue 12).
         self._next: dict[str, float | None] = {"submit": None, "poll": None}
         self._polls: collections.deque[Recipient] = collections.deque()  # read ahead (_read_polls)
-        self._news = False
+        self._news = {"submit": False, "poll": False}
         self._known_at = 0.0
         self.sends_waiting = False  # read by the filing stage, which gives way meanwhile
 
@@ -141,9 +142,12 @@ class Dispatcher(Stage):
             self._settle()  # answers still go to the file the store has open (dbguard saves it)
             return 1.0
         self._token_at = None
-        if self._news or time.monotonic() - self._known_at >= SCHEDULE_TRUST:
-            self._news = False  # cleared before the store is asked: a change after it wakes again
+        if time.monotonic() - self._known_at >= SCHEDULE_TRUST:
             self._forget_schedule()
+        for kind, news in self._news.items():
+            if news:  # cleared before the store is asked: a change after it wakes again
+                self._news[kind] = False
+                self._forget(kind)
         if time.monotonic() >= self._due_until:
             self._drop_read_ahead()
         if time.monotonic() >= self._next_requests:
@@ -169,13 +173,23 @@ class Dispatcher(Stage):
         return self._sleep_time(submissions_full, polls_full)
 
     def wake(self) -> None:
-        """Another stage changed what is due (a job accepted or reopened, a webhook)."""
-        self._news = True
+        """Another stage changed what is to be submitted (a job accepted or taken back)."""
+        self._news["submit"] = True
         super().wake()
 
+    def poll_soon(self) -> None:
+        """A fax that is sending is to be polled sooner (a webhook)."""
+        self._news["poll"] = True
+        super().wake()
+
+    def _forget(self, kind: str) -> None:
+        self._next[kind] = None
+        if kind == "poll":
+            self._polls.clear()
+
     def _forget_schedule(self) -> None:
-        self._next = {"submit": None, "poll": None}
-        self._polls.clear()
+        self._forget("submit")
+        self._forget("poll")
         self._known_at = time.monotonic()
 
     def _soon(self, kind: str, at: float) -> None:
@@ -203,7 +217,7 @@ class Dispatcher(Stage):
         """New settings (SIGHUP) for requests started from now on."""
         cfg = change.config
         self._drop_read_ahead()
-        self._news = True
+        self._forget_schedule()
         self.outboxes, self.configured = change.known, set(change.outboxes)
         self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
         self.file_names = cfg.log.file_names

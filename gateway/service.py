@@ -221,7 +221,7 @@ class Service:
         rec = self.store.find_recipient_by_ifax_job(str(job_id).strip())
         # Only a fax that is sending is polled sooner; one waiting to be resent keeps its delay.
         if rec is not None and self.store.poll_now(rec.id) and self.dispatcher:
-            self.dispatcher.wake()
+            self.dispatcher.poll_soon()
 
     # -- running --------------------------------------------------------------------
 
