@@ -30,8 +30,11 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
    pipeline spends in Python) and round 4 under plain `py-spy record` (threads py-spy
    sees as active: waits for fsync and for answers included).  Traced rounds are
    slowed by their tracer, so their docs/s are shown but not used; rounds 1, 2 and 5 on
-   are clean.  RSS (VmRSS) is read after every round (ROUNDS, default 5, at least 3):
-   "flat" means round 5 <= round 2 + 5 MB; peak RSS is VmHWM.
+   are clean.  Round 2's fsync and fdatasync calls are counted in the kernel with
+   `perf stat -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p PID`, which
+   stops nothing (skipped where perf or its tracepoints are missing).  RSS (VmRSS) is
+   read after every round (ROUNDS, default 5, at least 3): "flat" means round 5 <=
+   round 2 + 5 MB; peak RSS is VmHWM.
 2b. fsyncs: a fresh daemon started under `strace -f --seccomp-bpf -c -e
    trace=fsync,fdatasync`, one burst of FSYNC_DOCS documents (default DOCS), stopped;
    its fsync and fdatasync calls from start to exit (start-up and stop included), per
@@ -60,8 +63,9 @@ own connection in phase 3, and with a separate sqlite3 connection, which shows o
 that connection's default because the pragma is per connection) and whether folder
 fsyncs are on (read from gateway/spool.py: there is no setting).
 
-Needs strace (apt-get install strace) for 2b and py-spy (pip install py-spy) for rounds 3 and 4
-and for naming the idle phase's threads; without them those figures are skipped.
+Needs perf (apt-get install linux-perf) for round 2's fsyncs, strace for 2b, and py-spy
+(pip install py-spy) for rounds 3 and 4 and for naming the idle phase's threads; without
+them those figures are skipped.
 """
 
 from __future__ import annotations
