@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
-from conftest import make_pdf
+from conftest import make_pdf, wait_for
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -91,3 +93,29 @@ def test_created_folders_and_result_files_take_parent_group_and_modes(service, s
     assert stat.S_IMODE(made.stat().st_mode) & 0o777 == 0o750
     assert stat.S_IMODE(result["_path"].stat().st_mode) == 0o640
     assert made.stat().st_gid == spool.sent.stat().st_gid
+
+
+def test_healthz_proves_the_database_writable_without_a_commit_per_request(daemon, tmp_path):
+    """/healthz and /metrics write to the database to prove it writable, at most every
+    few seconds however often they are asked (a monitor polling every second must not
+    add an fsync a second); a write that fails turns /healthz 503 with the reason, and
+    it recovers once writes succeed again."""
+    d = daemon().start()
+    db = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None, timeout=10)
+    db.execute("CREATE TABLE hb_writes(n INTEGER)")
+    db.execute("INSERT INTO hb_writes VALUES (0)")
+    db.execute("CREATE TRIGGER hb_count AFTER INSERT ON meta WHEN NEW.key='heartbeat'"
+               " BEGIN UPDATE hb_writes SET n=n+1; END")
+    for _ in range(30):
+        assert httpx.get(d.url + "/healthz").status_code == 200
+        assert httpx.get(d.url + "/metrics").status_code == 200
+    assert db.execute("SELECT n FROM hb_writes").fetchone()[0] <= 2
+
+    db.execute("CREATE TRIGGER hb_full BEFORE INSERT ON meta WHEN NEW.key='heartbeat'"
+               " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    answer = wait_for(lambda: (r := httpx.get(d.url + "/healthz")).status_code == 503 and r, 15, "503")
+    reasons = answer.json()["reasons"]
+    assert any("database is not writable" in why and "disk is full" in why for why in reasons), reasons
+    db.execute("DROP TRIGGER hb_full")
+    wait_for(lambda: httpx.get(d.url + "/healthz").status_code == 200, 15, "/healthz 200 again")
+    db.close()
