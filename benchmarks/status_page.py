@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from conftest import free_port  # noqa: E402
 from history import fill  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 from gateway.config import load_config  # noqa: E402
 from gateway.service import Service  # noqa: E402
@@ -122,15 +123,7 @@ def main(sizes: list[int]) -> None:
               f"{NAME_SEARCH_WITHIN:,} on it walks at most that many, so a larger history costs no more. The "
               "first start after upgrading builds the two search indexes once, before READY (a database "
               "made by this version has them from the start)."]
-    out = ROOT / "benchmarks" / "RESULTS.md"
-    text = out.read_text() if out.exists() else ""
-    if SECTION in text:  # replace this script's section, keep the others
-        head, _, rest = text.partition(SECTION)
-        following = rest.find("\n# ")
-        text = head + "\n".join(lines) + "\n" + (rest[following:] if following >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    out.write_text(text)
+    write_section(lines)
 
 
 if __name__ == "__main__":
