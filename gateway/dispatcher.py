@@ -650,7 +650,7 @@ class Dispatcher(Stage):
         self._next_probe = time.monotonic() + PROBE_INTERVAL
 
     def _probe(self) -> None:
-        if time.monotonic() < self._next_probe:
+        if time.monotonic() < self._next_probe or self.backoff.wait() > 0 or not self._token():
             return
         self._next_probe = time.monotonic() + PROBE_INTERVAL
         try:
@@ -715,10 +715,12 @@ class Dispatcher(Stage):
     def _start_deletes(self) -> None:
         """delete_after_delivery, once "delivered" is committed: a fax iFax forgot could
         never be polled again after a crash.  It takes a polling worker."""
-        if not self._deletes:
+        if not self._deletes or self.backoff.wait() > 0:
             return
         self.store.flush()
         while self._deletes and self._free("poll") > 0:
+            if not self._token():  # fax-delete shares requests_per_minute (SPEC 6.1)
+                break
             job_id, ids = self._deletes.popleft()
             with self._lock:
                 self._running["poll"] += 1
@@ -850,7 +852,8 @@ class Dispatcher(Stage):
             log.info("job %s: %s for %s", job.id, new_state, rec.number)
             ob = self.outboxes.get(job.outbox)
             if new_state == JobState.DELIVERED and ob is not None and ob.delete_after_delivery:
-                self._deletes.append((job.id, rec.all_ifax_job_ids or [rec.ifax_job_id]))
+                # one request each (every attempt's jobId), each taking its own token
+                self._deletes.extend((job.id, [i]) for i in rec.all_ifax_job_ids or [rec.ifax_job_id])
         return after
 
     def _delete_at_ifax(self, job_id: int, ifax_job_ids: list[str]) -> None:
@@ -898,6 +901,9 @@ class Dispatcher(Stage):
             if r.state == "submitting" or r.id in self._inflight:
                 waiting = True
             elif r.state == "sending" and r.ifax_job_id:
+                if not self._token():  # fax-cancel shares requests_per_minute (SPEC 6.1)
+                    waiting = True
+                    continue
                 try:
                     self.client.cancel(r.ifax_job_id)
                 except Refused as exc:  # already final at iFax: the next poll says how it ended

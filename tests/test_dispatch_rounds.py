@@ -85,3 +85,21 @@ def test_a_fax_encoded_ahead_and_then_canceled_is_never_sent(make_config, servic
     sent = collections.Counter(doc for _, doc in sent_documents(simulator))
     assert set(sent.values()) == {1} and len(sent) == 2
     assert sorted(r["state"] for r in results) == ["canceled", "delivered", "delivered"]
+
+
+def test_every_request_to_ifax_shares_requests_per_minute(service, spool, simulator):
+    """SPEC 6.1: all API requests, polls included, share requests_per_minute; so do the
+    fax-delete requests of delete_after_delivery."""
+    simulator.delay = 0.0
+    svc = service(api={"requests_per_minute": 120}, defaults={"delete_after_delivery": True})
+    for i in range(3):
+        (spool.folder(f"+1555123097{i}") / "d.pdf").write_bytes(make_pdf(1, text=f"shared {i}"))
+    spool.wait_results(3, "sent", timeout=60)
+    wait_for(lambda: len(simulator.requests("fax-delete")) >= 3, 30, "three fax-delete requests")
+    times = sorted(r["time"] for r in simulator.requests())
+    # A token bucket of 2 a second that holds one second's worth: in any span of T
+    # seconds at most 2 + 2T requests start (the simulator records them as they come).
+    worst = max(j - i + 1 - 2 * (times[j] - times[i])
+                for i in range(len(times)) for j in range(i, len(times)))
+    assert worst <= 2 + 1, f"{len(times)} requests; {worst:.1f} in excess of the rate at the worst"
+    assert svc.health()[0]
