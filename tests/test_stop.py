@@ -12,17 +12,23 @@ from conftest import make_pdf, sent_documents, wait_for
 
 
 def test_sigterm_finishes_requests_under_way_and_starts_none(daemon, spool, simulator):
-    d = daemon(api={"timeout": "6s", "max_in_flight": 4}).start()
-    waiting = spool.folder("+15551239888")  # ...888: stays sending, polled every 0.2 s
+    # Four sends under way and two workers free that keep polling two faxes still sending
+    # (...888) every 0.2 s: a sending loop told to stop any later than at once (the old
+    # order stopped intake first) starts a poll after the signal.
+    d = daemon(api={"timeout": "6s", "max_in_flight": 6}).start()
+    waiting = spool.folder("+15551239888")
     for i in range(2):
         (waiting / f"w{i}.pdf").write_bytes(make_pdf(1, text=f"wait-{i}"))
     wait_for(lambda: len(simulator.requests("fax-status")) >= 4, 20, "polls of faxes still sending")
     simulator.set_fault("slow", endpoints=("fax-send",), seconds=3)  # answered 3 s after processing
     folder = spool.folder("+15551239201")
-    datas = [make_pdf(1, text=f"stop-{i}") for i in range(12)]
+    datas = [make_pdf(1, text=f"stop-{i}") for i in range(4)]
     for i, data in enumerate(datas):
         (folder / f"d{i}.pdf").write_bytes(data)
     wait_for(lambda: len(simulator.requests("fax-send")) >= 6, 20, "four submissions in flight")
+    sends_started = time.time()
+    wait_for(lambda: [r for r in simulator.requests("fax-status") if r["time"] > sends_started + 0.3],
+             10, "polls going on beside the sends under way")
 
     assert d.proc is not None
     term = time.time()
