@@ -297,14 +297,20 @@ def remove_job_dir(private: str | Path, job_id: int, rel_dir: str | None = None)
 
 
 def _remove_chain(priv: int, parts: list[str]) -> bool:
-    """rmdir JOB/A/B, JOB/A, JOB in the private folder (made by the gateway, no links in
-    it); False as soon as one is not empty or not there."""
-    for i in range(len(parts), 0, -1):
-        try:
-            os.rmdir(os.path.join(*parts[:i]), dir_fd=priv)
-        except OSError:
-            return False
-    return True
+    """rmdir JOB/A/B, JOB/A, JOB in the private folder, each opened without following a
+    link; False as soon as one is not a folder, not empty or not there."""
+    fds = [priv]
+    try:
+        for part in parts[:-1]:
+            fds.append(os.open(part, _NOFOLLOW_DIR, dir_fd=fds[-1]))
+        for parent, part in zip(reversed(fds), reversed(parts), strict=True):
+            os.rmdir(part, dir_fd=parent)
+        return True
+    except OSError:
+        return False
+    finally:
+        for fd in fds[1:]:
+            os.close(fd)
 
 
 # -- names on filing ------------------------------------------------------------------

@@ -75,3 +75,14 @@ def test_a_filed_jobs_folders_are_removed_and_a_file_left_in_them_is_kept(tmp_pa
     assert not (spool.job_dir(private, 7) / "empty").exists()
 
     spool.remove_job_dir(private, 8, rel_dir)  # never made, or removed before a crash: nothing to do
+
+
+def test_removing_a_jobs_folders_never_follows_a_link(tmp_path):
+    """A link where the job's folder should be is not followed: the empty folder it
+    points at, outside the private folder, stays."""
+    private, elsewhere = tmp_path / "private", tmp_path / "elsewhere"
+    (elsewhere / "+15551234567").mkdir(parents=True)
+    private.mkdir()
+    (private / "7").symlink_to(elsewhere)
+    spool.remove_job_dir(private, 7, "+15551234567")
+    assert (elsewhere / "+15551234567").is_dir()
