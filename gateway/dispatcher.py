@@ -252,25 +252,24 @@ class Dispatcher(Stage):
         if self._token_at is not None:  # due work waits for requests_per_minute
             nxt.append(self._token_at)
         if not submissions_full:
-            t = now if self._due or self._prepared else self._next_time("submit")
-            if t is not None:
-                nxt.append(max(t, held))
+            nxt.append(max(self._next_time("submit"), held))
         if not polls_full:
-            t = self._next_time("poll")
-            if self._polls:
-                t = min(self._polls[0].next_action_at or now, t if t is not None else math.inf)
-            if t is not None:
-                nxt.append(max(t + (self.poll_interval if submissions_full else 0.0), gate))
+            nxt.append(max(self._next_time("poll") + (self.poll_interval if submissions_full else 0.0), gate))
         return max(0.01, min(nxt) - now)
 
-    def _next_time(self, kind: str) -> float | None:
-        """When the next submission (poll) is due: known, or asked of the store once."""
+    def _next_time(self, kind: str) -> float:
+        """When the next submission (poll) is due, math.inf if none: what is read ahead,
+        else what the loop knows, else the store asked once."""
+        if kind == "submit" and (self._due or self._prepared):
+            return time.time()
         known = self._next[kind]
         if known is None:
-            known = (self.store.next_submission_time(skip_outboxes=list(self.capped)) if kind == "submit"
+            found = (self.store.next_submission_time(skip_outboxes=list(self.capped)) if kind == "submit"
                      else self.store.next_poll_time())
-            self._next[kind] = math.inf if known is None else known
-        return None if known == math.inf else known
+            known = self._next[kind] = math.inf if found is None else found
+        if kind == "poll" and self._polls:
+            known = min(known, self._polls[0].next_action_at or 0.0)
+        return known
 
     # -- submitting -----------------------------------------------------------------
     #

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -1015,12 +1016,9 @@ class Store:
     def next_poll_time(self, *, after: float | None = None) -> float | None:
         """The earliest poll due, or (`after`) the earliest one due later than that."""
         with self._lock:
-            if after is None:
-                row = self.conn.execute(
-                    "SELECT MIN(next_action_at) FROM recipients WHERE state='sending'").fetchone()
-            else:
-                row = self.conn.execute("SELECT MIN(next_action_at) FROM recipients WHERE state='sending'"
-                                        " AND next_action_at>?", (after,)).fetchone()
+            row = self.conn.execute(
+                "SELECT MIN(next_action_at) FROM recipients WHERE state='sending' AND next_action_at>?",
+                (-math.inf if after is None else after,)).fetchone()
         return row[0]
 
     def record_status(self, recipient_id: int, *, new_state: str | None, next_action_at: float,

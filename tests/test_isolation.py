@@ -108,6 +108,17 @@ def test_a_newline_in_a_name_cannot_forge_a_log_line(daemon, spool, simulator):
 
 # -- claims that fail are blocked, once --------------------------------------------
 
+def _with_trigger(d, db_path: Path, trigger: str) -> sqlite3.Connection:
+    """Start the daemon once so its database exists, stop it, and add a SQLite trigger
+    that makes one row's write fail for real; returns a connection to that database."""
+    d.start()
+    assert d.terminate() == 0
+    db = sqlite3.connect(db_path)
+    db.execute(trigger)
+    db.commit()
+    return db
+
+
 def _locked_folder(path: Path) -> Path:
     """A number folder the gateway's user may not write to (created 0755 by someone else)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -389,12 +400,9 @@ def test_a_job_whose_filing_write_always_fails_is_blocked_alone(daemon, spool, s
     real SQLite error, from a trigger on that one row), the others of its batch are still
     filed and the failing one is a blocked item, filed once the cause is gone."""
     d = daemon()
-    d.start()
-    assert d.terminate() == 0  # the database exists: a trigger can be added before the next start
-    db = sqlite3.connect(tmp_path / "jobs.db")
-    db.execute("CREATE TRIGGER refuse_job_2 BEFORE UPDATE OF phase ON jobs WHEN NEW.id = 2"
-               " AND NEW.phase = 'filing' BEGIN SELECT RAISE(ABORT, 'refused for job 2'); END")
-    db.commit()
+    db = _with_trigger(d, tmp_path / "jobs.db",
+                       "CREATE TRIGGER refuse_job_2 BEFORE UPDATE OF phase ON jobs WHEN NEW.id = 2"
+                       " AND NEW.phase = 'filing' BEGIN SELECT RAISE(ABORT, 'refused for job 2'); END")
     names = [f"f{i}.pdf" for i in range(3)]
     folder = spool.folder("+15551230520")
     for n in names:  # there before the start: claimed, sent and filed together
@@ -416,12 +424,10 @@ def test_a_fax_whose_submit_intent_always_fails_holds_up_no_other(daemon, spool,
     failing (a real SQLite error, from a trigger on that one row), the others of its round
     are sent, and the failing one waits a minute each time, logged once, never sent."""
     d = daemon(api={"max_in_flight": 4})
-    d.start()
-    assert d.terminate() == 0  # the database exists: a trigger can be added before the next start
-    db = sqlite3.connect(tmp_path / "jobs.db")
-    db.execute("CREATE TRIGGER refuse_recipient_2 BEFORE UPDATE OF state ON recipients WHEN NEW.id = 2"
-               " AND NEW.state = 'submitting' BEGIN SELECT RAISE(ABORT, 'refused for recipient 2'); END")
-    db.commit()
+    db = _with_trigger(d, tmp_path / "jobs.db",
+                       "CREATE TRIGGER refuse_recipient_2 BEFORE UPDATE OF state ON recipients"
+                       " WHEN NEW.id = 2 AND NEW.state = 'submitting'"
+                       " BEGIN SELECT RAISE(ABORT, 'refused for recipient 2'); END")
     folder = spool.folder("+15551230523")
     names = [f"s{i}.pdf" for i in range(4)]
     for n in names:  # there before the start: claimed together, submitted in one round
