@@ -1,8 +1,9 @@
 """The iFax REST client: five endpoints, and one question asked of every failure:
 could iFax have acted on the request?  (SPEC 6.2)
 
-Transport errors from httpx are mapped here, at the boundary, to the gateway's own
-`Transient` (certainly not acted on), `Uncertain` (maybe), `Refused` and `AuthFailed`.
+Transport failures (`gateway.httpconn`, which says at which step a request failed) are
+mapped here, at the boundary, to the gateway's own `Transient` (certainly not acted on),
+`Uncertain` (maybe), `Refused` and `AuthFailed`.
 Answers are read liberally because two versions of the API are in the wild.
 """
 
@@ -17,8 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from gateway import httpconn
 from gateway.errors import ApiError, AuthFailed, Refused, RequestNotEncodable, Transient, Uncertain
 
 log = logging.getLogger("gateway.ifax")
@@ -129,8 +129,8 @@ def _message(body: Any) -> str:
     return "no message"
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
+def _retry_after(answer: httpconn.Answer) -> float | None:
+    value = answer.headers.get("Retry-After")
     if not value:
         return None
     try:
@@ -149,16 +149,14 @@ class IFaxClient:
                  observer: Observer | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._observer = observer
-        self._http = httpx.Client(
-            # A connection not made within CONNECT_TIMEOUT never carried the fax: safe to try
-            # again, and an API whose packets vanish is probed again within the backoff's
-            # cap instead of after a whole api.timeout (issue 9: back within 10 s).
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            limits=httpx.Limits(max_connections=max_in_flight,
-                                max_keepalive_connections=max_in_flight),
-            headers={"accessToken": key, "Content-Type": "application/json",
-                     "Accept": "application/json",
-                     "User-Agent": "fax-gateway"})
+        # A connection not made within CONNECT_TIMEOUT never carried the fax: safe to try
+        # again, and an API whose packets vanish is probed again within the backoff's cap
+        # instead of after a whole api.timeout (issue 9: back within 10 s).
+        self._http = httpconn.poster(
+            self.base_url,
+            {"accessToken": key, "Content-Type": "application/json", "Accept": "application/json",
+             "User-Agent": "fax-gateway"},
+            timeout=timeout, connect_timeout=min(timeout, CONNECT_TIMEOUT), size=max_in_flight)
 
     def close(self) -> None:
         self._http.close()
@@ -224,29 +222,27 @@ class IFaxClient:
             if self._observer:
                 self._observer(endpoint, outcome, time.monotonic() - started)
 
-    def _post(self, endpoint: str, body: dict[str, Any] | bytes) -> httpx.Response:
-        url = f"{self.base_url}/customer/{endpoint}"
+    def _post(self, endpoint: str, body: dict[str, Any] | bytes) -> httpconn.Answer:
         content = body if isinstance(body, bytes) else _prepare(endpoint, body).content
         try:
-            return self._http.post(url, content=content)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise Transient(f"cannot connect to {self.base_url}: {_describe(exc)}",
+            return self._http.post(f"/customer/{endpoint}", content)
+        except httpconn.ConnectFailed as exc:
+            raise Transient(f"cannot connect to {self.base_url}: {exc}", endpoint=endpoint) from None
+        except httpconn.SendFailed as exc:
+            raise Transient(f"the request to {endpoint} could not be sent in full: {exc}",
                             endpoint=endpoint) from None
-        except (httpx.WriteError, httpx.WriteTimeout) as exc:
-            raise Transient(f"the request to {endpoint} could not be sent in full: {_describe(exc)}",
+        except httpconn.AnswerTimeout as exc:
+            raise Uncertain(f"no answer from {endpoint} within the timeout ({exc})",
                             endpoint=endpoint) from None
-        except httpx.TimeoutException as exc:
-            raise Uncertain(f"no answer from {endpoint} within the timeout ({_describe(exc)})",
-                            endpoint=endpoint) from None
-        except httpx.HTTPError as exc:
+        except httpconn.AnswerBroken as exc:
             raise Uncertain(f"the connection broke after the request to {endpoint} was sent "
-                            f"({_describe(exc)})", endpoint=endpoint) from None
+                            f"({exc})", endpoint=endpoint) from None
 
-    def _read(self, endpoint: str, resp: httpx.Response) -> dict[str, Any]:
-        code = resp.status_code
+    def _read(self, endpoint: str, resp: httpconn.Answer) -> dict[str, Any]:
+        code = resp.status
         try:
-            body = resp.json()
-        except ValueError:
+            body = json.loads(resp.body)
+        except ValueError:  # not JSON, or not UTF-8
             body = None
         if code in (429, 503):
             raise Transient(f"iFax answered HTTP {code} to {endpoint} (busy or down)",
@@ -281,11 +277,6 @@ def _prepare(endpoint: str, body: dict[str, Any]) -> PreparedRequest:
 def _fax_data(attachments: Sequence[Attachment]) -> list[dict[str, str]]:
     return [{"fileName": a.file_name, "fileData": base64.b64encode(a.data).decode("ascii")}
             for a in attachments]
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
 
 
 __all__ = ["ApiError", "Attachment", "FaxStatus", "IFaxClient", "parse_status", "parse_time"]

@@ -3,6 +3,12 @@ whether iFax could have acted on the request (SPEC 6.2)."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
 import pytest
 from conftest import make_pdf
 
@@ -105,3 +111,120 @@ def test_only_failed_is_a_resendable_final_failure():
                         ("canceled", "canceled"), ("delivered", "delivered"), ("sending", None)]:
         st = parse_status({"faxStatus": word})
         assert st.final_state == final and st.resendable == (word == "failed"), word
+
+
+def test_a_connection_the_server_closed_is_not_reused(client, simulator):
+    """A stale keep-alive connection must never turn a request that could not have reached
+    iFax into an uncertain one: the pool looks at an idle connection before reusing it."""
+    client.send("+15551230607", _doc())
+    simulator.stop()   # closes every connection, the client's idle one included
+    simulator.start()  # same port
+    job = client.send("+15551230608", _doc())
+    assert job.isdigit()
+    first, second = simulator.requests("fax-send")
+    assert second["body"]["faxNumber"] == "+15551230608"
+    assert second["connection"] != first["connection"]
+
+
+def test_a_kept_alive_connection_is_reused(client, simulator):
+    for number in ("+15551230609", "+15551230610", "+15551230611"):
+        client.send(number, _doc())
+    assert len({r["connection"] for r in simulator.requests("fax-send")}) == 1
+
+
+class _Responder:
+    """A server (a forward proxy, or an API over TLS) that answers every request itself
+    and records its request lines."""
+
+    ANSWER = b'{"status": 1, "message": "ok", "data": {"jobId": 4242}}'
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.lines: list[str] = []
+        self.tls = tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.tls:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except OSError:  # the client refused our certificate
+                    conn.close()
+                    continue
+            with conn, conn.makefile("rb") as f:
+                while line := f.readline():
+                    self.lines.append(line.decode().strip())
+                    length = 0
+                    while (header := f.readline()) not in (b"\r\n", b""):
+                        name, _, value = header.decode().partition(":")
+                        if name.lower() == "content-length":
+                            length = int(value)
+                    f.read(length)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(self.ANSWER), self.ANSWER))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_proxy_named_by_the_environment_is_used(simulator, monkeypatch):
+    proxy = _Responder()
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    c = IFaxClient(simulator.url, "test-key", timeout=2, max_in_flight=1)
+    try:
+        assert c.send("+15551230612", _doc()) == "4242"
+    finally:
+        c.close()
+        proxy.close()
+    assert proxy.lines == [f"POST {simulator.url}/customer/fax-send HTTP/1.1"]
+    assert simulator.requests("fax-send") == []
+
+
+def test_no_proxy_sends_directly(simulator, monkeypatch):
+    proxy = _Responder()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    c = IFaxClient(simulator.url, "test-key", timeout=2, max_in_flight=1)
+    try:
+        assert c.send("+15551230613", _doc()).isdigit()
+    finally:
+        c.close()
+        proxy.close()
+    assert proxy.lines == []
+    assert len(simulator.requests("fax-send")) == 1
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+def test_tls_is_verified(tmp_path, monkeypatch):
+    """Over https the server's certificate is checked: unknown, it is refused before anything
+    is sent (Transient); trusted through SSL_CERT_FILE, as httpx honoured it, it is used."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = _Responder(tls)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        c = IFaxClient(server.url + "/v1", "test-key", timeout=2, max_in_flight=1)
+        with pytest.raises(Transient, match="cannot connect"):
+            c.send("+15551230614", _doc())
+        c.close()
+        assert server.lines == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        c = IFaxClient(server.url + "/v1", "test-key", timeout=2, max_in_flight=1)
+        assert c.send("+15551230615", _doc()) == "4242"
+        c.close()
+        assert server.lines == ["POST /v1/customer/fax-send HTTP/1.1"]
+    finally:
+        server.close()

@@ -1,0 +1,225 @@
+"""Keep-alive HTTP/1.1 connections to the iFax API, on the standard library's `http.client`.
+
+Why not httpx for every request: on this kind of machine a request through `httpx.Client`
+costs 0.56 ms of CPU and one through `http.client` 0.16 ms (`benchmarks/lean.py`, "[bare]"),
+and with two requests per fax that difference was a fifth of the gateway's CPU per document
+(issue 12).  What httpx did for us is kept:
+
+- TLS is httpx's own context (`httpx.create_ssl_context`: the same CA bundle, the same
+  `SSL_CERT_FILE`/`SSL_CERT_DIR` handling), with the host name checked.
+- A pooled connection is looked at before it is reused: if the server has closed it (or sent
+  something unasked), it is dropped and a new one made, so a stale keep-alive connection
+  never turns a request that certainly never left into one that may have (SPEC 6.3).
+- Every failure says at which step it happened, which is what tells `Transient` (it never
+  reached iFax) from `Uncertain` (it may have): `ConnectFailed`, `SendFailed`,
+  `AnswerTimeout`, `AnswerBroken`.
+- A proxy from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus
+  `NO_PROXY`) is honoured by sending through httpx (`ProxiedPoster`), as before.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import ssl
+import threading
+import urllib.request
+from dataclasses import dataclass
+from email.message import Message
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+
+class TransportError(Exception):
+    """A request that got no HTTP answer; the subclass says how far it went."""
+
+
+class ConnectFailed(TransportError):
+    """No connection (refused, unreachable, TLS refused, connect timeout): nothing was sent."""
+
+
+class SendFailed(TransportError):
+    """The connection broke or stalled while the request was written: it was not sent in full."""
+
+
+class AnswerTimeout(TransportError):
+    """Sent in full, and no answer came within the timeout."""
+
+
+class AnswerBroken(TransportError):
+    """Sent in full, and the connection broke or the answer was not HTTP."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Message | httpx.Headers
+    body: bytes
+
+
+class Poster(Protocol):
+    def post(self, path: str, content: bytes) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+def proxy_for(base_url: str) -> str | None:
+    """The proxy the environment names for `base_url`, as httpx would choose it, or None."""
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxy
+
+
+def poster(base_url: str, headers: dict[str, str], *, timeout: float, connect_timeout: float,
+           size: int) -> Poster:
+    """Direct connections, unless the environment names a proxy for this URL."""
+    if proxy_for(base_url):
+        return ProxiedPoster(base_url, headers, timeout=timeout, connect_timeout=connect_timeout,
+                             size=size)
+    return Connections(base_url, headers, timeout=timeout, connect_timeout=connect_timeout, size=size)
+
+
+class Connections:
+    """Up to `size` idle connections to one origin, reused newest first; thread-safe.  A
+    caller beyond `size` at once gets a connection of its own, closed after its request (the
+    dispatcher never asks for more than `api.max_in_flight` at once)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], *, timeout: float,
+                 connect_timeout: float, size: int) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("api.base_url must be an http:// or https:// URL with a host")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._headers = dict(headers)
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._size = max(1, size)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._tls: ssl.SSLContext | None = httpx.create_ssl_context() if self._https else None
+
+    def post(self, path: str, content: bytes) -> Answer:
+        conn = self._take()
+        try:
+            try:
+                conn.putrequest("POST", self._prefix + path, skip_accept_encoding=True)
+                for name, value in self._headers.items():
+                    conn.putheader(name, value)
+                conn.putheader("Content-Length", str(len(content)))
+                conn.endheaders(content)
+            except (OSError, http.client.HTTPException) as exc:
+                raise SendFailed(_describe(exc)) from None
+            try:
+                resp = conn.getresponse()
+                body = resp.read()
+            except TimeoutError as exc:
+                raise AnswerTimeout(_describe(exc)) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise AnswerBroken(_describe(exc)) from None
+        except BaseException:
+            conn.close()
+            raise
+        if resp.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        return Answer(resp.status, resp.headers, body)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _take(self) -> http.client.HTTPConnection:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if _usable(conn):
+                return conn
+            conn.close()
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._connect_timeout,
+                                               context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
+            conn.close()
+            raise ConnectFailed(_describe(exc)) from None
+        assert conn.sock is not None
+        conn.sock.settimeout(self._timeout)
+        # Never reconnect silently inside a request: a new connection is made, and its
+        # failure classified, in _connect alone.
+        conn.auto_open = 0
+        return conn
+
+
+def _usable(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection is usable while nothing is waiting to be read on it: a readable
+    idle socket means the server closed it (or broke the protocol)."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+class ProxiedPoster:
+    """Through the proxy the environment names, by httpx (which reads it)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], *, timeout: float,
+                 connect_timeout: float, size: int) -> None:
+        self._base = base_url.rstrip("/")
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                                  limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                                  headers=headers)
+
+    def post(self, path: str, content: bytes) -> Answer:
+        try:
+            resp = self._http.post(self._base + path, content=content)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+            raise ConnectFailed(_describe(exc)) from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:
+            raise SendFailed(_describe(exc)) from None
+        except httpx.TimeoutException as exc:
+            raise AnswerTimeout(_describe(exc)) from None
+        except httpx.HTTPError as exc:
+            raise AnswerBroken(_describe(exc)) from None
+        return Answer(resp.status_code, resp.headers, resp.content)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
