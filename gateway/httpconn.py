@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import select
+import socket
 import ssl
 import threading
 import urllib.request
@@ -172,6 +173,9 @@ class Connections:
             raise ConnectFailed(_describe(exc)) from None
         assert conn.sock is not None
         conn.sock.settimeout(self._timeout)
+        # http.client writes the headers and the body in two sends: without this the body's
+        # last segment could wait for the server's delayed ACK of the headers (Nagle).
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Never reconnect silently inside a request: a new connection is made, and its
         # failure classified, in _connect alone.
         conn.auto_open = 0
