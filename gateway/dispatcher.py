@@ -54,6 +54,8 @@ POLL_AHEAD = 0.25  # polls due within this are read together (at most a quarter 
 PREPARED_AHEAD = 8 << 20  # bytes of requests encoded ahead while every worker is busy
 SCHEDULE_TRUST = 1.0  # seconds the loop trusts what it knows of the queue without asking the store
 SAME_REFUSALS_TO_PAUSE = 3
+EARLY_WEBHOOKS = 256  # jobIds of webhooks that came before their fax's acceptance was recorded
+EARLY_WEBHOOK_FOR = 60.0  # seconds such a webhook is remembered
 
 # What a worker brings back: the write that records its request's outcome, run in the
 # loop's thread, returning what to do once it is written (metrics, logs) or None.
@@ -117,6 +119,7 @@ class Dispatcher(Stage):
         self._next: dict[str, float | None] = {"submit": None, "poll": None}
         self._polls: collections.deque[Recipient] = collections.deque()  # read ahead (_read_polls)
         self._news = {"submit": False, "poll": False}
+        self._early: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._known_at = 0.0
         self.sends_waiting = False  # read by the filing stage, which gives way meanwhile
 
@@ -181,6 +184,27 @@ class Dispatcher(Stage):
         """A fax that is sending is to be polled sooner (a webhook)."""
         self._news["poll"] = True
         super().wake()
+
+    def webhook_before_acceptance(self, ifax_job_id: str) -> None:
+        """A webhook for a jobId no recipient has yet: iFax may answer it before the fax-send
+        that made it is recorded (a worker's answer waits for the loop).  The fax is polled
+        at once when its acceptance is recorded, instead of a whole poll.interval later.
+        Bounded: at most EARLY_WEBHOOKS remembered, each for EARLY_WEBHOOK_FOR seconds."""
+        with self._lock:
+            self._early.pop(ifax_job_id, None)
+            self._early[ifax_job_id] = time.monotonic() + EARLY_WEBHOOK_FOR
+            while len(self._early) > EARLY_WEBHOOKS:
+                self._early.popitem(last=False)
+
+    def _webhook_came(self, ifax_job_id: str) -> bool:
+        if not self._early:
+            return False
+        with self._lock:
+            until = self._early.pop(ifax_job_id, None)
+            now = time.monotonic()
+            while self._early and next(iter(self._early.values())) < now:
+                self._early.popitem(last=False)
+        return until is not None and until >= now
 
     def _forget(self, kind: str) -> None:
         self._next[kind] = None
@@ -612,6 +636,10 @@ class Dispatcher(Stage):
         next_poll = time.time() + self.poll_interval
         self.store.mark_submit_accepted(rec.id, ifax_id, next_poll_at=next_poll)
         self._soon("poll", next_poll)
+        # Asked after the write: a webhook that looked for this fax before it could be found
+        # has left its jobId here (`Service.webhook` looks again after leaving it).
+        if self._webhook_came(ifax_id) and self.store.poll_now(rec.id):
+            self._soon("poll", time.time())
         crash_point("accepted")  # written, not yet committed: the store's committer does that
 
         def after() -> None:

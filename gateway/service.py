@@ -220,9 +220,17 @@ class Service:
         job_id = data.get("jobId") if isinstance(data, dict) else None
         if job_id is None:
             return
-        rec = self.store.find_recipient_by_ifax_job(str(job_id).strip())
+        ifax_job_id = str(job_id).strip()
+        rec = self.store.find_recipient_by_ifax_job(ifax_job_id)
+        if rec is None and self.dispatcher and ifax_job_id:
+            # Maybe accepted, its answer not yet recorded: it is polled once it is.  Looked for
+            # again after, in case it was recorded meanwhile (before it could see the jobId).
+            self.dispatcher.webhook_before_acceptance(ifax_job_id)
+            rec = self.store.find_recipient_by_ifax_job(ifax_job_id)
+        if rec is None:
+            return
         # Only a fax that is sending is polled sooner; one waiting to be resent keeps its delay.
-        if rec is not None and self.store.poll_now(rec.id) and self.dispatcher:
+        if self.store.poll_now(rec.id) and self.dispatcher:
             self.dispatcher.poll_soon()
 
     # -- running --------------------------------------------------------------------

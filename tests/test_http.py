@@ -83,6 +83,27 @@ def test_webhook_for_a_known_job_triggers_an_immediate_poll(daemon, spool, simul
     d.terminate()
 
 
+def test_a_webhook_that_comes_before_the_acceptance_is_recorded_still_polls_at_once(daemon, spool,
+                                                                                     simulator):
+    """iFax may call the webhook before its answer to the fax-send is recorded (the answer is
+    slow, or waits for the sending loop): the webhook is remembered, and the fax polled as
+    soon as its acceptance is recorded, not a whole poll.interval later."""
+    from conftest import wait_for
+    d = daemon(extra={"poll": {"interval": "60s"}, "webhook": {"enabled": True, "secret": "s3cr3t"}})
+    d.start()
+    simulator.set_fault("slow", seconds=1, count=1)  # processed at once, answered a second later
+    (spool.folder("+15551230507") / "a.pdf").write_bytes(make_pdf(1))
+    [req] = wait_for(lambda: [r for r in simulator.requests("fax-send") if r["job_id"]], 15,
+                     "iFax to have made the fax")
+    assert req["finished"] is None  # its answer is still on its way
+    r = httpx.post(d.url + "/ifax/webhook/s3cr3t", json={"jobId": req["job_id"]})
+    assert r.status_code == 200
+    [result] = spool.wait_results(1, "sent", timeout=10)  # without the memory: 60 s
+    assert result["state"] == "delivered"
+    assert result["recipients"][0]["ifax_job_id"] == req["job_id"]
+    d.terminate()
+
+
 def test_created_folders_and_result_files_take_parent_group_and_modes(service, spool, simulator):
     import stat
     service()
