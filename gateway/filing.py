@@ -29,7 +29,7 @@ from gateway.store import Job, JobState, Phase, Store
 
 BATCH = 100
 _Item = TypeVar("_Item", bound=tuple)  # a job first, then what its write needs
-FILE_BATCH = 32  # jobs filed together: one commit for their intents, one for their filing
+FILE_BATCH = 64  # jobs filed together: one commit for their intents, one for their filing
 IDLE = 5.0  # the longest wait with nothing to file: a job that ends wakes the stage (on_final)
 SLICE = 0.5
 DEFER = 2.0  # while sends wait, filing waits at most this long between two turns of work
@@ -169,8 +169,13 @@ class Filing(Stage):
         if not moved:
             return
         notices = {job.id: self.notifier is not None and self.notifier.wants(job.state) for job in moved}
-        moved = [c[0] for c in self._commit_each(  # with the intent to notify, if any
-            [(job,) for job in moved], lambda c: self.store.mark_filed(c[0].id, notify=notices[c[0].id]))]
+        # With the intent to notify, if any.  Only a notification is a side effect that must
+        # wait for this commit: without one, a crash before it leaves the jobs `filing`, and
+        # filing them again finds their files in place (the store's next commit, within
+        # 20 ms, makes it durable; issue 12: one fsync less per batch).
+        moved = [c[0] for c in self._commit_each(
+            [(job,) for job in moved], lambda c: self.store.mark_filed(c[0].id, notify=notices[c[0].id]),
+            durable=any(notices.values()))]
         crash_point("filed")
         for job in moved:
             self.blocked.clear(("job", job.id), "filed")
@@ -181,11 +186,12 @@ class Filing(Stage):
             if notices[job.id]:
                 self._notify(job)
 
-    def _commit_each(self, items: list[_Item], write: Callable[[_Item], None]) -> list[_Item]:
+    def _commit_each(self, items: list[_Item], write: Callable[[_Item], None], *,
+                     durable: bool = True) -> list[_Item]:
         """`write` every item (its job first) in one commit (`Store.write_all`); a job whose
         write always fails is blocked alone.  Returns the items committed."""
         done = []
-        for item, result in zip(items, self.store.write_all(items, write), strict=True):
+        for item, result in zip(items, self.store.write_all(items, write, durable=durable), strict=True):
             if isinstance(result, Exception):
                 self._block(item[0], result)
             else:

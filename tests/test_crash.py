@@ -42,7 +42,7 @@ def _everything_filed_once(spool, datas: dict[str, bytes], where: str):
     assert not _pdfs(spool.private)
 
 
-@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed"])
+@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed", "judged"])
 def test_sigkill_during_claim_loses_nothing_and_sends_once(daemon, spool, simulator, point):
     d = daemon()
     d.start(crash_at=point)
@@ -57,7 +57,7 @@ def test_sigkill_during_claim_loses_nothing_and_sends_once(daemon, spool, simula
     _everything_filed_once(spool, datas, "sent")
 
 
-@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed", "filing", "filed"])
+@pytest.mark.parametrize("point", ["claim", "claim_partial", "claimed", "judged", "filing", "filed"])
 def test_sigkill_in_the_middle_of_a_batch_loses_nothing_and_sends_once(daemon, spool, simulator, point,
                                                                        tmp_path):
     """Six documents of one folder are claimed in one batch and filed in one batch (one
