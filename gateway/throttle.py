@@ -39,6 +39,16 @@ class RateLimiter:
                 return 0.0
             return (1 - self._tokens) / self.rate
 
+    def reserve(self) -> float:
+        """Takes a token now, owing it if none is there, and returns the seconds to wait before
+        the request may start.  The requests after it wait the longer for it, so a caller
+        that waits is never starved by others' `try_acquire`."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1
+            self._stamp = now
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Blocks until a request may start; False if `stop` was set meanwhile."""
         while True:

@@ -96,10 +96,27 @@ def test_every_request_to_ifax_shares_requests_per_minute(service, spool, simula
         (spool.folder(f"+1555123097{i}") / "d.pdf").write_bytes(make_pdf(1, text=f"shared {i}"))
     spool.wait_results(3, "sent", timeout=60)
     wait_for(lambda: len(simulator.requests("fax-delete")) >= 3, 30, "three fax-delete requests")
+    _within_two_a_second(simulator)
+    assert svc.health()[0]
+
+
+def test_the_cancel_sent_on_giving_up_takes_a_token_too(service, spool, simulator):
+    """The fax-cancel sent when polling gives up on a fax is a request like any other
+    (SPEC 6.1): with polls using every token, it waits for one instead of going over."""
+    simulator.delay = 0.0
+    service(api={"requests_per_minute": 120}, extra={"poll": {"interval": "0.1s", "give_up_after": "1s"}})
+    for i in range(6):  # numbers ending 888 stay `sending` until canceled
+        (spool.folder(f"+155512{i}0888") / "d.pdf").write_bytes(make_pdf(1, text=f"given up {i}"))
+    results = spool.wait_results(6, "failed", timeout=60)
+    assert all("gave up" in r["recipients"][0]["message"] for r in results)
+    assert len(simulator.requests("fax-cancel")) == 6
+    _within_two_a_second(simulator)
+
+
+def _within_two_a_second(simulator) -> None:
+    """A token bucket of 2 a second that holds one second's worth: in any span of T seconds
+    at most 2 + 2T requests start (the simulator records them as they come)."""
     times = sorted(r["time"] for r in simulator.requests())
-    # A token bucket of 2 a second that holds one second's worth: in any span of T
-    # seconds at most 2 + 2T requests start (the simulator records them as they come).
     worst = max(j - i + 1 - 2 * (times[j] - times[i])
                 for i in range(len(times)) for j in range(i, len(times)))
     assert worst <= 2 + 1, f"{len(times)} requests; {worst:.1f} in excess of the rate at the worst"
-    assert svc.health()[0]

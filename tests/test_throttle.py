@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from gateway.throttle import BACKOFF_CAP, Backoff
+from gateway.throttle import BACKOFF_CAP, Backoff, RateLimiter
 
 
 class Clock:
@@ -113,3 +113,16 @@ def test_retry_after_of_a_request_of_the_same_outage_is_honoured_without_escalat
     assert backoff.failure(b, retry_after=6) == pytest.approx(6)
     _expire(backoff, clock)
     assert 1.0 <= backoff.failure(backoff.admit()) <= 2.0
+
+
+def test_a_reserved_token_is_owed_and_later_requests_wait_behind_it(clock):
+    limiter = RateLimiter(120, clock=clock)  # 2 a second, a bucket of one second's worth
+    assert limiter.try_acquire() == 0 and limiter.try_acquire() == 0
+    assert limiter.reserve() == pytest.approx(0.5)  # its turn comes in half a second
+    assert limiter.try_acquire() == pytest.approx(1.0)  # the next waits behind it
+    clock.now += 0.5
+    assert limiter.try_acquire() == pytest.approx(0.5)  # the reserved token is spent
+    clock.now += 0.5
+    assert limiter.try_acquire() == 0
+    clock.now += 10
+    assert limiter.reserve() == 0  # a token there: taken at once
