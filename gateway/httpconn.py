@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+SEND_PIECE = 256 << 10  # bytes of a request body sent under one timeout
+
 
 class TransportError(Exception):
     """A request that got no HTTP answer; the subclass says how far it went."""
@@ -116,7 +118,12 @@ class Connections:
                 for name, value in self._headers.items():
                     conn.putheader(name, value)
                 conn.putheader("Content-Length", str(len(content)))
-                conn.endheaders(content)
+                conn.endheaders()
+                # In pieces: the socket's timeout bounds each send, so a large fax on a slow
+                # uplink is not cut off by api.timeout as a whole (one sendall would be).
+                view = memoryview(content)
+                for start in range(0, len(view), SEND_PIECE):
+                    conn.send(view[start:start + SEND_PIECE])
             except (OSError, http.client.HTTPException) as exc:
                 raise SendFailed(_describe(exc)) from None
             try:

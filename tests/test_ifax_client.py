@@ -3,6 +3,7 @@ whether iFax could have acted on the request (SPEC 6.2)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -228,3 +229,39 @@ def test_tls_is_verified(tmp_path, monkeypatch):
         assert server.lines == ["POST /v1/customer/fax-send HTTP/1.1"]
     finally:
         server.close()
+
+
+def test_a_large_request_to_a_slow_reader_is_bounded_per_piece_not_as_a_whole():
+    """api.timeout bounds each step of the upload, as httpx did, not the whole of it: a
+    20 MB fax on a slow uplink takes longer than the timeout to send and must still go."""
+    import time
+    answer = b'{"status": 1, "message": "ok", "data": {"jobId": 77}}'
+    got = []
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn, conn.makefile("rb") as f:
+            length = 0
+            while (header := f.readline()) not in (b"\r\n", b""):
+                name, _, value = header.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            while length:
+                piece = f.read(min(length, 512 << 10))
+                length -= len(piece)
+                got.append(len(piece))
+                time.sleep(0.05)  # a slow uplink: about 10 MB/s
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    threading.Thread(target=serve, daemon=True).start()
+    c = IFaxClient(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", "test-key", timeout=0.5, max_in_flight=1)
+    try:
+        started = time.monotonic()
+        assert c.send("+15551230616", [Attachment("big.pdf", os.urandom(15 << 20))]) == "77"
+        assert time.monotonic() - started > 1.0  # longer than the timeout as a whole
+    finally:
+        c.close()
+        sock.close()
+    assert sum(got) > 20 << 20  # base64 of 15 MB
