@@ -1,6 +1,6 @@
 """Seeing files arrive and deciding when each has settled (SPEC 4.1).
 
-Watchdog's observer threads only put events on a queue; the intake thread drains it and
+Watchdog's threads only put events on a queue; the intake thread drains it and
 owns all settle state, so there is no locking around it.  Events are hints: the settle
 decision always re-reads the file's (size, mtime, inode) on the gateway's own monotonic
 clock, and a periodic rescan finds anything the events missed.
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify_c import InotifyFD
 from watchdog.observers.polling import PollingObserverVFS
 
 from gateway.names import shown
@@ -136,6 +138,41 @@ class _Enqueue(FileSystemEventHandler):
         self.on_event()
 
 
+class _Emitter:
+    """One outbox watched through the shared inotify instance: watchdog's emitter thread
+    turns its events into watchdog's events and puts them straight on the intake's queue.
+    No observer thread in between: one thread hand-off less per event, and with 50
+    outboxes 51 watchdog threads instead of 150 (issue 12)."""
+
+    def __init__(self, root: Path, handler: _Enqueue, inotify: InotifyFD) -> None:
+        self._inotify = inotify
+        self._emitter = InotifyEmitter(_Sink(handler), ObservedWatch(str(root), recursive=True),
+                                       inotify_fd=inotify)
+        self._emitter.daemon = True
+        self._emitter.start()  # adds the watches now: a folder that cannot be watched raises here
+
+    def stop(self) -> None:
+        self._emitter.stop()  # removes its watches from the shared instance
+
+    def join(self, timeout: float | None = None) -> None:
+        self._emitter.join(timeout)
+
+    def is_alive(self) -> bool:
+        """An emitter whose folder was deleted stops itself (the folder checks pause the
+        outbox); one that died otherwise is reported."""
+        return self._inotify.is_alive() and (self._emitter.is_alive() or self._emitter.stopped_event.is_set())
+
+
+class _Sink:
+    """The event queue an emitter is given: each (event, watch) goes to the handler."""
+
+    def __init__(self, handler: _Enqueue) -> None:
+        self.handler = handler
+
+    def put(self, item: tuple[FileSystemEvent, ObservedWatch]) -> None:
+        self.handler.dispatch(item[0])
+
+
 def _below(path: str | bytes, folder: str) -> bool:
     p = os.fsdecode(path)
     return p == folder or p.startswith(folder + os.sep)
@@ -179,6 +216,9 @@ class Watcher:
         # instead of looking every tenth of a second (an idle daemon stays idle).
         self.on_event: Callable[[], None] = lambda: None
         self._overflow = _OverflowFlag()
+        # One inotify instance, and its reading thread, for every outbox watched by inotify
+        # (a lost-events overflow is answered by rescanning every outbox either way).
+        self._inotify: InotifyFD | None = None
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
 
@@ -189,16 +229,20 @@ class Watcher:
             skip = str(private.relative_to(root))
         wo = WatchedOutbox(name, root, settle, rescan, polling, skip)
         self.outboxes[name] = wo
+        handler = _Enqueue(name, self.q, str(root / skip) if skip else None, self.on_event)
         if polling:  # lstat, so that a linked folder is never descended into (SPEC 4.5)
             interval = max(0.2, min(1.0, settle / 2))
             observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+            observer.schedule(handler, str(root), recursive=True)
+            observer.daemon = True
+            observer.start()
+            wo.observer = observer
         else:
-            observer = Observer()
-        observer.schedule(_Enqueue(name, self.q, str(root / skip) if skip else None, self.on_event),
-                          str(root), recursive=True)
-        observer.daemon = True
-        observer.start()
-        wo.observer = observer
+            if self._inotify is None:
+                self._inotify = InotifyFD()
+                self._inotify.daemon = True
+                self._inotify.start()
+            wo.observer = _Emitter(root, handler, self._inotify)
         self.rescan(wo)  # files already present at start-up are taken too
 
     def remove(self, name: str) -> None:
@@ -216,6 +260,10 @@ class Watcher:
         for wo in self.outboxes.values():
             if wo.observer is not None:
                 wo.observer.join(timeout=5)
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify.join(timeout=5)
+            self._inotify = None
         logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").removeHandler(self._overflow)
 

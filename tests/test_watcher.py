@@ -178,3 +178,40 @@ def test_a_rescan_rereads_only_changed_folders_and_misses_no_file(tmp_path):
     os.utime(tmp_path / "sub", ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back: ctime moves on
     assert sorted(r for r, _ in _walk(tmp_path, None, listings)) == ["sub/a.pdf", "sub/b.pdf"]
     assert _inotify_events_during(tmp_path / "sub", lambda: list(_walk(tmp_path, None, {}))) > 0
+
+
+def test_outboxes_share_one_inotify_reader_and_each_is_watched_and_released(tmp_path):
+    """One inotify instance (and its reading thread) for every outbox, and per outbox one
+    emitter thread that puts events straight on the intake's queue: with 50 outboxes, 51
+    watchdog threads instead of 150.  Each outbox still sees its own files; one removed (a
+    paused outbox) releases its thread and leaves the others watched."""
+    import threading
+
+    from watchdog.utils import BaseThread
+
+    def watchdog_threads() -> int:
+        return sum(isinstance(t, BaseThread) and t.is_alive() for t in threading.enumerate())
+
+    before = watchdog_threads()
+    w = Watcher()
+    names = [f"box{i}" for i in range(12)]
+    try:
+        for name in names:
+            (tmp_path / name).mkdir()
+            w.add(name, tmp_path / name, settle=SETTLE, rescan=60, polling=False)
+        assert watchdog_threads() - before == len(names) + 1
+        assert w.alive()
+        for name in names:
+            (tmp_path / name / f"{name}.pdf").write_bytes(b"%PDF-")
+        for name in names:
+            wait_for(lambda n=name: w.drain() >= 0 and f"{n}.pdf" in w.outboxes[n].files, 5,
+                     f"{name}'s file seen")
+        w.remove("box0")
+        assert watchdog_threads() - before == len(names)
+        (tmp_path / "box1" / "late.pdf").write_bytes(b"%PDF-")
+        wait_for(lambda: w.drain() >= 0 and "late.pdf" in w.outboxes["box1"].files, 5,
+                 "a file after a removal")
+        assert w.alive()
+    finally:
+        w.stop()
+    wait_for(lambda: watchdog_threads() == before, 5, "every watchdog thread to end")
