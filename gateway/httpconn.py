@@ -8,8 +8,14 @@ and with two requests per fax that difference was a fifth of the gateway's CPU p
 - TLS is httpx's own context (`httpx.create_ssl_context`: the same CA bundle, the same
   `SSL_CERT_FILE`/`SSL_CERT_DIR` handling), with the host name checked.
 - A pooled connection is looked at before it is reused: if the server has closed it (or sent
-  something unasked), it is dropped and a new one made, so a stale keep-alive connection
-  never turns a request that certainly never left into one that may have (SPEC 6.3).
+  something unasked), or it has been idle longer than httpx kept one (5 s: a NAT or load
+  balancer may have forgotten it without a word), it is dropped and a new one made, so a
+  stale keep-alive connection never turns a request that certainly never left into one
+  that may have (SPEC 6.3).
+- An answer the server sent before it read the whole request (a 413, a 401) is read when
+  the rest cannot be written, as httpx did, instead of calling the request unsent.
+- Informational answers (102, 103) are skipped like 100 Continue; `Accept-Encoding:
+  identity` keeps answers uncompressed.
 - Every failure says at which step it happened, which is what tells `Transient` (it never
   reached iFax) from `Uncertain` (it may have): `ConnectFailed`, `SendFailed`,
   `AnswerTimeout`, `AnswerBroken`.
@@ -24,6 +30,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
@@ -33,6 +40,8 @@ from urllib.parse import urlsplit
 import httpx
 
 SEND_PIECE = 256 << 10  # bytes of a request body sent under one timeout
+KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
+EARLY_ANSWER_WAIT = 2.0  # seconds to wait for an answer to a request that could not be written
 
 
 class TransportError(Exception):
@@ -105,7 +114,7 @@ class Connections:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._size = max(1, size)
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # with when it went idle
         self._lock = threading.Lock()
         self._closed = False
         self._tls: ssl.SSLContext | None = httpx.create_ssl_context() if self._https else None
@@ -117,6 +126,7 @@ class Connections:
                 conn.putrequest("POST", self._prefix + path, skip_accept_encoding=True)
                 for name, value in self._headers.items():
                     conn.putheader(name, value)
+                conn.putheader("Accept-Encoding", "identity")
                 conn.putheader("Content-Length", str(len(content)))
                 conn.endheaders()
                 # In pieces: the socket's timeout bounds each send, so a large fax on a slow
@@ -125,7 +135,11 @@ class Connections:
                 for start in range(0, len(view), SEND_PIECE):
                     conn.send(view[start:start + SEND_PIECE])
             except (OSError, http.client.HTTPException) as exc:
-                raise SendFailed(_describe(exc)) from None
+                early = _early_answer(conn)
+                if early is None:
+                    raise SendFailed(_describe(exc)) from None
+                conn.close()
+                return early
             try:
                 resp = conn.getresponse()
                 body = resp.read()
@@ -146,23 +160,23 @@ class Connections:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def _take(self) -> http.client.HTTPConnection:
         while True:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
             if conn is None:
                 return self._connect()
-            if _usable(conn):
+            if time.monotonic() - since <= KEEPALIVE_EXPIRY and _usable(conn):
                 return conn
             conn.close()
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < self._size:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -186,7 +200,34 @@ class Connections:
         # Never reconnect silently inside a request: a new connection is made, and its
         # failure classified, in _connect alone.
         conn.auto_open = 0
+        conn.response_class = _Response
         return conn
+
+
+class _Response(http.client.HTTPResponse):
+    """Every informational answer (102 Processing, 103 Early Hints) is skipped as http.client
+    skips 100 Continue, as httpx did: the final answer follows it.  101 is not expected."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()
+        if 100 < status < 200 and status != 101:
+            return version, http.client.CONTINUE, reason
+        return version, status, reason
+
+
+def _early_answer(conn: http.client.HTTPConnection) -> Answer | None:
+    """The request could not be written in full: a server that refused it after its headers
+    (413, 401) may have answered before closing.  A request it did not read whole was not
+    acted on, so only a refusal (4xx) read back is used; anything else stays "not sent"."""
+    try:
+        if conn.sock is None:
+            return None
+        conn.sock.settimeout(EARLY_ANSWER_WAIT)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    return Answer(resp.status, resp.headers, body) if 400 <= resp.status < 500 else None
 
 
 def _usable(conn: http.client.HTTPConnection) -> bool:
@@ -198,10 +239,11 @@ def _usable(conn: http.client.HTTPConnection) -> bool:
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()  # not select(): a descriptor may be above 1023
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 class ProxiedPoster:

@@ -265,3 +265,67 @@ def test_a_large_request_to_a_slow_reader_is_bounded_per_piece_not_as_a_whole():
         c.close()
         sock.close()
     assert sum(got) > 20 << 20  # base64 of 15 MB
+
+
+def test_an_idle_connection_is_not_kept_past_its_expiry(client, simulator, monkeypatch):
+    """A connection idle longer than KEEPALIVE_EXPIRY may have been forgotten by a NAT or a
+    load balancer without a word: a new one is made (with 0, every request gets one)."""
+    from gateway import httpconn
+    monkeypatch.setattr(httpconn, "KEEPALIVE_EXPIRY", 0.0)
+    for number in ("+15551230617", "+15551230618", "+15551230619"):
+        client.send(number, _doc())
+    assert len({r["connection"] for r in simulator.requests("fax-send")}) == 3
+
+
+def _one_answer_server(answer: bytes, *, read_body: bool) -> tuple[str, socket.socket]:
+    """Reads one request's headers (and its body, if `read_body`), writes `answer`, closes."""
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn, conn.makefile("rb") as f:
+            length = 0
+            while (header := f.readline()) not in (b"\r\n", b""):
+                name, _, value = header.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            if read_body:
+                f.read(length)
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1 << 20)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/v1", sock
+
+
+def test_a_refusal_sent_before_the_body_was_read_is_the_answer():
+    """A server may refuse a request after its headers (413, 401) and close: the rest cannot
+    be written, and the answer it sent is what counts (a refusal), not "not sent", which
+    would retry the same document forever."""
+    refusal = b'{"status": 0, "message": "File too large"}'
+    url, sock = _one_answer_server(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(refusal), refusal), read_body=False)
+    c = IFaxClient(url, "test-key", timeout=2, max_in_flight=1)
+    try:
+        with pytest.raises(Refused) as info:
+            c.send("+15551230620", [Attachment("big.pdf", os.urandom(15 << 20))])
+        assert "too large" in str(info.value).lower()
+    finally:
+        c.close()
+        sock.close()
+
+
+def test_an_informational_answer_is_skipped_for_the_final_one():
+    """103 Early Hints (or 102) before the final answer: the final answer, with the jobId,
+    is the one read; taking the 103 would call an accepted fax uncertain."""
+    final = b'{"status": 1, "message": "ok", "data": {"jobId": 4343}}'
+    url, sock = _one_answer_server(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(final), final),
+                                   read_body=True)
+    c = IFaxClient(url, "test-key", timeout=2, max_in_flight=1)
+    try:
+        assert c.send("+15551230621", _doc()) == "4343"
+    finally:
+        c.close()
+        sock.close()
