@@ -439,23 +439,22 @@ class Intake(Stage):
 
     def _judge_all(self, jobs: list[Job], missing: Mapping[int, list[str]]) -> None:
         """Jobs just claimed: judged one by one (file reads only), then recorded as held
-        and judged in one transaction.  Not waited for: no side effect follows it before
-        another commit (a submit intent, a filing intent) that carries it, and a crash before
-        it is committed leaves the jobs claimed, to be judged again at the next start
-        (issue 12: one fsync less per intake slice)."""
+        and judged in one commit.  Waited for, though no side effect depends on it: if
+        that commit failed (a full disk) unseen, the jobs would be left claimed with nobody
+        to try them again before a restart."""
         verdicts = []
         for job in jobs:
             gone = set(missing.get(job.id, ()))
             if gone:
                 job.sources = [s for s in job.sources if s.name not in gone]
             verdicts.append((job, self._verdict(job)))
-        with self.store.batch(durable=False):
+        with self.store.batch():
             for job, verdict in verdicts:
                 whole = isinstance(verdict, Accepted) and not missing.get(job.id)
                 if not whole:
                     self.store.mark_held(job.id, missing.get(job.id, ()))
                 self._record(job, verdict, claimed=whole)
-        crash_point("judged")  # written, not yet committed
+        crash_point("judged")
         for job, verdict in verdicts:
             self._after_verdict(job, verdict)
         self.on_accepted([job for job, verdict in verdicts if isinstance(verdict, Accepted)])
