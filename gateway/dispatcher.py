@@ -826,16 +826,15 @@ class Dispatcher(Stage):
                        "the gateway gave up and canceled it; it may have been sent: check the iFax "
                        "dashboard before sending it again")
             # A request like any other (SPEC 6.1): its token is reserved and waited for here, in
-            # the poll's worker (at most once per fax, after give_up_after).
+            # the poll's worker (at most once per fax, after give_up_after).  Stopping meanwhile,
+            # nothing is recorded: the fax is still due, given up and canceled after the restart.
             wait = self.limiter.reserve()
             if wait > 0 and self._stop.wait(wait):
-                log.warning("job %s: stopping: iFax job %s was not canceled after giving up", rec.job_id,
-                            rec.ifax_job_id)
-            else:
-                try:
-                    self.client.cancel(rec.ifax_job_id)
-                except ApiError as exc:
-                    log.warning("job %s: fax-cancel after giving up failed: %s", rec.job_id, exc)
+                return None
+            try:
+                self.client.cancel(rec.ifax_job_id)
+            except ApiError as exc:
+                log.warning("job %s: fax-cancel after giving up failed: %s", rec.job_id, exc)
             log.error("job %s: gave up on iFax job %s for %s", rec.job_id, rec.ifax_job_id, rec.number)
         # A lagging status of the previous attempt (same jobId) says nothing of this one's cost.
         cost = None if awaiting_fresh else st.cost
