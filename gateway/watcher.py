@@ -139,23 +139,33 @@ class _Enqueue(FileSystemEventHandler):
 
 
 class _Emitter:
-    """One outbox watched through the shared inotify instance: watchdog's emitter thread
-    turns its events into watchdog's events and puts them straight on the intake's queue.
-    No observer thread in between: one thread hand-off less per event, and with 50
-    outboxes 51 watchdog threads instead of 150 (issue 12)."""
+    """One outbox watched by inotify: an inotify instance of its own with its reading thread
+    (so that one outbox's flood of events, or a huge tree of folders made in it, holds up
+    no other outbox's events), and watchdog's emitter thread, which turns them into
+    watchdog's events and puts them straight on the intake's queue.  No observer thread in
+    between: one thread hand-off less per event, two threads per outbox instead of three
+    (issue 12)."""
 
-    def __init__(self, root: Path, handler: _Enqueue, inotify: InotifyFD) -> None:
-        self._inotify = inotify
+    def __init__(self, root: Path, handler: _Enqueue) -> None:
+        self._inotify = InotifyFD()
+        self._inotify.daemon = True
+        self._inotify.start()
         self._emitter = InotifyEmitter(_Sink(handler), ObservedWatch(str(root), recursive=True),
-                                       inotify_fd=inotify)
+                                       inotify_fd=self._inotify)
         self._emitter.daemon = True
-        self._emitter.start()  # adds the watches now: a folder that cannot be watched raises here
+        try:
+            self._emitter.start()  # adds the watches now: a folder that cannot be watched raises here
+        except BaseException:
+            self._inotify.stop()
+            raise
 
     def stop(self) -> None:
-        self._emitter.stop()  # removes its watches from the shared instance
+        self._emitter.stop()
+        self._inotify.stop()
 
     def join(self, timeout: float | None = None) -> None:
         self._emitter.join(timeout)
+        self._inotify.join(timeout)
 
     def is_alive(self) -> bool:
         """An emitter whose folder was deleted stops itself (the folder checks pause the
@@ -216,9 +226,6 @@ class Watcher:
         # instead of looking every tenth of a second (an idle daemon stays idle).
         self.on_event: Callable[[], None] = lambda: None
         self._overflow = _OverflowFlag()
-        # One inotify instance, and its reading thread, for every outbox watched by inotify
-        # (a lost-events overflow is answered by rescanning every outbox either way).
-        self._inotify: InotifyFD | None = None
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
 
@@ -238,11 +245,7 @@ class Watcher:
             observer.start()
             wo.observer = observer
         else:
-            if self._inotify is None:
-                self._inotify = InotifyFD()
-                self._inotify.daemon = True
-                self._inotify.start()
-            wo.observer = _Emitter(root, handler, self._inotify)
+            wo.observer = _Emitter(root, handler)
         self.rescan(wo)  # files already present at start-up are taken too
 
     def remove(self, name: str) -> None:
@@ -260,10 +263,6 @@ class Watcher:
         for wo in self.outboxes.values():
             if wo.observer is not None:
                 wo.observer.join(timeout=5)
-        if self._inotify is not None:
-            self._inotify.stop()
-            self._inotify.join(timeout=5)
-            self._inotify = None
         logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").removeHandler(self._overflow)
 

@@ -180,11 +180,11 @@ def test_a_rescan_rereads_only_changed_folders_and_misses_no_file(tmp_path):
     assert _inotify_events_during(tmp_path / "sub", lambda: list(_walk(tmp_path, None, {}))) > 0
 
 
-def test_outboxes_share_one_inotify_reader_and_each_is_watched_and_released(tmp_path):
-    """One inotify instance (and its reading thread) for every outbox, and per outbox one
-    emitter thread that puts events straight on the intake's queue: with 50 outboxes, 51
-    watchdog threads instead of 150.  Each outbox still sees its own files; one removed (a
-    paused outbox) releases its thread and leaves the others watched."""
+def test_each_outbox_takes_two_watchdog_threads_and_releases_them(tmp_path):
+    """Per outbox an inotify instance with its reader, and an emitter that puts events
+    straight on the intake's queue, with no observer thread: two watchdog threads per
+    outbox instead of three.  Each outbox sees its own files; one removed (a paused
+    outbox) releases its threads and leaves the others watched."""
     import threading
 
     from watchdog.utils import BaseThread
@@ -199,7 +199,7 @@ def test_outboxes_share_one_inotify_reader_and_each_is_watched_and_released(tmp_
         for name in names:
             (tmp_path / name).mkdir()
             w.add(name, tmp_path / name, settle=SETTLE, rescan=60, polling=False)
-        assert watchdog_threads() - before == len(names) + 1
+        assert watchdog_threads() - before == 2 * len(names)
         assert w.alive()
         for name in names:
             (tmp_path / name / f"{name}.pdf").write_bytes(b"%PDF-")
@@ -207,7 +207,7 @@ def test_outboxes_share_one_inotify_reader_and_each_is_watched_and_released(tmp_
             wait_for(lambda n=name: w.drain() >= 0 and f"{n}.pdf" in w.outboxes[n].files, 5,
                      f"{name}'s file seen")
         w.remove("box0")
-        assert watchdog_threads() - before == len(names)
+        assert watchdog_threads() - before == 2 * (len(names) - 1)
         (tmp_path / "box1" / "late.pdf").write_bytes(b"%PDF-")
         wait_for(lambda: w.drain() >= 0 and "late.pdf" in w.outboxes["box1"].files, 5,
                  "a file after a removal")
