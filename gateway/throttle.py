@@ -31,9 +31,7 @@ class RateLimiter:
         so a scheduler can start what it may now and sleep until the next, instead of
         parking a worker thread on the limiter."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            self._refill()
             if self._tokens >= 1:
                 self._tokens -= 1
                 return 0.0
@@ -44,10 +42,15 @@ class RateLimiter:
         the request may start.  The requests after it wait the longer for it, so a caller
         that waits is never starved by others' `try_acquire`."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1
-            self._stamp = now
+            self._refill()
+            self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def _refill(self) -> None:
+        """Under the lock: the tokens earned since the last look, up to the bucket's size."""
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Blocks until a request may start; False if `stop` was set meanwhile."""

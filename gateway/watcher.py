@@ -137,6 +137,10 @@ class _Enqueue(FileSystemEventHandler):
                     event.is_directory))
         self.on_event()
 
+    def put(self, item: tuple[FileSystemEvent, ObservedWatch]) -> None:
+        """As the event queue of an emitter (`_Emitter`): each event is dispatched at once."""
+        self.dispatch(item[0])
+
 
 class _Emitter:
     """One outbox watched by inotify: an inotify instance of its own with its reading thread
@@ -150,7 +154,7 @@ class _Emitter:
         self._inotify = InotifyFD()
         self._inotify.daemon = True
         self._inotify.start()
-        self._emitter = InotifyEmitter(_Sink(handler), ObservedWatch(str(root), recursive=True),
+        self._emitter = InotifyEmitter(handler, ObservedWatch(str(root), recursive=True),
                                        inotify_fd=self._inotify)
         self._emitter.daemon = True
         try:
@@ -171,16 +175,6 @@ class _Emitter:
         """An emitter whose folder was deleted stops itself (the folder checks pause the
         outbox); one that died otherwise is reported."""
         return self._inotify.is_alive() and (self._emitter.is_alive() or self._emitter.stopped_event.is_set())
-
-
-class _Sink:
-    """The event queue an emitter is given: each (event, watch) goes to the handler."""
-
-    def __init__(self, handler: _Enqueue) -> None:
-        self.handler = handler
-
-    def put(self, item: tuple[FileSystemEvent, ObservedWatch]) -> None:
-        self.handler.dispatch(item[0])
 
 
 def _below(path: str | bytes, folder: str) -> bool:

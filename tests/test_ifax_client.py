@@ -133,6 +133,16 @@ def test_a_kept_alive_connection_is_reused(client, simulator):
     assert len({r["connection"] for r in simulator.requests("fax-send")}) == 1
 
 
+def _content_length(f) -> int:
+    """Reads a request's headers from `f`; its Content-Length (0 without one)."""
+    length = 0
+    while (header := f.readline()) not in (b"\r\n", b""):
+        name, _, value = header.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return length
+
+
 class _Responder:
     """A server (a forward proxy, or an API over TLS) that answers every request itself
     and records its request lines."""
@@ -161,11 +171,7 @@ class _Responder:
             with conn, conn.makefile("rb") as f:
                 while line := f.readline():
                     self.lines.append(line.decode().strip())
-                    length = 0
-                    while (header := f.readline()) not in (b"\r\n", b""):
-                        name, _, value = header.decode().partition(":")
-                        if name.lower() == "content-length":
-                            length = int(value)
+                    length = _content_length(f)
                     f.read(length)
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(self.ANSWER), self.ANSWER))
@@ -243,11 +249,7 @@ def test_a_large_request_to_a_slow_reader_is_bounded_per_piece_not_as_a_whole():
     def serve():
         conn, _ = sock.accept()
         with conn, conn.makefile("rb") as f:
-            length = 0
-            while (header := f.readline()) not in (b"\r\n", b""):
-                name, _, value = header.decode().partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
+            length = _content_length(f)
             while length:
                 piece = f.read(min(length, 512 << 10))
                 length -= len(piece)
@@ -284,11 +286,7 @@ def _one_answer_server(answer: bytes, *, read_body: bool) -> tuple[str, socket.s
     def serve():
         conn, _ = sock.accept()
         with conn, conn.makefile("rb") as f:
-            length = 0
-            while (header := f.readline()) not in (b"\r\n", b""):
-                name, _, value = header.decode().partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
+            length = _content_length(f)
             if read_body:
                 f.read(length)
             conn.sendall(answer)
