@@ -235,3 +235,25 @@ def test_sigkill_after_a_charged_failure_keeps_its_cost(daemon, spool, simulator
     [r] = result["recipients"]
     assert (r["attempts"], r["cost"]) == (2, 0.22)
     assert len(simulator.requests("fax-resend")) == 1
+
+
+def test_a_stop_while_the_give_up_cancel_waits_for_its_token_records_nothing(daemon, spool, simulator,
+                                                                             tmp_path):
+    """At 12 requests a minute the fax-cancel sent on giving up waits about 5 s for its
+    token.  A SIGTERM meanwhile must not record the give-up without the cancel: the fax is
+    still sending, and after the restart it is given up and canceled once."""
+    d = daemon(api={"requests_per_minute": 12}, extra={"poll": {"interval": "0.2s", "give_up_after": "1s"}})
+    d.start()
+    _drop(spool, "+15551230888")  # stays `sending` until canceled
+    # The first poll (its token comes 5 s after the fax-send's) finds it still sending after
+    # give_up_after: it gives up, and its cancel waits 5 s for a token.
+    wait_for(lambda: simulator.requests("fax-status"), 30, "the poll that gives up")
+    assert d.terminate() == 0
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    assert db.execute("SELECT state FROM recipients").fetchall() == [("sending",)]
+    db.close()
+    assert simulator.requests("fax-cancel") == [] and spool.results() == []
+    d.start()
+    [result] = spool.wait_results(1, "failed", timeout=30)
+    assert "gave up" in result["recipients"][0]["message"]
+    assert len(simulator.requests("fax-cancel")) == 1
