@@ -301,6 +301,11 @@ class Store:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                # The savepoint journals of shared transactions (`_write`) stay in memory:
+                # on disk, each one was a temporary file created, written and deleted in
+                # /var/tmp, a dozen system calls per document (issue 12).  They are small:
+                # the pages one transaction changes.
+                conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
