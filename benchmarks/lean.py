@@ -793,6 +793,7 @@ def main() -> None:
             for r in range(1, args.rounds + 1):
                 tracer = None
                 (user0, sys0), machine0 = cpu_split(daemon.pid), machine_ticks()
+                switches0 = thread_totals(daemon.pid)[0]
                 if r in (3, 4) and pyspy_ok:
                     tracer = PySpy(pyspy, daemon.pid, tmp / f"pyspy{r}.txt", gil=r == 3)
                 counter = PerfFsyncs(daemon.pid, tmp / "perf.txt") if r == 2 and perf_ok else None
@@ -803,6 +804,7 @@ def main() -> None:
                     profiles[r] = tracer.stop()
                     profiled_seconds[r] = tracer.seconds
                 (user1, sys1), machine1 = cpu_split(daemon.pid), machine_ticks()
+                switches = (thread_totals(daemon.pid)[0] - switches0) / n
                 time.sleep(0.5)
                 rss = status_kb(daemon.pid, "VmRSS") / 1024
                 note = {3: " (under py-spy --gil)", 4: " (under py-spy)"}.get(r, "") if tracer else ""
@@ -810,11 +812,13 @@ def main() -> None:
                 user = 1000.0 * (user1 - user0) / CLK_TCK / n
                 system = 1000.0 * (sys1 - sys0) / CLK_TCK / n
                 rounds.append({**times, "cpu_ms": user + system, "user_ms": user, "sys_ms": system,
-                               "rss": rss, "note": note, "busy": busy, "steal": steal, "round": r})
+                               "switches": switches, "rss": rss, "note": note, "busy": busy, "steal": steal,
+                               "round": r})
                 print(f"[burst {r}] {n / times['accepted']:.0f} docs/s to accepted, "
                       f"{n / times['filed']:.0f} docs/s to filed (written in {times['written']:.2f}s), "
                       f"CPU {user + system:.1f} ms/doc ({user:.1f} user + {system:.1f} system), "
-                      f"RSS {rss:.1f} MB; machine busy {busy:.0f}% "
+                      f"{switches:.0f} voluntary context switches/doc, RSS {rss:.1f} MB; "
+                      f"machine busy {busy:.0f}% "
                       f"of {os.cpu_count()} cores, steal {steal:.1f}%{note}")
             hwm = status_kb(daemon.pid, "VmHWM") / 1024
             db = broot / "jobs.db"
@@ -920,6 +924,7 @@ def main() -> None:
         ("CPU ms per document (that round; mean of clean rounds)", f"{best['cpu_ms']:.1f}; {cpu_clean:.1f}",
          TARGETS["CPU ms/doc"]),
         ("  of which user; system (that round)", f"{best['user_ms']:.1f}; {best['sys_ms']:.1f}", ""),
+        ("voluntary context switches per document (that round)", f"{best['switches']:.0f}", ""),
         ("peak RSS (VmHWM)", f"{hwm:.1f} MB", ""),
         ("RSS after each round", " / ".join(f"{x:.1f}" for x in rss) + " MB",
          TARGETS["RSS flat"] + (" (needs 5 rounds)" if len(rss) < 5 else ": flat" if flat else ": NOT flat")),

@@ -370,6 +370,7 @@ class Dispatcher(Stage):
                and not self._stop.is_set()
                and sum(len(r.content) for _, _, r in self._prepared) < PREPARED_AHEAD):
             self._prepare_next(settle=False)
+            self.breathe()
 
     def _drop_read_ahead(self) -> None:
         self._due.clear()

@@ -110,6 +110,7 @@ class Filing(Stage):
             chunk = jobs[i:i + FILE_BATCH]
             self._file_all(chunk)
             self._cursor = chunk[-1].id
+            self.breathe()
         if len(batch) < BATCH:
             self._cursor = 0
             retry = self.blocked.earliest()
@@ -145,6 +146,7 @@ class Filing(Stage):
                 except Exception as exc:
                     self._block(job, exc)
                     continue
+                self.breathe()
                 mine = {(key[0], n) for n in (spool.suffixed(n, suffix, bases(job)) for n in names)}
                 if mine & taken:
                     continue  # chosen before the other's files are there: it waits for the next batch
@@ -165,6 +167,7 @@ class Filing(Stage):
                 self._block(job, exc)
             else:
                 moved.append(job)
+            self.breathe()
         syncs.run()
         if not moved:
             return

@@ -80,6 +80,7 @@ class Intake(Stage):
         # Jobs just accepted, handed to the sending stage so that it need not read them again.
         self.on_accepted: Callable[[list[Job]], None] = lambda jobs: None
         self.watcher = Watcher(file_names=file_names)
+        self.watcher.breathe = self.breathe
         self.watcher.on_event = self.wake
         self.guard = FolderGuard()
         self._sidecars: dict[tuple[str, tuple], Sidecar | Rejected] = {}
@@ -216,6 +217,7 @@ class Intake(Stage):
         for folder in list(pending):
             if time.monotonic() > end:
                 return True
+            self.breathe()
             del pending[folder]
             try:
                 finished = self._plan_folder(ob, folder, now, end)
@@ -270,6 +272,7 @@ class Intake(Stage):
             if len(batch) >= CLAIM_BATCH:
                 wake = _earliest(wake, self.take(ob, batch, files, now))
                 batch = []
+                self.breathe()
         if batch:
             wake = _earliest(wake, self.take(ob, batch, files, now))
         if wake is not None:
@@ -354,6 +357,7 @@ class Intake(Stage):
                     reason=claim_problem(exc, ob.path / plan.rel_dir)))
                 continue
             handled.add(job_id)
+            self.breathe()
             self.blocked_claims.clear(key, "claimed")
             for n in plan.names:
                 self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
@@ -382,6 +386,7 @@ class Intake(Stage):
             key = ("job", job_id)
             if not self.blocked_jobs.due(key):
                 continue
+            self.breathe()
             try:
                 job = self.store.get_job(job_id)
                 ob = self._config_of(job.outbox)
@@ -430,7 +435,8 @@ class Intake(Stage):
         """Accept or reject a claimed job.  Anything but a rejection (an I/O error, a
         bug met by odd content) leaves it claimed and blocked, to be judged again."""
         job = self.store.get_job(job_id)
-        verdict = self._verdict(job)
+        with self.aside():  # pypdf reads what anyone may write: never in the shared turn
+            verdict = self._verdict(job)
         if isinstance(verdict, Exception) and not isinstance(verdict, Rejected) and raise_errors:
             raise verdict
         self._record(job, verdict)
@@ -443,11 +449,12 @@ class Intake(Stage):
         that commit failed (a full disk) unseen, the jobs would be left claimed with nobody
         to try them again before a restart."""
         verdicts = []
-        for job in jobs:
-            gone = set(missing.get(job.id, ()))
-            if gone:
-                job.sources = [s for s in job.sources if s.name not in gone]
-            verdicts.append((job, self._verdict(job)))
+        with self.aside():  # pypdf reads what anyone may write: never in the shared turn
+            for job in jobs:
+                gone = set(missing.get(job.id, ()))
+                if gone:
+                    job.sources = [s for s in job.sources if s.name not in gone]
+                verdicts.append((job, self._verdict(job)))
         with self.store.batch():
             for job, verdict in verdicts:
                 whole = isinstance(verdict, Accepted) and not missing.get(job.id)

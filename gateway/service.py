@@ -42,6 +42,7 @@ from gateway.stage import Stage
 from gateway.status import status_server
 from gateway.store import Store
 from gateway.systemd import notify
+from gateway.turns import Turns
 from gateway.web import WebServer, connection_cap
 
 log = logging.getLogger("gateway.service")
@@ -71,6 +72,7 @@ class Service:
         self.dispatcher: Dispatcher | None = None
         self.filing: Filing | None = None
         self.retention: Retention | None = None
+        self.turns: Turns | None = None  # the turn the pipeline stages share (turns.py)
         self.web: WebServer | None = None
         self.status_web: WebServer | None = None  # the status page (status.py), on http.status_listen
         self.guard: DatabaseGuard | None = None  # a deleted or replaced database file (dbguard.py)
@@ -143,6 +145,11 @@ class Service:
         for stage in self.stages:
             stage.halted = self.guard.check
             stage.file_names = cfg.log.file_names
+        # The pipeline stages take turns (turns.py); retention, off the sending path and
+        # with long turns of its own, runs beside them as before.
+        self.turns = Turns()
+        for stage in (self.intake, self.dispatcher, self.filing):
+            stage.turns = self.turns
         self.intake.start_watching()
         for ob in self.outboxes.values():  # job folders of an older version move into the private folder
             if ob.name not in self.paused:

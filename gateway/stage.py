@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from gateway.quietlog import Problems
 
 if TYPE_CHECKING:
     from gateway.reload import Reload
+    from gateway.turns import Turns
 
 TURN_FAILED_PAUSE = 1.0
 
@@ -43,6 +45,9 @@ class Stage:
         self.file_names = True
         self._reload: tuple[Reload, threading.Event] | None = None
         self._reload_lock = threading.Lock()
+        # The turn the pipeline stages share (turns.py; the service sets it): each turn
+        # runs holding it, breathing between items and judging documents aside.
+        self.turns: Turns | None = None
 
     # -- the three parts ------------------------------------------------------------
 
@@ -70,7 +75,8 @@ class Stage:
             self.heartbeat = time.monotonic()
             self._apply_reload()
             try:
-                wait = self.turn()
+                with self.turns.held() if self.turns is not None else nullcontext():
+                    wait = self.turn()
             except Exception as exc:
                 self.problems.problem("turn", "%s: a step failed and is tried again: %s: %s", self.name,
                                       type(exc).__name__, self._described(exc), exc=exc)
@@ -80,6 +86,20 @@ class Stage:
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+    def breathe(self) -> None:
+        """Between two items of a turn: let a waiting stage have its turn (turns.py)."""
+        if self.turns is not None:
+            self.turns.breathe()
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """What may take long on content from the outbox runs outside the shared turn."""
+        if self.turns is None:
+            yield
+        else:
+            with self.turns.aside():
+                yield
 
     def _apply_reload(self) -> None:
         with self._reload_lock:

@@ -219,6 +219,9 @@ class Watcher:
         # Called from watchdog's threads after an event is queued: the intake wakes for it
         # instead of looking every tenth of a second (an idle daemon stays idle).
         self.on_event: Callable[[], None] = lambda: None
+        # Called between two files of a rescan or a settle check: the intake lets another
+        # stage have its turn there (turns.py).
+        self.breathe: Callable[[], None] = lambda: None
         self._overflow = _OverflowFlag()
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
@@ -273,6 +276,7 @@ class Watcher:
             except queue.Empty:
                 break
             n += 1
+            self.breathe()
             wo = self.outboxes.get(outbox)
             if wo is None or is_dir and kind != "moved":
                 continue
@@ -348,6 +352,7 @@ class Watcher:
         follow_up, wo.follow_up = wo.follow_up, False
         found: set[str] = set()
         for rel, sig in _walk(wo.root, wo.skip, wo.listings):
+            self.breathe()
             found.add(rel)
             seen = wo.files.get(rel)
             if seen is None:
@@ -388,6 +393,7 @@ class Watcher:
                 continue  # stale: rescheduled or gone since
             seen.check_at = None
             self._check(wo, seen, now)
+            self.breathe()
             if time.monotonic() > end:
                 break
 
