@@ -128,11 +128,12 @@ class Connections:
                     conn.putheader(name, value)
                 conn.putheader("Accept-Encoding", "identity")
                 conn.putheader("Content-Length", str(len(content)))
+                conn.hold_headers = True
                 conn.endheaders()
                 # In pieces: the socket's timeout bounds each send, so a large fax on a slow
                 # uplink is not cut off by api.timeout as a whole (one sendall would be).
                 view = memoryview(content)
-                for start in range(0, len(view), SEND_PIECE):
+                for start in range(0, max(1, len(view)), SEND_PIECE):
                     conn.send(view[start:start + SEND_PIECE])
             except (OSError, http.client.HTTPException) as exc:
                 early = _early_answer(conn)
@@ -163,7 +164,7 @@ class Connections:
         for conn, _ in idle:
             conn.close()
 
-    def _take(self) -> http.client.HTTPConnection:
+    def _take(self) -> _HTTPConnection | _HTTPSConnection:
         while True:
             with self._lock:
                 conn, since = self._idle.pop() if self._idle else (None, 0.0)
@@ -180,13 +181,12 @@ class Connections:
                 return
         conn.close()
 
-    def _connect(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
+    def _connect(self) -> _HTTPConnection | _HTTPSConnection:
+        conn: _HTTPConnection | _HTTPSConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._connect_timeout,
-                                               context=self._tls)
+            conn = _HTTPSConnection(self._host, self._port, timeout=self._connect_timeout, context=self._tls)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+            conn = _HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
         try:
             conn.connect()
         except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
@@ -194,14 +194,40 @@ class Connections:
             raise ConnectFailed(_describe(exc)) from None
         assert conn.sock is not None
         conn.sock.settimeout(self._timeout)
-        # http.client writes the headers and the body in two sends: without this the body's
-        # last segment could wait for the server's delayed ACK of the headers (Nagle).
+        # A body over SEND_PIECE goes in several sends: without this its last segment could
+        # wait for the server's delayed ACK of the one before (Nagle).
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Never reconnect silently inside a request: a new connection is made, and its
         # failure classified, in _connect alone.
         conn.auto_open = 0
         conn.response_class = _Response
         return conn
+
+
+class _HeadersWithBody:
+    """The request's headers leave with the first piece of its body, in one send: one
+    packet and one system call instead of two (issue 12: each system call of a worker is
+    a chance for the interpreter lock to change hands).  `endheaders` writes the headers
+    through `send`, which holds them while `hold_headers` is set."""
+
+    hold_headers = False
+    _held = b""
+
+    def send(self, data: bytes | memoryview) -> None:
+        if self.hold_headers:
+            self.hold_headers, self._held = False, bytes(data)
+            return
+        if self._held:
+            data, self._held = self._held + bytes(data), b""
+        super().send(data)  # type: ignore[misc]
+
+
+class _HTTPConnection(_HeadersWithBody, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadersWithBody, http.client.HTTPSConnection):
+    pass
 
 
 class _Response(http.client.HTTPResponse):

@@ -327,3 +327,37 @@ def test_an_informational_answer_is_skipped_for_the_final_one():
     finally:
         c.close()
         sock.close()
+
+
+def test_the_headers_leave_with_the_body_in_one_send():
+    """One send per small request, not two (issue 12: each system call of an HTTP worker is
+    a chance for the interpreter lock to change hands).  Over a SOCK_SEQPACKET pair every
+    send is one record, so the server's first read shows exactly what the first send
+    carried; the connection is made here, the rest is the pool's own `post`."""
+    from gateway import httpconn
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    records = []
+
+    class Paired(httpconn.Connections):
+        def _connect(self):
+            conn = httpconn._HTTPConnection("127.0.0.1", 9)
+            conn.sock, conn.auto_open, conn.response_class = ours, 0, httpconn._Response
+            return conn
+
+    def serve():
+        records.append(theirs.recv(1 << 20))
+        theirs.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    threading.Thread(target=serve, daemon=True).start()
+    pool = Paired("http://127.0.0.1:9/v1", {"Content-Type": "application/json"}, timeout=2,
+                  connect_timeout=2, size=1)
+    try:
+        body = b'{"faxNumber": "+15551230622"}'
+        answer = pool.post("/customer/fax-send", body)
+        assert answer.status == 200 and answer.body == b"{}"
+        [first] = records
+        assert first.startswith(b"POST /v1/customer/fax-send HTTP/1.1\r\n")
+        assert first.endswith(b"\r\n\r\n" + body)  # headers and body in the one record
+    finally:
+        pool.close()
+        theirs.close()
