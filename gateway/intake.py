@@ -43,6 +43,7 @@ SLICE = 0.5         # the most work one turn does before the heartbeat beats aga
 FOLDER_CHECK = 5.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 UNFINISHED_RETRY = 1.0  # claims and judging to try again are looked at this often
 FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
+READABLE_TRUST = 1.0  # seconds a file found readable is not asked again while unchanged
 CLAIM_BATCH = 32    # groups claimed together: one commit for their intents, one for their verdicts
 
 
@@ -248,7 +249,8 @@ class Intake(Stage):
             root = ob.path / folder
             sidecars = {n: p for n, s in files.items() if is_sidecar_name(n) and s.ready
                         and (p := self._sidecar(ob.path, root / n, s)) is not None}
-            result = plan_folder(folder, files, sidecars, readable=lambda n: _readable(root / n),
+            result = plan_folder(folder, files, sidecars,
+                                 readable=lambda n: _readable_seen(root, n, files[n]),
                                  has_destination=has_destination_without_sidecar(folder, ob),
                                  sidecar_wait=ob.sidecar_wait, now=now)
             queue, wake = deque(result.plans), result.wake_at
@@ -554,6 +556,19 @@ def _job_problem(exc: Exception) -> str:
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def _readable_seen(root: Path, name: str, seen: Seen) -> bool:
+    """`_readable`, not asked again for READABLE_TRUST while the file is unchanged: a folder
+    that keeps changing is planned again at every turn, and asking each of its waiting
+    files every time made planning a burst's folder cost two system calls per file per
+    turn (issue 12).  Only a yes is kept: a file found unreadable is asked every time."""
+    now = time.monotonic()
+    if seen.readable is not None and seen.readable[0] == seen.sig and now - seen.readable[1] < READABLE_TRUST:
+        return True
+    ok = _readable(root / name)
+    seen.readable = (seen.sig, now) if ok else None
+    return ok
 
 
 def _readable(path: Path) -> bool:
