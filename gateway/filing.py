@@ -158,17 +158,17 @@ class Filing(Stage):
                 job.phase, job.filed_to, job.filed_root = Phase.FILING, filed_to, str(root)
                 job.filed_suffix = suffix
                 ready.append(job)
-        syncs = spool.DirSyncs()
         moved = []
-        for job in ready:
-            try:
-                self._move(job, syncs)
-            except Exception as exc:
-                self._block(job, exc)
-            else:
-                moved.append(job)
-            self.breathe()
-        syncs.run()
+        with spool.DirSyncs() as syncs:
+            for job in ready:
+                try:
+                    self._move(job, syncs)
+                except Exception as exc:
+                    self._block(job, exc)
+                else:
+                    moved.append(job)
+                self.breathe()
+            syncs.run()
         if not moved:
             return
         notices = {job.id: self.notifier is not None and self.notifier.wants(job.state) for job in moved}

@@ -317,12 +317,12 @@ class Intake(Stage):
                     sent_root=str(ob.sent), failed_root=str(ob.failed), private_root=str(ob.private))
                 intents.append((plan, sources, job_id))
         crash_point("claim")
-        syncs = spool.DirSyncs()
         taken: dict[int, list[str]] = {}  # job -> the names that were gone
         handled: set[int] = set()  # taken, or undone (or left to retry) on its own
         try:
-            wake = self._claim_all(ob, intents, syncs, taken, handled)
-            syncs.run()
+            with spool.DirSyncs() as syncs:
+                wake = self._claim_all(ob, intents, syncs, taken, handled)
+                syncs.run()
         except Exception:  # e.g. a sync or the database failed: each is finished on its own later
             for _, _, job_id in intents:
                 if job_id in taken or job_id not in handled:

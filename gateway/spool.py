@@ -59,9 +59,18 @@ def open_dir(root: str | Path, rel_dir: str = "", *, create: bool = False,
     """A descriptor of `root/rel_dir`.  `root` is a configured folder (resolved at start);
     below it, every component is opened with O_NOFOLLOW, so a link never leads out.
     With `create`, missing folders are made (mode, and the group of their parent)."""
-    fd = os.open(root, _DIR_FLAGS)
+    fd = _descend(os.open(root, _DIR_FLAGS), Path(root), rel_dir, create=create, mode=mode)
     try:
-        where = Path(root)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _descend(fd: int, where: Path, rel_dir: str, *, create: bool, mode: int, keep: int = -1) -> int:
+    """From the folder open at `fd` (at `where`) down `rel_dir`, each component opened with
+    O_NOFOLLOW; returns the last one's descriptor.  Each descriptor left behind is closed,
+    on failure too, except `keep` (a descriptor its owner goes on using)."""
+    try:
         for part in _parts(rel_dir):
             where = where / part
             try:
@@ -78,11 +87,14 @@ def open_dir(root: str | Path, rel_dir: str = "", *, create: bool = False,
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise _in_the_way(fd, part, where) from None
                 raise
-            os.close(fd)
+            if fd != keep:
+                os.close(fd)
             fd = nfd
-        yield fd
-    finally:
-        os.close(fd)
+        return fd
+    except BaseException:
+        if fd != keep:
+            os.close(fd)
+        raise
 
 
 def _open_made(parent: int, part: str, where: Path, mode: int) -> int:
@@ -156,11 +168,41 @@ class DirSyncs:
     """Folders whose renames must become durable, each synced once for a whole batch of
     claims or filings (one fsync per folder, not one per file), and the steps that may
     only follow those syncs.  `run` before the batch's next commit: nothing is recorded
-    as moved before its move is on disk."""
+    as moved before its move is on disk.
+
+    Also the batch's open folders (`open`): each folder a batch moves files in or out of
+    is opened once for the batch, not once per file and again for its sync (issue 12:
+    four opens and closes per document in each of intake and filing).  A context manager:
+    they are closed when the batch ends, however it ends."""
 
     def __init__(self) -> None:
         self._dirs: dict[tuple[str, str], None] = {}
         self._after: list[Callable[[], None]] = []
+        self._open: dict[tuple[str, str], int] = {}
+
+    def __enter__(self) -> DirSyncs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, root: str | Path, rel_dir: str = "", *, create: bool = False, mode: int = DIR_MODE) -> int:
+        """As `open_dir`, kept open until the batch ends; below a root already open, from it."""
+        key = (str(root), rel_dir)
+        fd = self._open.get(key)
+        if fd is None:
+            top = self._open.get((key[0], "")) if rel_dir else None
+            if top is None:
+                fd = _descend(os.open(root, _DIR_FLAGS), Path(root), rel_dir, create=create, mode=mode)
+            else:
+                fd = _descend(top, Path(root), rel_dir, create=create, mode=mode, keep=top)
+            self._open[key] = fd
+        return fd
+
+    def close(self) -> None:
+        opened, self._open = self._open, {}
+        for fd in opened.values():
+            os.close(fd)
 
     def add(self, root: str | Path, rel_dir: str = "") -> None:
         self._dirs[(str(root), rel_dir)] = None
@@ -170,12 +212,17 @@ class DirSyncs:
 
     def run(self) -> None:
         dirs, self._dirs = self._dirs, {}
-        for root, rel_dir in dirs:
+        for key in dirs:
+            fd = self._open.get(key)
+            if fd is not None:
+                os.fsync(fd)
+                continue
             try:
-                with open_dir(root, rel_dir) as fd:
+                with open_dir(*key) as fd:
                     os.fsync(fd)
             except FileNotFoundError:
                 continue  # removed since (an emptied number folder): nothing in it to keep
+        self.close()
         steps, self._after = self._after, []
         for step in steps:
             step()
@@ -200,7 +247,13 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
     if longest >= PATH_MAX:  # refused before any folder is made, so nothing is left to undo
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(Path(outbox) / rel_dir))
     missing = []
-    with open_dir(outbox, rel_dir) as src, open_dir(private) as priv:
+    with ExitStack() as stack:
+        def opened(root: str | Path, rel: str = "", **create: Any) -> int:
+            if syncs is not None:  # open for the batch
+                return syncs.open(root, rel, **create)
+            return stack.enter_context(open_dir(root, rel, **create))
+
+        src, priv = opened(outbox, rel_dir), opened(private)
         if not resume:
             try:
                 os.mkdir(str(job_id), PRIVATE_MODE, dir_fd=priv)
@@ -208,33 +261,32 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
                 raise SpoolError(f"{job_dir(private, job_id)} already exists although job {job_id} is "
                                  "new: the database does not know it (see the README, 'A lost database')"
                                  ) from None
-        with open_dir(private, os.path.join(str(job_id), rel_dir), create=True, mode=PRIVATE_MODE) as dst:
-            for s in sources:
-                there = lstat_at(dst, s.name)
-                if there is not None:
-                    if there.st_ino == s.ino:
-                        continue  # moved before a crash
-                    raise SpoolError(f"{shown(s.name)} in {job_dir(private, job_id)} is not the file that "
-                                     "was claimed")
-                st = lstat_at(src, s.name)
-                if st is None or st.st_ino != s.ino:
-                    missing.append(s.name)
-                    continue
-                try:
-                    os.rename(s.name, s.name, src_dir_fd=src, dst_dir_fd=dst)
-                except FileNotFoundError:
-                    missing.append(s.name)
-                    continue
-                moved = lstat_at(dst, s.name)
-                if moved is None or moved.st_ino != s.ino:  # replaced between the check and the rename
-                    if moved is not None and lstat_at(src, s.name) is None:
-                        os.rename(s.name, s.name, src_dir_fd=dst, dst_dir_fd=src)
-                    missing.append(s.name)
-                if crash_hook:
-                    crash_hook("claim_partial")
-            if syncs is None:
-                os.fsync(dst)
+        dst = opened(private, os.path.join(str(job_id), rel_dir), create=True, mode=PRIVATE_MODE)
+        for s in sources:
+            there = lstat_at(dst, s.name)
+            if there is not None:
+                if there.st_ino == s.ino:
+                    continue  # moved before a crash
+                raise SpoolError(f"{shown(s.name)} in {job_dir(private, job_id)} is not the file that "
+                                 "was claimed")
+            st = lstat_at(src, s.name)
+            if st is None or st.st_ino != s.ino:
+                missing.append(s.name)
+                continue
+            try:
+                os.rename(s.name, s.name, src_dir_fd=src, dst_dir_fd=dst)
+            except FileNotFoundError:
+                missing.append(s.name)
+                continue
+            moved = lstat_at(dst, s.name)
+            if moved is None or moved.st_ino != s.ino:  # replaced between the check and the rename
+                if moved is not None and lstat_at(src, s.name) is None:
+                    os.rename(s.name, s.name, src_dir_fd=dst, dst_dir_fd=src)
+                missing.append(s.name)
+            if crash_hook:
+                crash_hook("claim_partial")
         if syncs is None:
+            os.fsync(dst)
             os.fsync(priv)
             os.fsync(src)
     if syncs is not None:
@@ -476,14 +528,22 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
     the result file (`result(names as filed)`), then remove the job's folder.  A symbolic
     link is never filed: it is removed (its result records what it pointed at).  Returns
     the names as filed.  With `syncs`, the destination is synced by the caller once for
-    its whole batch, and the job's folder removed only after that."""
+    its whole batch, and the job's folder removed only after that (and the folders are
+    opened once for the batch: `DirSyncs.open`)."""
     if not dest_root.is_dir():
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
     with ExitStack() as stack:
-        dst = stack.enter_context(open_dir(dest_root, rel_dir, create=True))
+        def opened(root: str | Path, rel: str, **create: Any) -> int:
+            if syncs is not None:
+                return syncs.open(root, rel, **create)
+            return stack.enter_context(open_dir(root, rel, **create))
+
+        dst = opened(dest_root, rel_dir, create=True)
         try:
-            src: int | None = stack.enter_context(open_dir(private, os.path.join(str(job_id), rel_dir)))
+            if syncs is not None:
+                syncs.open(private)  # the job's folder is opened from it
+            src: int | None = opened(private, os.path.join(str(job_id), rel_dir))
         except FileNotFoundError:
             src = None  # moved and removed before a crash: only the result is left to write
         for name in names:

@@ -86,3 +86,43 @@ def test_removing_a_jobs_folders_never_follows_a_link(tmp_path):
     (private / "7").symlink_to(elsewhere)
     spool.remove_job_dir(private, 7, "+15551234567")
     assert (elsewhere / "+15551234567").is_dir()
+
+
+def test_a_batch_opens_each_folder_once_and_closes_them_all(tmp_path):
+    """`DirSyncs.open`: the same descriptor for the same folder all batch long, a folder
+    below an open root opened from it, and none left open after the batch."""
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    with spool.DirSyncs() as syncs:
+        root = syncs.open(tmp_path / "root")
+        assert syncs.open(tmp_path / "root") == root
+        below = syncs.open(tmp_path / "root", "a/b", create=True, mode=0o700)
+        assert syncs.open(tmp_path / "root", "a/b") == below
+        assert os.fstat(below).st_ino == (tmp_path / "root" / "a" / "b").stat().st_ino
+        opened = [root, below]
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_a_batchs_folder_below_an_open_root_is_never_reached_through_a_link(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "elsewhere")
+    with spool.DirSyncs() as syncs:
+        syncs.open(tmp_path / "root")
+        with pytest.raises(spool.SpoolError, match="a link where a folder is expected"):
+            syncs.open(tmp_path / "root", "link/deeper", create=True)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_batchs_folders_are_synced_from_their_open_descriptors_and_closed(tmp_path):
+    (tmp_path / "root").mkdir()
+    syncs = spool.DirSyncs()
+    fd = syncs.open(tmp_path / "root")
+    syncs.add(tmp_path / "root")
+    ran = []
+    syncs.after(lambda: ran.append(True))
+    syncs.run()
+    assert ran == [True]
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed once synced, before the steps after
