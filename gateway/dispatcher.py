@@ -64,6 +64,7 @@ Write = Callable[[], "Callable[[], None] | None"]
 
 class Dispatcher(Stage):
     name = "dispatcher"
+    served_first = True  # answers are recorded, and the next requests start, without waiting a quantum
 
     def __init__(self, store: Store, client: IFaxClient, *, outboxes: Mapping[str, OutboxConfig],
                  metrics: Metrics, max_in_flight: int, requests_per_minute: int,
@@ -370,7 +371,6 @@ class Dispatcher(Stage):
                and not self._stop.is_set()
                and sum(len(r.content) for _, _, r in self._prepared) < PREPARED_AHEAD):
             self._prepare_next(settle=False)
-            self.breathe()
 
     def _drop_read_ahead(self) -> None:
         self._due.clear()
@@ -682,7 +682,8 @@ class Dispatcher(Stage):
             return
         self._next_probe = time.monotonic() + PROBE_INTERVAL
         try:
-            self.client.status("0")
+            with self.aside():  # a request, up to api.timeout: never in the shared turn
+                self.client.status("0")
         except AuthFailed:
             return
         except Refused:
@@ -939,7 +940,8 @@ class Dispatcher(Stage):
                     waiting = True
                     continue
                 try:
-                    self.client.cancel(r.ifax_job_id)
+                    with self.aside():  # a request, up to api.timeout: never in the shared turn
+                        self.client.cancel(r.ifax_job_id)
                 except Refused as exc:  # already final at iFax: the next poll says how it ended
                     refusals.append(f"{r.number}: {exc.message}")
                     self.store.poll_now(r.id)

@@ -218,7 +218,7 @@ class _HeadersWithBody:
             self.hold_headers, self._held = False, bytes(data)
             return
         if self._held:
-            data, self._held = self._held + bytes(data), b""
+            data, self._held = b"".join((self._held, data)), b""
         super().send(data)  # type: ignore[misc]
 
 

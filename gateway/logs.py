@@ -58,6 +58,11 @@ def setup_logging(level: str = "info", fmt: str = "text", *, forced_debug: bool 
     _forced_debug = forced_debug
     if forced_debug:
         level = "debug"
+    # Neither format shows where a line was logged from, nor a thread or process: not
+    # finding them out saves a walk up the stack per line (the logging HOWTO's
+    # "Optimization"; a few lines per document, issue 12).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     debug = level.lower() == "debug"
     handler.setFormatter(_JsonFormatter(debug) if fmt == "json" else _TextFormatter(debug))

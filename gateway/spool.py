@@ -170,15 +170,17 @@ class DirSyncs:
     only follow those syncs.  `run` before the batch's next commit: nothing is recorded
     as moved before its move is on disk.
 
-    Also the batch's open folders (`open`): each folder a batch moves files in or out of
-    is opened once for the batch, not once per file and again for its sync (issue 12:
-    four opens and closes per document in each of intake and filing).  A context manager:
-    they are closed when the batch ends, however it ends."""
+    Also the batch's open roots (`opened`): each configured folder (an outbox, a private
+    folder, a `sent/` or `failed/`) is opened once for the batch, not once per file and
+    again for its sync (issue 12: three opens and closes per document in each of intake
+    and filing).  Folders below a root are looked up from it afresh for each use, with
+    O_NOFOLLOW: one renamed away during the batch is never written through (SPEC 4.5).
+    A context manager: the roots are closed when the batch ends, however it ends."""
 
     def __init__(self) -> None:
         self._dirs: dict[tuple[str, str], None] = {}
         self._after: list[Callable[[], None]] = []
-        self._open: dict[tuple[str, str], int] = {}
+        self._roots: dict[str, int] = {}
 
     def __enter__(self) -> DirSyncs:
         return self
@@ -186,23 +188,31 @@ class DirSyncs:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self, root: str | Path, rel_dir: str = "", *, create: bool = False, mode: int = DIR_MODE) -> int:
-        """As `open_dir`, kept open until the batch ends; below a root already open, from it."""
-        key = (str(root), rel_dir)
-        fd = self._open.get(key)
+    def _root(self, root: str | Path) -> int:
+        fd = self._roots.get(str(root))
         if fd is None:
-            top = self._open.get((key[0], "")) if rel_dir else None
-            if top is None:
-                fd = _descend(os.open(root, _DIR_FLAGS), Path(root), rel_dir, create=create, mode=mode)
-            else:
-                fd = _descend(top, Path(root), rel_dir, create=create, mode=mode, keep=top)
-            self._open[key] = fd
+            fd = self._roots[str(root)] = os.open(root, _DIR_FLAGS)
         return fd
 
+    @contextmanager
+    def opened(self, root: str | Path, rel_dir: str = "", *, create: bool = False,
+               mode: int = DIR_MODE) -> Iterator[int]:
+        """As `open_dir`, from the batch's descriptor of `root`."""
+        top = self._root(root)
+        fd = _descend(top, Path(root), rel_dir, create=create, mode=mode, keep=top)
+        try:
+            yield fd
+        finally:
+            if fd != top:
+                os.close(fd)
+
     def close(self) -> None:
-        opened, self._open = self._open, {}
-        for fd in opened.values():
-            os.close(fd)
+        roots, self._roots = self._roots, {}
+        for fd in roots.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def add(self, root: str | Path, rel_dir: str = "") -> None:
         self._dirs[(str(root), rel_dir)] = None
@@ -212,13 +222,9 @@ class DirSyncs:
 
     def run(self) -> None:
         dirs, self._dirs = self._dirs, {}
-        for key in dirs:
-            fd = self._open.get(key)
-            if fd is not None:
-                os.fsync(fd)
-                continue
+        for root, rel_dir in dirs:
             try:
-                with open_dir(*key) as fd:
+                with self.opened(root, rel_dir) as fd:
                     os.fsync(fd)
             except FileNotFoundError:
                 continue  # removed since (an emptied number folder): nothing in it to keep
@@ -249,9 +255,8 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
     missing = []
     with ExitStack() as stack:
         def opened(root: str | Path, rel: str = "", **create: Any) -> int:
-            if syncs is not None:  # open for the batch
-                return syncs.open(root, rel, **create)
-            return stack.enter_context(open_dir(root, rel, **create))
+            return stack.enter_context(syncs.opened(root, rel, **create) if syncs is not None
+                                       else open_dir(root, rel, **create))
 
         src, priv = opened(outbox, rel_dir), opened(private)
         if not resume:
@@ -528,21 +533,18 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
     the result file (`result(names as filed)`), then remove the job's folder.  A symbolic
     link is never filed: it is removed (its result records what it pointed at).  Returns
     the names as filed.  With `syncs`, the destination is synced by the caller once for
-    its whole batch, and the job's folder removed only after that (and the folders are
-    opened once for the batch: `DirSyncs.open`)."""
+    its whole batch, and the job's folder removed only after that (and the roots are
+    opened once for the batch: `DirSyncs.opened`)."""
     if not dest_root.is_dir():
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
     with ExitStack() as stack:
         def opened(root: str | Path, rel: str, **create: Any) -> int:
-            if syncs is not None:
-                return syncs.open(root, rel, **create)
-            return stack.enter_context(open_dir(root, rel, **create))
+            return stack.enter_context(syncs.opened(root, rel, **create) if syncs is not None
+                                       else open_dir(root, rel, **create))
 
         dst = opened(dest_root, rel_dir, create=True)
         try:
-            if syncs is not None:
-                syncs.open(private)  # the job's folder is opened from it
             src: int | None = opened(private, os.path.join(str(job_id), rel_dir))
         except FileNotFoundError:
             src = None  # moved and removed before a crash: only the result is left to write

@@ -29,6 +29,7 @@ class Stage:
     before the next turn unless woken."""
 
     name = "stage"
+    served_first = False  # in the shared turn (turns.py): the sending loop is
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -66,6 +67,8 @@ class Stage:
         """Release what the stage holds; requests under way are finished by the caller."""
 
     def loop(self) -> None:
+        if self.turns is not None and self.served_first:
+            self.turns.serve_first()
         try:
             self.initialize()
         except Exception as exc:

@@ -64,7 +64,7 @@ class Seen:
     warned: bool = False
     check_at: float | None = None  # when its settle deadline comes (None: waits for an event)
     lease_holds: int = 0           # settle checks a writer without events held back
-    readable: tuple[tuple[int, int, int, int] | None, float] | None = None  # (sig, when) found readable
+    readable: tuple[tuple[int, ...], float] | None = None  # (what it was, when) found readable (intake)
 
     @property
     def held_open(self) -> bool:

@@ -88,41 +88,58 @@ def test_removing_a_jobs_folders_never_follows_a_link(tmp_path):
     assert (elsewhere / "+15551234567").is_dir()
 
 
-def test_a_batch_opens_each_folder_once_and_closes_them_all(tmp_path):
-    """`DirSyncs.open`: the same descriptor for the same folder all batch long, a folder
-    below an open root opened from it, and none left open after the batch."""
+def test_a_batch_opens_each_root_once_and_closes_it(tmp_path):
+    """`DirSyncs.opened`: one descriptor of a root all batch long, folders below it looked
+    up from it, and nothing left open after the batch."""
     (tmp_path / "root" / "a").mkdir(parents=True)
     with spool.DirSyncs() as syncs:
-        root = syncs.open(tmp_path / "root")
-        assert syncs.open(tmp_path / "root") == root
-        below = syncs.open(tmp_path / "root", "a/b", create=True, mode=0o700)
-        assert syncs.open(tmp_path / "root", "a/b") == below
-        assert os.fstat(below).st_ino == (tmp_path / "root" / "a" / "b").stat().st_ino
-        opened = [root, below]
-    for fd in opened:
+        with syncs.opened(tmp_path / "root") as root, syncs.opened(tmp_path / "root") as again:
+            assert again == root
+        with syncs.opened(tmp_path / "root", "a/b", create=True, mode=0o700) as below:
+            assert os.fstat(below).st_ino == (tmp_path / "root" / "a" / "b").stat().st_ino
         with pytest.raises(OSError):
-            os.fstat(fd)
+            os.fstat(below)  # a folder below the root is closed after its use
+        os.fstat(root)  # the root stays open for the batch
+    with pytest.raises(OSError):
+        os.fstat(root)
 
 
-def test_a_batchs_folder_below_an_open_root_is_never_reached_through_a_link(tmp_path):
+def test_a_folder_renamed_away_during_a_batch_is_never_written_through(tmp_path):
+    """A number folder moved out of sent/ (or the outbox) between two jobs of a batch: the
+    second job finds the new folder of that name, not the moved one (SPEC 4.5)."""
+    (tmp_path / "root" / "n").mkdir(parents=True)
+    (tmp_path / "archive").mkdir()
+    with spool.DirSyncs() as syncs:
+        with syncs.opened(tmp_path / "root", "n") as first:
+            moved = os.fstat(first).st_ino
+        (tmp_path / "root" / "n").rename(tmp_path / "archive" / "n")
+        with syncs.opened(tmp_path / "root", "n", create=True) as second:
+            assert os.fstat(second).st_ino != moved
+            assert os.fstat(second).st_ino == (tmp_path / "root" / "n").stat().st_ino
+
+
+def test_a_batchs_folder_below_a_root_is_never_reached_through_a_link(tmp_path):
     (tmp_path / "root").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "root" / "link").symlink_to(tmp_path / "elsewhere")
     with spool.DirSyncs() as syncs:
-        syncs.open(tmp_path / "root")
         with pytest.raises(spool.SpoolError, match="a link where a folder is expected"):
-            syncs.open(tmp_path / "root", "link/deeper", create=True)
+            with syncs.opened(tmp_path / "root", "link/deeper", create=True):
+                pass
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
-def test_a_batchs_folders_are_synced_from_their_open_descriptors_and_closed(tmp_path):
-    (tmp_path / "root").mkdir()
+def test_a_batchs_folders_are_synced_and_its_roots_closed_before_the_steps_after(tmp_path):
+    (tmp_path / "root" / "n").mkdir(parents=True)
     syncs = spool.DirSyncs()
-    fd = syncs.open(tmp_path / "root")
+    with syncs.opened(tmp_path / "root") as root:
+        pass
     syncs.add(tmp_path / "root")
+    syncs.add(tmp_path / "root", "n")
+    syncs.add(tmp_path / "root", "gone")  # removed meanwhile: nothing in it to keep
     ran = []
     syncs.after(lambda: ran.append(True))
     syncs.run()
     assert ran == [True]
     with pytest.raises(OSError):
-        os.fstat(fd)  # closed once synced, before the steps after
+        os.fstat(root)

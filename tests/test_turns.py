@@ -107,16 +107,71 @@ def test_aside_without_the_turn_does_nothing():
 
 
 def test_a_holder_that_is_stuck_does_not_stop_a_waiter():
-    turns, stuck, log = Turns(lapse=0.2), threading.Event(), []
-    _hold_in_thread(turns, stuck)  # never released during the test: a hung system call
+    """A holder that reaches no breathing point for LAPSE (a hung system call): the waiter
+    goes ahead then, and again at once, without waiting another LAPSE, while it stays stuck."""
+    turns, stuck, times = Turns(lapse=1.0), threading.Event(), {}
+
+    def hold() -> None:
+        with turns.held():
+            times["held"] = time.monotonic()
+            stuck.wait(LONG)
+
+    threading.Thread(target=hold, daemon=True).start()
+    wait_for(lambda: "held" in times, 5, "the holder")
     try:
+        with turns.held():
+            times["entered"] = time.monotonic()
+        assert times["entered"] - times["held"] >= 1.0  # it did wait for its turn first
         started = time.monotonic()
-        _enter_in_thread(turns, log, "waiter").join(10)
-        assert log == ["waiter"]
-        assert time.monotonic() - started >= 0.2  # it did wait for its turn first
-        assert turns.lapsed == 1
+        with turns.held():
+            pass
+        assert time.monotonic() - started < 0.5  # not another LAPSE: the holder is known stuck
+        assert turns.lapsed == 2
     finally:
         stuck.set()
+
+
+def test_a_holder_that_breathes_is_not_stuck_however_long_it_holds():
+    """Breathing points keep a long turn alive: with a quantum that never ends, the waiter
+    gets the turn when the holder leaves, never by lapsing."""
+    turns, log = Turns(quantum=LONG, lapse=0.2), []
+    holding = threading.Event()
+
+    def hold() -> None:
+        with turns.held():
+            holding.set()
+            for _ in range(30):  # 0.6 s of work with a breathing point every 20 ms
+                time.sleep(0.02)
+                turns.breathe()
+            log.append("holder done")
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    _enter_in_thread(turns, log, "waiter").join(10)
+    holder.join(10)
+    assert log == ["holder done", "waiter"]
+    assert turns.lapsed == 0
+
+
+def test_the_sending_loop_is_served_first_and_without_waiting_a_quantum():
+    turns, log = Turns(quantum=LONG, lapse=LONG), []
+    with turns.held():
+        other = _enter_in_thread(turns, log, "other")
+        _waiting(turns, 1)
+
+        def sending() -> None:
+            turns.serve_first()
+            with turns.held():
+                log.append("sending")
+
+        first = threading.Thread(target=sending, daemon=True)
+        first.start()
+        _waiting(turns, 2)
+        turns.breathe()  # within the quantum, but the sending loop waits: handed on now
+        assert log == ["sending", "other"]  # then the other, who was in line before this one
+    other.join(5)
+    first.join(5)
 
 
 def test_the_pipeline_stages_share_the_turn_and_go_on_while_it_is_stuck(service, spool):
