@@ -143,6 +143,26 @@ class _Enqueue(FileSystemEventHandler):
         self.dispatch(item[0])
 
 
+GATHER = 0.005  # seconds the inotify reader lets events gather after reading some
+
+
+class _GatheringInotifyFD(InotifyFD):
+    """Watchdog's inotify reader, which after reading some events lets the next ones gather
+    for a few milliseconds before it reads again: a folder being written fast (a burst, a
+    scanner's pages) costs one wake-up of the reader and of the emitter per few
+    milliseconds instead of one per event (issue 12: three of the daemon's context
+    switches per document).  An idle reader waits in poll() as before; a stop is not
+    delayed."""
+
+    def run(self) -> None:
+        while self.should_keep_running():
+            events = self.read_events()
+            for event in events:
+                self.handle_event(event)
+            if events:
+                self.stopped_event.wait(GATHER)
+
+
 class _Emitter:
     """One outbox watched by inotify: an inotify instance of its own with its reading thread
     (so that one outbox's flood of events, or a huge tree of folders made in it, holds up
@@ -152,7 +172,7 @@ class _Emitter:
     (issue 12)."""
 
     def __init__(self, root: Path, handler: _Enqueue) -> None:
-        self._inotify = InotifyFD()
+        self._inotify = _GatheringInotifyFD()
         self._inotify.daemon = True
         self._inotify.start()
         self._emitter = InotifyEmitter(handler, ObservedWatch(str(root), recursive=True),
