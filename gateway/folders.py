@@ -30,8 +30,10 @@ class FolderGuard:
                 st = os.stat(path)
             except OSError:
                 return f"outbox {ob.name}: the {role} folder {path} is missing"
-            was_mount = self._mounted.setdefault(path, os.path.ismount(path))
-            if was_mount and not os.path.ismount(path):
+            was_mount = self._mounted.get(path)
+            if was_mount is None:  # asked once: ismount resolves the whole path (a dozen calls)
+                was_mount = self._mounted[path] = os.path.ismount(path)
+            elif was_mount and not os.path.ismount(path):
                 return (f"outbox {ob.name}: the {role} folder {path} is no longer mounted (an unmounted "
                         "share?); nothing is written there until it is back")
             self._inode.setdefault(path, st.st_ino)
