@@ -29,7 +29,7 @@ class Stage:
     before the next turn unless woken."""
 
     name = "stage"
-    served_first = False  # in the shared turn (turns.py): the sending loop is
+    served_first = False  # first in line for the shared turn (turns.py): the sending loop
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -97,7 +97,8 @@ class Stage:
 
     @contextmanager
     def aside(self) -> Iterator[None]:
-        """What may take long on content from the outbox runs outside the shared turn."""
+        """What may take long (judging what anyone may write, a request to iFax) runs
+        outside the shared turn."""
         if self.turns is None:
             yield
         else:
