@@ -59,7 +59,10 @@ def test_a_burst_asks_the_store_what_is_due_once_per_batch_not_once_per_turn(ser
     svc.store.conn.set_trace_callback(None)
     sent = collections.Counter(doc for _, doc in sent_documents(simulator))
     assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
-    assert len(reads) < n, f"{len(reads)} reads of what is due for {n} documents"
+    # Once per turn was 813 reads for these 120 documents; once per batch, 26-78 here, and
+    # up to 122 when the answers' rounds and the polls' due times interleave badly (the
+    # count includes the reads of due polls, one per round of answers at most).
+    assert len(reads) < 2 * n, f"{len(reads)} reads of what is due for {n} documents"
 
 
 def test_a_fax_encoded_ahead_and_then_canceled_is_never_sent(make_config, service, spool, simulator):
