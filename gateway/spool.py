@@ -23,6 +23,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,13 @@ class DirSyncs:
             step()
 
 
+def _enter_dir(stack: ExitStack, syncs: DirSyncs | None, root: str | Path, rel_dir: str = "",
+               **create: Any) -> int:
+    """`open_dir`, or from the batch's root (`DirSyncs.opened`), open until `stack` closes."""
+    opener = syncs.opened if syncs is not None else open_dir
+    return stack.enter_context(opener(root, rel_dir, **create))
+
+
 # -- claiming -------------------------------------------------------------------------
 
 def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, sources: Sequence[Any],
@@ -254,10 +262,7 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(Path(outbox) / rel_dir))
     missing = []
     with ExitStack() as stack:
-        def opened(root: str | Path, rel: str = "", **create: Any) -> int:
-            return stack.enter_context(syncs.opened(root, rel, **create) if syncs is not None
-                                       else open_dir(root, rel, **create))
-
+        opened = partial(_enter_dir, stack, syncs)
         src, priv = opened(outbox, rel_dir), opened(private)
         if not resume:
             try:
@@ -539,10 +544,7 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
     with ExitStack() as stack:
-        def opened(root: str | Path, rel: str, **create: Any) -> int:
-            return stack.enter_context(syncs.opened(root, rel, **create) if syncs is not None
-                                       else open_dir(root, rel, **create))
-
+        opened = partial(_enter_dir, stack, syncs)
         dst = opened(dest_root, rel_dir, create=True)
         try:
             src: int | None = opened(private, os.path.join(str(job_id), rel_dir))
