@@ -25,6 +25,7 @@ from pathlib import Path
 from gateway import spool
 from gateway.blocking import BlockedItems
 from gateway.config import OutboxConfig
+from gateway.docreader import DocumentReader
 from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
@@ -78,6 +79,8 @@ class Intake(Stage):
         self.simulate, self.file_names = simulate, file_names
         self.paused = paused  # shared with the other stages and /healthz: outbox -> why
         self.on_judged = on_judged
+        # pypdf and Pillow read documents in a process of their own, with a deadline (SPEC 4.5).
+        self.reader = DocumentReader()
         # Jobs just accepted, handed to the sending stage so that it need not read them again.
         self.on_accepted: Callable[[list[Job]], None] = lambda jobs: None
         self.watcher = Watcher(file_names=file_names)
@@ -159,6 +162,7 @@ class Intake(Stage):
 
     def shutdown(self) -> None:
         self.watcher.stop()
+        self.reader.close()
 
     def apply(self, change: Reload) -> None:
         """Outboxes added, removed or changed (SIGHUP).  Files still in an outbox were
@@ -478,7 +482,7 @@ class Intake(Stage):
         try:
             if not job.sources:
                 raise Rejected("unreadable", "every file of the job disappeared before it was taken")
-            return evaluate(job, ob, held)
+            return evaluate(job, ob, held, reader=self.reader)
         except Rejected as exc:
             exc.sha256 = [file_sha256(held / n) for n in job.names]
             return exc

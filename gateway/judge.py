@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import numbers
 from gateway.config import OutboxConfig
-from gateway.doctypes import inspect_document
+from gateway.docreader import DocumentReader
 from gateway.errors import Rejected, SpoolError
 from gateway.names import shown
 from gateway.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
@@ -130,19 +130,33 @@ def has_destination_without_sidecar(rel_dir: str, outbox: OutboxConfig) -> bool:
     return number_folder(rel_dir) is not None or bool(outbox.number)
 
 
-def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path) -> Accepted:
+_shared_reader: DocumentReader | None = None
+
+
+def shared_reader() -> DocumentReader:
+    """The process's document reader, for callers without one of their own (`inspect`)."""
+    global _shared_reader
+    if _shared_reader is None:
+        _shared_reader = DocumentReader()
+    return _shared_reader
+
+
+def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path, *,
+             reader: DocumentReader | None = None) -> Accepted:
     """Judge a claimed job; raises Rejected with the reason a person can act on."""
     if job.reason_code:  # decided before the claim (pairing rules) and stored with it
         raise Rejected(job.reason_code, reason=job.reason)
-    return judge_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir)
+    return judge_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir, reader=reader)
 
 
 def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, outbox: OutboxConfig,
-                folder: Path, *, root: Path | None = None) -> Accepted:
+                folder: Path, *, root: Path | None = None, reader: DocumentReader | None = None) -> Accepted:
     """Judge one planned group where its files lie: the daemon's claimed job in its private
     folder, or (`inspect`) the group still in the outbox, then with `root` the outbox, so
     that no folder on the way is followed through a link.  One implementation for both, so
-    that `inspect` says exactly what the daemon will do.  Reads only, never writes."""
+    that `inspect` says exactly what the daemon will do.  Reads only, never writes.  Each
+    document is read by `reader` (docreader.py: another process, with a deadline)."""
+    reader = reader or shared_reader()
     sidecar = read_sidecar(folder / sidecar_name, root=root) if sidecar_name else None
     if not documents:
         raise Rejected("bad_sidecar", f"{sidecar_name} names no document")
@@ -161,7 +175,7 @@ def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, ou
             raise Rejected("empty", f"{name} is empty")
         left = outbox.max_pages - total_pages  # counting stops there: a few MB can hold 100,000 pages
         try:
-            info = inspect_document(data, max_pages=max(left, 0))
+            info = reader.inspect(data, max_pages=max(left, 0))
         except Rejected as exc:
             if exc.reason_code == "too_large" and exc.detail and "+ pages" in exc.detail:
                 raise Rejected("too_large", f"{name}: at least {outbox.max_pages + 1} pages in the job, "

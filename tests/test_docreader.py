@@ -1,0 +1,140 @@
+"""Documents are read in a process of their own, with a deadline (gateway/docreader.py;
+SPEC 4.5: counting the pages of a document stops within a few seconds).  Real reader
+processes and, at the end, the real service."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import pytest
+from conftest import make_pdf, make_png, make_tiff, wait_for
+
+from gateway.docreader import DocumentReader, _decoded
+from gateway.doctypes import DocInfo, inspect_document
+from gateway.errors import Rejected
+
+SLOW_OBJECTS = 300_000  # pypdf takes seconds for these (about 1 s per 70,000 here)
+
+
+def pdf_slow_to_read(objects: int = SLOW_OBJECTS) -> bytes:
+    """A valid one-page PDF whose catalog and page lie in a compressed object stream behind
+    `objects` small objects: pypdf parses every one of them before it finds the catalog."""
+    header, data = bytearray(), bytearray(b" ")
+    for i in range(objects):
+        header += b"%d %d " % (900_000 + i, len(data))
+        data += b"0 "
+    bodies = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Count 1 /Kids [3 0 R] >>",
+              b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"]
+    for n, body in enumerate(bodies, start=1):
+        header += b"%d %d " % (n, len(data))
+        data += body + b" "
+    stream = zlib.compress(bytes(header + data), 9)
+    out = bytearray(b"%PDF-1.5\n")
+    stm_num, stm_at = len(bodies) + 1, len(out)
+    out += (b"%d 0 obj\n<< /Type /ObjStm /Filter /FlateDecode /N %d /First %d /Length %d >>\nstream\n"
+            % (stm_num, objects + len(bodies), len(header), len(stream)) + stream + b"\nendstream\nendobj\n")
+    xref_num, xref_at = stm_num + 1, len(out)
+    rows = [struct.pack(">BII", 0, 0, 65535)]
+    rows += [struct.pack(">BII", 2, stm_num, objects + i) for i in range(len(bodies))]
+    rows += [struct.pack(">BII", 1, stm_at, 0), struct.pack(">BII", 1, xref_at, 0)]
+    xref = b"".join(rows)
+    out += (b"%d 0 obj\n<< /Type /XRef /W [1 4 4] /Size %d /Root 1 0 R /Length %d >>\nstream\n"
+            % (xref_num, xref_num + 1, len(xref)) + xref + b"\nendstream\nendobj\n")
+    out += b"startxref\n%d\n%%%%EOF\n" % xref_at
+    return bytes(out)
+
+
+@pytest.fixture
+def reader():
+    r = DocumentReader(deadline=1.0)
+    yield r
+    r.close()
+
+
+def test_the_slow_pdf_is_a_valid_one_page_pdf_when_read_to_the_end():
+    """The construction is sound: without a deadline it is read, and found to have one page."""
+    r = DocumentReader(deadline=600)
+    try:
+        assert r.inspect(pdf_slow_to_read(), 100).pages == 1
+    finally:
+        r.close()
+
+
+def test_a_document_not_read_within_the_deadline_is_rejected_and_the_next_is_read(reader):
+    with pytest.raises(Rejected) as caught:
+        reader.inspect(pdf_slow_to_read(), 100)
+    assert caught.value.reason_code == "too_large"
+    assert "could not be read within 1 s" in caught.value.reason
+    assert reader.killed == 1
+    assert reader.inspect(make_pdf(2), 100) == DocInfo("pdf", ".pdf", "application/pdf", 2)
+
+
+@pytest.mark.parametrize("data, max_pages", [(make_pdf(3), 2), (b"plain text", 100), (b"", 100),
+                                             (make_pdf(1)[:200], 100), (make_tiff(3), 2)])
+def test_the_reader_rejects_as_inspect_document_does(reader, data, max_pages):
+    with pytest.raises(Rejected) as here:
+        inspect_document(data, max_pages)
+    with pytest.raises(Rejected) as there:
+        reader.inspect(data, max_pages)
+    assert (there.value.reason_code, there.value.reason) == (here.value.reason_code, here.value.reason)
+
+
+def test_the_reader_accepts_as_inspect_document_does(reader):
+    for data in (make_pdf(3), make_tiff(2), make_png()):
+        assert reader.inspect(data, 100) == inspect_document(data, 100)
+
+
+def test_a_reader_that_died_between_documents_is_started_again(reader):
+    reader.inspect(make_pdf(1), 100)
+    first = reader._proc
+    first.kill()
+    first.wait()
+    assert reader.inspect(make_pdf(1), 100).pages == 1
+    assert reader._proc is not None and reader._proc.pid != first.pid
+    assert reader.killed == 0  # not the document's fault
+
+
+def test_the_reader_gets_neither_the_api_key_nor_the_daemons_descriptors(reader, monkeypatch, tmp_path):
+    monkeypatch.setenv("IFAX_API_KEY", "secret-key-123")
+    kept = os.open(tmp_path, os.O_RDONLY)  # a descriptor the daemon holds (a folder, the database)
+    try:
+        reader.inspect(make_pdf(1), 100)
+        pid = reader._proc.pid
+        environ = open(f"/proc/{pid}/environ", "rb").read()
+        assert b"secret-key-123" not in environ and b"IFAX_API_KEY" not in environ
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert str(tmp_path) not in targets
+    finally:
+        os.close(kept)
+
+
+def test_close_ends_the_reader(reader):
+    reader.inspect(make_pdf(1), 100)
+    proc = reader._proc
+    reader.close()
+    assert proc.poll() is not None
+
+
+@pytest.mark.parametrize("answer", [{"rejected": "no_such_code"}, {"kind": "exe", "pages": 1},
+                                    {"kind": "pdf", "pages": 0}, {"kind": "pdf", "pages": "1"}, {}])
+def test_an_answer_the_gateway_does_not_know_is_a_rejection(answer):
+    with pytest.raises(Rejected) as caught:
+        _decoded(answer)
+    assert caught.value.reason_code == "unsupported_type"
+
+
+def test_the_service_rejects_a_slow_pdf_and_goes_on_with_the_others(service, spool, simulator):
+    svc = service()
+    svc.intake.reader.deadline = 1.0
+    (spool.folder("+15551230801") / "slow.pdf").write_bytes(pdf_slow_to_read())
+    (spool.folder("+15551230802") / "quick.pdf").write_bytes(make_pdf(1))
+    results = {r["_path"].parent.name: r for r in spool.wait_results(2, timeout=60)}
+    slow, quick = results["+15551230801"], results["+15551230802"]
+    assert slow["state"] == "rejected" and slow["reason_code"] == "too_large"
+    assert "could not be read within 1 s" in slow["reason"]
+    assert quick["state"] == "delivered"
+    assert [r["body"]["faxNumber"] for r in simulator.requests("fax-send")] == ["+15551230802"]
+    wait_for(lambda: svc.intake.reader.killed == 1, 5, "the reader killed once")
