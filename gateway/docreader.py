@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 from gateway.doctypes import EXTENSIONS, MIME_TYPES, DocInfo, inspect_document
 from gateway.errors import REASONS, Rejected
@@ -54,26 +55,37 @@ class DocumentReader:
     def inspect(self, data: bytes, max_pages: int | None = None) -> DocInfo:
         """As `doctypes.inspect_document`, in the reader process; raises Rejected, or
         ReaderUnavailable when it could not ask."""
+        [answer] = self.inspect_all([(data, max_pages)])
+        if isinstance(answer, Rejected):
+            raise answer
+        return answer
+
+    def inspect_all(self, documents: Sequence[tuple[bytes, int | None]]) -> list[DocInfo | Rejected]:
+        """Each (data, max_pages) as `inspect` answers it, in order.  Handed over without
+        waiting for the answers before (a batch of claims costs one round trip, not one
+        per document); each document's deadline runs from when the reader could start on
+        it.  Raises ReaderUnavailable when the reader cannot be started."""
+        answers: list[DocInfo | Rejected] = []
+        died_on: int | None = None  # the document the reader last died on
         with self._lock:
-            for attempt in (1, 2):
+            while len(answers) < len(documents):
                 proc = self._started()
                 try:
-                    self._send(proc, _HEADER.pack(len(data), -1 if max_pages is None else max_pages) + data)
-                    answer = self._answer(proc, time.monotonic() + self.deadline)
+                    self._exchange(proc, documents, answers)
                 except TimeoutError:
                     self._stop(kill=True)
                     self.killed += 1
-                    raise Rejected("too_large", f"it could not be read within {self.deadline:g} s; "
-                                   "a document built to be slow to read is refused") from None
-                except (BrokenPipeError, EOFError):
+                    answers.append(Rejected("too_large", f"it could not be read within {self.deadline:g} s; "
+                                            "a document built to be slow to read is refused"))
+                except EOFError:
                     # The reader died on this document (a crash in a decoder, its memory cap):
                     # once may be chance, twice is the document.
                     self._stop(kill=True)
-                    if attempt == 2:
-                        raise Rejected("unsupported_type", "it made the document reader stop") from None
-                    continue
-                return _decoded(answer)
-            raise AssertionError("unreachable")
+                    if died_on == len(answers):
+                        answers.append(Rejected("unsupported_type", "it made the document reader stop"))
+                    else:
+                        died_on = len(answers)
+        return answers
 
     def close(self) -> None:
         with self._lock:
@@ -127,25 +139,48 @@ class DocumentReader:
                 except OSError:
                     pass
 
-    @staticmethod
-    def _send(proc: subprocess.Popen[bytes], message: bytes) -> None:
-        assert proc.stdin is not None
-        try:
-            view, fd = memoryview(message), proc.stdin.fileno()
-            while view:  # the reader takes the whole document before it reads a byte of it
-                view = view[os.write(fd, view):]
-        except OSError as exc:
-            raise BrokenPipeError(str(exc)) from None
-
-    def _answer(self, proc: subprocess.Popen[bytes], deadline: float) -> dict[str, object]:
-        line = self._line(proc, deadline)
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            raise EOFError("not an answer") from None
-        if not isinstance(answer, dict):
-            raise EOFError("not an answer")
-        return answer
+    def _exchange(self, proc: subprocess.Popen[bytes], documents: Sequence[tuple[bytes, int | None]],
+                  answers: list[DocInfo | Rejected]) -> None:
+        """Write the documents from len(answers) on while reading answers, until all are
+        answered.  TimeoutError: the document answered next took too long; EOFError: the
+        reader ended (or broke the protocol) before answering it."""
+        assert proc.stdin is not None and proc.stdout is not None
+        fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
+        os.set_blocking(fd_in, False)
+        poller = select.poll()
+        poller.register(fd_out, select.POLLIN)
+        sent, out = len(answers), memoryview(b"")
+        since = time.monotonic()  # the reader's last sign of progress on the next answer
+        while len(answers) < len(documents):
+            if not out and sent < len(documents):
+                data, max_pages = documents[sent]
+                out = memoryview(_HEADER.pack(len(data), -1 if max_pages is None else max_pages) + data)
+                poller.register(fd_in, select.POLLOUT)
+            left = since + self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            for fd, event in poller.poll(left * 1000):
+                if fd == fd_in:
+                    try:
+                        out = out[os.write(fd_in, out):]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # EPIPE: it ended
+                        raise EOFError("the reader ended") from None
+                    if not out:
+                        sent += 1
+                        poller.unregister(fd_in)
+                        if sent == len(answers) + 1:
+                            since = time.monotonic()  # all of it is there: its clock starts
+                elif event & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    chunk = os.read(fd_out, 65536)
+                    if not chunk:
+                        raise EOFError("the reader ended")
+                    self._pending += chunk
+                    while b"\n" in self._pending and len(answers) < sent:
+                        line, self._pending = self._pending.split(b"\n", 1)
+                        answers.append(_decoded(_parsed(line)))
+                        since = time.monotonic()
 
     def _line(self, proc: subprocess.Popen[bytes], deadline: float) -> bytes:
         assert proc.stdout is not None
@@ -164,15 +199,25 @@ class DocumentReader:
         return line
 
 
-def _decoded(answer: dict[str, object]) -> DocInfo:
+def _parsed(line: bytes) -> dict[str, object]:
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise EOFError("not an answer") from None
+    if not isinstance(answer, dict):
+        raise EOFError("not an answer")
+    return answer
+
+
+def _decoded(answer: dict[str, object]) -> DocInfo | Rejected:
     """The reader's answer, checked: only known reason codes and kinds are believed."""
     code, detail = answer.get("rejected"), answer.get("detail")
     if isinstance(code, str) and code in REASONS:
-        raise Rejected(code, detail if isinstance(detail, str) else None)
+        return Rejected(code, detail if isinstance(detail, str) else None)
     kind, pages = answer.get("kind"), answer.get("pages")
     if isinstance(kind, str) and kind in EXTENSIONS and isinstance(pages, int) and pages > 0:
         return DocInfo(kind=kind, extension=EXTENSIONS[kind], mime=MIME_TYPES[kind], pages=pages)
-    raise Rejected("unsupported_type", "the document reader gave no usable answer")
+    return Rejected("unsupported_type", "the document reader gave no usable answer")
 
 
 # -- the reader process ---------------------------------------------------------------

@@ -29,7 +29,15 @@ from gateway.docreader import DocumentReader
 from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
-from gateway.judge import Accepted, evaluate, file_sha256, has_destination_without_sidecar, read_sidecar
+from gateway.judge import (
+    Accepted,
+    Group,
+    file_sha256,
+    finish_group,
+    has_destination_without_sidecar,
+    read_job,
+    read_sidecar,
+)
 from gateway.metrics import Metrics
 from gateway.names import shown
 from gateway.planner import Plan, plan_folder
@@ -454,13 +462,12 @@ class Intake(Stage):
         and judged in one commit.  Waited for, though no side effect depends on it: if
         that commit failed (a full disk) unseen, the jobs would be left claimed with nobody
         to try them again before a restart."""
-        verdicts = []
         with self.aside():  # pypdf reads what anyone may write: never in the shared turn
             for job in jobs:
                 gone = set(missing.get(job.id, ()))
                 if gone:
                     job.sources = [s for s in job.sources if s.name not in gone]
-                verdicts.append((job, self._verdict(job)))
+            verdicts = list(zip(jobs, self._verdicts(jobs), strict=True))
         with self.store.batch():
             for job, verdict in verdicts:
                 whole = isinstance(verdict, Accepted) and not missing.get(job.id)
@@ -475,19 +482,44 @@ class Intake(Stage):
 
     def _verdict(self, job: Job) -> Accepted | Rejected | Exception | None:
         """What judging says, without writing anything: None while its outbox is unknown."""
-        ob = self._config_of(job.outbox)
-        if ob is None:
-            return None
-        held = spool.job_dir(job.private_root, job.id) / job.rel_dir
-        try:
-            if not job.sources:
-                raise Rejected("unreadable", "every file of the job disappeared before it was taken")
-            return evaluate(job, ob, held, reader=self.reader)
-        except Rejected as exc:
-            exc.sha256 = [file_sha256(held / n) for n in job.names]
-            return exc
-        except Exception as exc:
-            return exc
+        return self._verdicts([job])[0]
+
+    def _verdicts(self, jobs: list[Job]) -> list[Accepted | Rejected | Exception | None]:
+        """`_verdict` for each job; their documents go to the reader together."""
+        out: list[Accepted | Rejected | Exception | None] = []
+        groups: list[tuple[int, OutboxConfig, Group]] = []
+        for job in jobs:
+            ob = self._config_of(job.outbox)
+            held = spool.job_dir(job.private_root, job.id) / job.rel_dir
+            try:
+                if ob is None:
+                    out.append(None)
+                    continue
+                if not job.sources:
+                    raise Rejected("unreadable", "every file of the job disappeared before it was taken")
+                groups.append((len(out), ob, read_job(job, ob, held)))
+                out.append(None)
+            except Exception as exc:
+                out.append(exc)
+        if groups:
+            try:
+                requests = [req for _, ob, group in groups for req in group.requests(ob)]
+                infos = self.reader.inspect_all(requests)
+            except Exception as exc:  # no reader (ReaderUnavailable): judged again later
+                for i, _, _ in groups:
+                    out[i] = exc
+            else:
+                for i, ob, group in groups:
+                    mine, infos = infos[:len(group.data)], infos[len(group.data):]
+                    try:
+                        out[i] = finish_group(group, ob, mine)
+                    except Exception as exc:
+                        out[i] = exc
+        for job, verdict in zip(jobs, out, strict=True):
+            if isinstance(verdict, Rejected):
+                held = spool.job_dir(job.private_root, job.id) / job.rel_dir
+                verdict.sha256 = [file_sha256(held / n) for n in job.names]  # type: ignore[attr-defined]
+        return out
 
     def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None, *,
                 claimed: bool = False) -> None:

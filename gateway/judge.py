@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from gateway import numbers
 from gateway.config import OutboxConfig
 from gateway.docreader import DocumentReader
+from gateway.doctypes import DocInfo
 from gateway.errors import Rejected, SpoolError
 from gateway.names import shown
 from gateway.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
@@ -141,12 +143,37 @@ def shared_reader() -> DocumentReader:
     return _shared_reader
 
 
+@dataclass
+class Group:
+    """A group whose files are read and checked, its documents not yet inspected: judging
+    is split there so that the documents of many jobs go to the reader together."""
+
+    rel_dir: str
+    documents: list[str]
+    sidecar_name: str | None
+    sidecar: Sidecar | None
+    folder: Path
+    root: Path | None
+    numbers: list[str]
+    data: list[bytes]
+
+    def requests(self, outbox: OutboxConfig) -> list[tuple[bytes, int]]:
+        """What the reader is asked: each document, counted to max_pages + 1 at most."""
+        return [(data, outbox.max_pages) for data in self.data]
+
+
 def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path, *,
              reader: DocumentReader | None = None) -> Accepted:
     """Judge a claimed job; raises Rejected with the reason a person can act on."""
+    group = read_job(job, outbox, held_dir)
+    return finish_group(group, outbox, (reader or shared_reader()).inspect_all(group.requests(outbox)))
+
+
+def read_job(job: Job, outbox: OutboxConfig, held_dir: Path) -> Group:
+    """The first half of `evaluate`: everything but reading the documents' content."""
     if job.reason_code:  # decided before the claim (pairing rules) and stored with it
         raise Rejected(job.reason_code, reason=job.reason)
-    return judge_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir, reader=reader)
+    return read_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir)
 
 
 def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, outbox: OutboxConfig,
@@ -154,9 +181,15 @@ def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, ou
     """Judge one planned group where its files lie: the daemon's claimed job in its private
     folder, or (`inspect`) the group still in the outbox, then with `root` the outbox, so
     that no folder on the way is followed through a link.  One implementation for both, so
-    that `inspect` says exactly what the daemon will do.  Reads only, never writes.  Each
-    document is read by `reader` (docreader.py: another process, with a deadline)."""
-    reader = reader or shared_reader()
+    that `inspect` says exactly what the daemon will do.  Reads only, never writes.  The
+    documents are read by `reader` (docreader.py: another process, with a deadline)."""
+    group = read_group(rel_dir, documents, sidecar_name, outbox, folder, root=root)
+    return finish_group(group, outbox, (reader or shared_reader()).inspect_all(group.requests(outbox)))
+
+
+def read_group(rel_dir: str, documents: list[str], sidecar_name: str | None, outbox: OutboxConfig,
+               folder: Path, *, root: Path | None = None) -> Group:
+    """The first half of `judge_group`: sidecar, destinations, and each document's bytes."""
     sidecar = read_sidecar(folder / sidecar_name, root=root) if sidecar_name else None
     if not documents:
         raise Rejected("bad_sidecar", f"{sidecar_name} names no document")
@@ -166,28 +199,35 @@ def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, ou
         except FileNotFoundError:
             pass
     dests = destinations(rel_dir, outbox, sidecar)
-    total_pages, sha, kinds = 0, [], []
+    data = []
     for name in documents:
-        data = safe_read(folder / name, outbox.max_file_size, root=root)
-        if len(data) > outbox.max_file_size:
+        content = safe_read(folder / name, outbox.max_file_size, root=root)
+        if len(content) > outbox.max_file_size:
             raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
-        if not data:
+        if not content:
             raise Rejected("empty", f"{name} is empty")
-        left = outbox.max_pages - total_pages  # counting stops there: a few MB can hold 100,000 pages
-        try:
-            info = reader.inspect(data, max_pages=max(left, 0))
-        except Rejected as exc:
-            if exc.reason_code == "too_large" and exc.detail and "+ pages" in exc.detail:
+        data.append(content)
+    return Group(rel_dir, list(documents), sidecar_name, sidecar, folder, root, dests, data)
+
+
+def finish_group(group: Group, outbox: OutboxConfig, infos: Sequence[DocInfo | Rejected]) -> Accepted:
+    """The second half: what the reader said of each document (`Group.requests`), the
+    job's pages, and the options."""
+    total_pages, sha, kinds = 0, [], []
+    for name, data, info in zip(group.documents, group.data, infos, strict=True):
+        if isinstance(info, Rejected):
+            if info.reason_code == "too_large" and info.detail and "+ pages" in info.detail:
                 raise Rejected("too_large", f"{name}: at least {outbox.max_pages + 1} pages in the job, "
-                               f"the limit is max_pages = {outbox.max_pages}") from None
-            raise Rejected(exc.reason_code, f"{name}: {exc.detail}" if exc.detail else name) from None
+                               f"the limit is max_pages = {outbox.max_pages}")
+            raise Rejected(info.reason_code, f"{name}: {info.detail}" if info.detail else name)
         total_pages += info.pages
         kinds.append(info.kind)
         sha.append(hashlib.sha256(data).hexdigest())
     if total_pages > outbox.max_pages:
         raise Rejected("too_large", f"{total_pages} pages, the limit is max_pages = {outbox.max_pages}")
+    sidecar, sidecar_name = group.sidecar, group.sidecar_name
     if sidecar_name:
-        sha.append(file_sha256(folder / sidecar_name, root=root))
+        sha.append(file_sha256(group.folder / sidecar_name, root=group.root))
     options: dict[str, Any] = {
         "callerId": (sidecar.caller_id if sidecar and sidecar.caller_id else outbox.caller_id),
         "faxQuality": (sidecar.quality if sidecar and sidecar.quality else outbox.quality),
@@ -201,8 +241,8 @@ def judge_group(rel_dir: str, documents: list[str], sidecar_name: str | None, ou
             options["send_at"] = sidecar.send_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         if sidecar.reference:
             options["reference"] = sidecar.reference
-    return Accepted(dests, options, sha, total_pages, kinds, destination_rule(rel_dir, outbox, sidecar,
-                                                                              sidecar_name))
+    return Accepted(group.numbers, options, sha, total_pages, kinds,
+                    destination_rule(group.rel_dir, outbox, sidecar, sidecar_name))
 
 
 def destination_rule(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
 
 import pytest
@@ -71,6 +73,57 @@ def test_a_document_not_read_within_the_deadline_is_rejected_and_the_next_is_rea
     assert reader.inspect(make_pdf(2), 100) == DocInfo("pdf", ".pdf", "application/pdf", 2)
 
 
+def test_a_batch_is_answered_in_order_and_a_slow_document_costs_only_itself(reader):
+    answers = reader.inspect_all([(make_pdf(1), 100), (pdf_slow_to_read(), 100), (make_pdf(2), 100),
+                                  (b"text", 100), (make_pdf(3), 100)])
+    assert [a.pages if isinstance(a, DocInfo) else a.reason_code for a in answers] == \
+        [1, "too_large", 2, "unsupported_type", 3]
+    assert reader.killed == 1
+
+
+def _kill_reader_while_reading(reader: DocumentReader, times: int) -> threading.Thread:
+    """Kills the reader process `times` times, each a moment after it (re)started."""
+    def run() -> None:
+        seen: set[int] = set()
+        for _ in range(times):
+            proc = wait_for(lambda: reader._proc if reader._proc is not None and reader._proc.pid not in seen
+                            else None, 10, "a reader process")
+            seen.add(proc.pid)
+            time.sleep(0.5)  # started, and reading the slow document now (which takes it seconds)
+            proc.kill()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_reader_that_dies_on_a_document_once_is_given_it_again():
+    reader = DocumentReader(deadline=1.0)
+    try:
+        killer = _kill_reader_while_reading(reader, 1)
+        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)])
+        killer.join(10)
+        assert answers[0].reason_code == "too_large"  # the second try ran into the deadline
+        assert answers[1].pages == 2
+        assert reader.killed == 1
+    finally:
+        reader.close()
+
+
+def test_a_document_the_reader_dies_on_twice_is_refused():
+    reader = DocumentReader(deadline=60)
+    try:
+        killer = _kill_reader_while_reading(reader, 2)
+        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)])
+        killer.join(10)
+        assert answers[0].reason_code == "unsupported_type"
+        assert "made the document reader stop" in answers[0].reason
+        assert answers[1].pages == 2
+        assert reader.killed == 0
+    finally:
+        reader.close()
+
+
 @pytest.mark.parametrize("data, max_pages", [(make_pdf(3), 2), (b"plain text", 100), (b"", 100),
                                              (make_pdf(1)[:200], 100), (make_tiff(3), 2)])
 def test_the_reader_rejects_as_inspect_document_does(reader, data, max_pages):
@@ -121,9 +174,8 @@ def test_close_ends_the_reader(reader):
 @pytest.mark.parametrize("answer", [{"rejected": "no_such_code"}, {"kind": "exe", "pages": 1},
                                     {"kind": "pdf", "pages": 0}, {"kind": "pdf", "pages": "1"}, {}])
 def test_an_answer_the_gateway_does_not_know_is_a_rejection(answer):
-    with pytest.raises(Rejected) as caught:
-        _decoded(answer)
-    assert caught.value.reason_code == "unsupported_type"
+    decoded = _decoded(answer)
+    assert isinstance(decoded, Rejected) and decoded.reason_code == "unsupported_type"
 
 
 def test_the_service_rejects_a_slow_pdf_and_goes_on_with_the_others(service, spool, simulator):
