@@ -54,8 +54,9 @@ class Filing(Stage):
                                     lambda outbox: self.outboxes[outbox].rescan if outbox in self.outboxes
                                     else 60.0, file_names=file_names)
         self._cursor = 0
-        # True while faxes wait to be sent (the dispatcher): filing, which only does
-        # bookkeeping, then works at most every DEFER seconds, in larger batches.
+        # True while faxes wait to be sent (the dispatcher) or intake has more to take at
+        # once: filing, which only does bookkeeping, then works at most every DEFER
+        # seconds, in larger batches (asked outside the shared turn: `holding_back`).
         self.defer: Callable[[], bool] = lambda: False
         self._deferring_since: float | None = None
 
@@ -86,9 +87,7 @@ class Filing(Stage):
                                 outbox=job.outbox, result_path=result_path(job),
                                 on_done=lambda outcome: self.store.mark_notified(job.id, outcome))
 
-    def turn(self) -> float:
-        if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
-            return IDLE
+    def holding_back(self) -> float:
         now = time.monotonic()
         if self.defer():
             if self._deferring_since is None:
@@ -96,6 +95,11 @@ class Filing(Stage):
             if now - self._deferring_since < DEFER:
                 return self._deferring_since + DEFER - now
         self._deferring_since = None
+        return 0.0
+
+    def turn(self) -> float:
+        if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
+            return IDLE
         end = time.monotonic() + SLICE
         batch = self.store.jobs_to_file(after=self._cursor, limit=BATCH, skip_outboxes=list(self.paused))
         # Never write into a folder that is missing or an empty mount point: asked once per

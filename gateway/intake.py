@@ -82,6 +82,8 @@ class Intake(Stage):
                  simulate: bool, file_names: bool, paused: dict[str, str],
                  on_judged: Callable[[], None] = lambda: None) -> None:
         super().__init__()
+        self.busy = False  # its last turn left work for the next at once (filing gives way meanwhile)
+        self.on_idle: Callable[[], None] = lambda: None  # it took what there was (filing goes on)
         self.store, self.outboxes, self.metrics = store, dict(outboxes), metrics
         self.retired: dict[str, OutboxConfig] = {}  # removed by a reload: their jobs still finish
         self.simulate, self.file_names = simulate, file_names
@@ -141,7 +143,17 @@ class Intake(Stage):
         self.watcher.drain()
         self.watcher.tick(budget=SLICE / 2)
         if self.halted() is not None:  # the database file was deleted or replaced: no claims (dbguard.py)
+            self.busy = False
             return TICK
+        more = self._take_all(end)
+        if self.busy and not more:
+            self.on_idle()
+        self.busy = more
+        return 0.0 if more else self._idle_wait()
+
+    def _take_all(self, end: float) -> bool:
+        """Plan and take what is due in every outbox, each first in turn; whether there is
+        more to do at once."""
         more = self._retry_unfinished(end)
         names = list(self.outboxes)
         self._turns += 1
@@ -158,7 +170,7 @@ class Intake(Stage):
                 more |= self._plan_outbox(ob, end)
             self.metrics.files_waiting.labels(name).set(self.watcher.waiting(name))
             self.metrics.files_waiting_long.labels(name).set(self.watcher.long_waiting(name))
-        return 0.0 if more else self._idle_wait()
+        return more
 
     def _idle_wait(self) -> float:
         """Until the next deadline: an event wakes the stage sooner (`Watcher.on_event`),

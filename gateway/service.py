@@ -136,7 +136,8 @@ class Service:
                                      give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names,
                                      on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
-        self.filing.defer = lambda: self.dispatcher.sends_waiting if self.dispatcher else False
+        self.filing.defer = lambda: self.intake.busy or self.dispatcher.sends_waiting
+        self.intake.on_idle = self.filing.wake
         self.dispatcher.folder_problem = self.intake.folder_problem
         self.intake.on_accepted = self.dispatcher.remember
         self.retention = Retention(store, self.metrics, sent=cfg.retention.sent, failed=cfg.retention.failed,

@@ -59,6 +59,11 @@ class Stage:
     def turn(self) -> float:
         raise NotImplementedError
 
+    def holding_back(self) -> float:
+        """Seconds to wait before the next turn, asked outside the shared turn: a stage that
+        gives way to others (filing) does not queue for the turn only to find it should wait."""
+        return 0.0
+
     def apply(self, change: Reload) -> None:
         """A new configuration (SIGHUP), applied in the stage's own thread between two
         turns, so that no turn ever sees half of one configuration and half of another."""
@@ -77,6 +82,14 @@ class Stage:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             self._apply_reload()
+            try:
+                wait = self.holding_back()
+            except Exception:
+                wait = 0.0
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
             try:
                 with self.turns.held() if self.turns is not None else nullcontext():
                     wait = self.turn()
