@@ -431,7 +431,10 @@ class Dispatcher(Stage):
         ready = [item for item in ready if not item[3].settled]
         if not ready:
             return
-        allowed = self._record_intents(ready)
+        # Committing the intents waits for the disk (an fsync): the other stages use the
+        # turn meanwhile (issue 12: intake, which bounds a burst, waited for it).
+        with self.aside():
+            allowed = self._record_intents(ready)
         for rec, job, request, ticket in ready:
             if rec.id not in allowed:  # canceled meanwhile, or the outbox reached its hourly cap
                 self.backoff.release(ticket)
