@@ -50,6 +50,7 @@ class DocumentReader:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._pending = b""  # what the reader sent beyond the last answer (nothing, normally)
+        self._ready = False  # the reader said it is ready
         self.killed = 0      # readers killed because a document took too long (tests, metrics)
 
     def inspect(self, data: bytes, max_pages: int | None = None) -> DocInfo:
@@ -93,9 +94,32 @@ class DocumentReader:
 
     # -- the process ----------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the reader now, without waiting for it (the daemon, at start-up: its first
+        document then does not wait for Python and pypdf to load)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._spawn()
+
     def _started(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
+        """The reader, ready for a document."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn()
+        proc = self._proc
+        assert proc is not None
+        if not self._ready:
+            try:
+                line = self._line(proc, time.monotonic() + START_DEADLINE)
+            except (TimeoutError, EOFError, OSError):
+                line = b""
+            if line + b"\n" != _READY:
+                self._stop(kill=True)
+                raise ReaderUnavailable("the document reader did not start (is the gateway installed "
+                                        "for the Python that runs it?)")
+            self._ready = True
+        return proc
+
+    def _spawn(self) -> None:
         self._stop(kill=True)
         env = {k: v for k, v in os.environ.items() if k != "IFAX_API_KEY"}
         try:
@@ -106,16 +130,7 @@ class DocumentReader:
         except OSError as exc:
             raise ReaderUnavailable("the document reader could not be started: "
                                     f"{exc.strerror or exc}") from None
-        self._proc, self._pending = proc, b""
-        try:
-            line = self._line(proc, time.monotonic() + START_DEADLINE)
-        except (TimeoutError, EOFError, OSError):
-            line = b""
-        if line + b"\n" != _READY:
-            self._stop(kill=True)
-            raise ReaderUnavailable("the document reader did not start (is the gateway installed "
-                                    "for the Python that runs it?)")
-        return proc
+        self._proc, self._pending, self._ready = proc, b"", False
 
     def _stop(self, *, kill: bool) -> None:
         proc, self._proc = self._proc, None
@@ -234,6 +249,10 @@ def _serve() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, resource.getrlimit(resource.RLIMIT_AS)[1]))
     except (ImportError, OSError, ValueError):
         pass  # not allowed here (systemd's SystemCallFilter=~@resources): the deadline still holds
+    try:
+        import pypdf  # noqa: F401  (loaded before the first document, not while it waits)
+    except ImportError:
+        pass
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     stdout.write(_READY)
     stdout.flush()

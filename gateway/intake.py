@@ -25,7 +25,7 @@ from pathlib import Path
 from gateway import spool
 from gateway.blocking import BlockedItems
 from gateway.config import OutboxConfig
-from gateway.docreader import DocumentReader
+from gateway.docreader import DocumentReader, ReaderUnavailable
 from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
@@ -132,6 +132,10 @@ class Intake(Stage):
             self._unfinished[job_id] = ""
         for job_id in self.store.held_job_ids_without_recipients():
             self._unfinished[job_id] = ""
+        try:
+            self.reader.start()  # the first document does not wait for it to load
+        except ReaderUnavailable as exc:  # asked again at the first document, and said then
+            self.log.debug("the document reader did not start yet: %s", exc)
 
     def turn(self) -> float:
         end = time.monotonic() + SLICE

@@ -190,3 +190,12 @@ def test_the_service_rejects_a_slow_pdf_and_goes_on_with_the_others(service, spo
     assert quick["state"] == "delivered"
     assert [r["body"]["faxNumber"] for r in simulator.requests("fax-send")] == ["+15551230802"]
     wait_for(lambda: svc.intake.reader.killed == 1, 5, "the reader killed once")
+
+
+def test_the_service_starts_its_reader_before_the_first_document(service):
+    """So the first document after a start does not wait for Python and pypdf to load."""
+    svc = service()
+    proc = wait_for(lambda: svc.intake.reader._proc, 10, "the reader process")
+    assert proc.poll() is None
+    svc.stop()
+    assert proc.poll() is not None  # and ends with the service
