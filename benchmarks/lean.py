@@ -151,7 +151,7 @@ def cpu_ticks(pid: int) -> int:
 
 def cpu_split(pid: int) -> tuple[int, int]:
     """(utime, stime) of the whole process, in ticks, with its child processes' (the
-    daemon reads PDFs in a child, gateway/pdfpages.py): live ones from their own stat,
+    daemon reads documents in a child, gateway/docreader.py): live ones from their own stat,
     ended ones from cutime/cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
