@@ -432,16 +432,17 @@ class Dispatcher(Stage):
         if not ready:
             return
         # Committing the intents waits for the disk (an fsync): the other stages use the
-        # turn meanwhile (issue 12: intake, which bounds a burst, waited for it).
+        # turn meanwhile (issue 12: intake, which bounds a burst, waited for it), and the
+        # requests start right after the commit, not once the turn is back.
         with self.aside():
             allowed = self._record_intents(ready)
-        for rec, job, request, ticket in ready:
-            if rec.id not in allowed:  # canceled meanwhile, or the outbox reached its hourly cap
-                self.backoff.release(ticket)
-                self._wake.set()
-                continue
-            crash_point("resubmit" if rec.ifax_job_id else "submit")
-            self._launch("submit", rec, partial(self._send, rec, job, request, ticket), ticket)
+            for rec, job, request, ticket in ready:
+                if rec.id not in allowed:  # canceled meanwhile, or the outbox reached its hourly cap
+                    self.backoff.release(ticket)
+                    self._wake.set()
+                    continue
+                crash_point("resubmit" if rec.ifax_job_id else "submit")
+                self._launch("submit", rec, partial(self._send, rec, job, request, ticket), ticket)
 
     def _record_intents(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> set[int]:
         """One commit for the round's intents.  If it fails, each is tried alone, so one

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, OutboxConfig
+from gateway.docreader import ReaderUnavailable
 from gateway.errors import Rejected, SpoolError, UsageError
 from gateway.intake import claim_problem
 from gateway.judge import has_destination_without_sidecar, judge_group, read_sidecar
@@ -360,6 +361,9 @@ def _judge(ob: OutboxConfig, plan: Plan, user: ServiceUser) -> Verdict:
     except (OSError, SpoolError) as exc:
         v.action = "blocked"
         v.reason = f"its files could not be read ({getattr(exc, 'strerror', None) or exc}); it is tried again"
+        return v
+    except ReaderUnavailable as exc:  # not the document's fault: the daemon would judge it again later
+        v.action, v.reason = "blocked", f"{exc}; it is tried again"
         return v
     v.recipients, v.rule, v.kinds, v.pages = accepted.numbers, accepted.rule, accepted.kinds, accepted.pages
     v.options = {k: val for k, val in accepted.options.items() if val is not None}

@@ -52,6 +52,8 @@ SLICE = 0.5         # the most work one turn does before the heartbeat beats aga
 FOLDER_CHECK = 5.0  # how often outbox, sent and failed folders are checked (missing, unmounted)
 UNFINISHED_RETRY = 1.0  # claims and judging to try again are looked at this often
 FOLDER_RETRY = 2.0  # a folder whose planning or claiming raised is planned again this much later
+READ_BUDGET = 1.0   # seconds a claimed batch's documents may take to be read before the rest waits a turn
+READ_BATCH_BYTES = 64 << 20  # bytes of documents held at once for the reader
 READABLE_TRUST = 1.0  # seconds a file found readable is not asked again while unchanged
 CLAIM_BATCH = 32    # groups claimed together: one commit for their intents, one for their verdicts
 
@@ -150,9 +152,9 @@ class Intake(Stage):
             self.busy = False
             return TICK
         more = self._take_all(end)
-        if self.busy and not more:
+        was_busy, self.busy = self.busy, more
+        if was_busy and not more:
             self.on_idle()
-        self.busy = more
         return 0.0 if more else self._idle_wait()
 
     def _take_all(self, end: float) -> bool:
@@ -483,7 +485,7 @@ class Intake(Stage):
                 gone = set(missing.get(job.id, ()))
                 if gone:
                     job.sources = [s for s in job.sources if s.name not in gone]
-            verdicts = list(zip(jobs, self._verdicts(jobs), strict=True))
+            verdicts = list(zip(jobs, self._verdicts(jobs, budget=READ_BUDGET), strict=True))
         with self.store.batch():
             for job, verdict in verdicts:
                 whole = isinstance(verdict, Accepted) and not missing.get(job.id)
@@ -500,42 +502,69 @@ class Intake(Stage):
         """What judging says, without writing anything: None while its outbox is unknown."""
         return self._verdicts([job])[0]
 
-    def _verdicts(self, jobs: list[Job]) -> list[Accepted | Rejected | Exception | None]:
-        """`_verdict` for each job; their documents go to the reader together."""
-        out: list[Accepted | Rejected | Exception | None] = []
-        groups: list[tuple[int, OutboxConfig, Group]] = []
-        for job in jobs:
+    def _verdicts(self, jobs: list[Job], *, budget: float | None = None
+                  ) -> list[Accepted | Rejected | Exception | None]:
+        """`_verdict` for each job; their documents go to the reader together, at most
+        READ_BATCH_BYTES of them held at once.  With `budget` (seconds), a job whose
+        documents were not started within it (a batch of documents slow to read) gets
+        None, and is judged in a later turn: the heartbeat beats between."""
+        out: list[Accepted | Rejected | Exception | None] = [None] * len(jobs)
+        until = None if budget is None else time.monotonic() + budget
+        chunk: list[tuple[int, OutboxConfig, Group]] = []
+        size, first = 0, True
+        for i, job in enumerate(jobs):
             ob = self._config_of(job.outbox)
-            held = spool.job_dir(job.private_root, job.id) / job.rel_dir
+            if ob is None:
+                continue
             try:
-                if ob is None:
-                    out.append(None)
-                    continue
                 if not job.sources:
                     raise Rejected("unreadable", "every file of the job disappeared before it was taken")
-                groups.append((len(out), ob, read_job(job, ob, held)))
-                out.append(None)
+                group = read_job(job, ob, spool.job_dir(job.private_root, job.id) / job.rel_dir)
             except Exception as exc:
-                out.append(exc)
-        if groups:
-            try:
-                requests = [req for _, ob, group in groups for req in group.requests(ob)]
-                infos = self.reader.inspect_all(requests)
-            except Exception as exc:  # no reader (ReaderUnavailable): judged again later
-                for i, _, _ in groups:
-                    out[i] = exc
-            else:
-                for i, ob, group in groups:
-                    mine, infos = infos[:len(group.data)], infos[len(group.data):]
-                    try:
-                        out[i] = finish_group(group, ob, mine)
-                    except Exception as exc:
-                        out[i] = exc
+                out[i] = exc
+                continue
+            chunk.append((i, ob, group))
+            size += sum(len(data) for data in group.data)
+            if size >= READ_BATCH_BYTES:
+                self._read_chunk(chunk, out, until, first=first)
+                chunk, size, first = [], 0, False
+        self._read_chunk(chunk, out, until, first=first)
         for job, verdict in zip(jobs, out, strict=True):
             if isinstance(verdict, Rejected):
                 held = spool.job_dir(job.private_root, job.id) / job.rel_dir
                 verdict.sha256 = [file_sha256(held / n) for n in job.names]  # type: ignore[attr-defined]
         return out
+
+    def _read_chunk(self, chunk: list[tuple[int, OutboxConfig, Group]],
+                    out: list[Accepted | Rejected | Exception | None], until: float | None, *,
+                    first: bool) -> None:
+        """The reader's answers for a chunk of groups, and each group finished with them;
+        a group left unanswered (the budget) keeps None.  The first group of a batch is
+        always read, so every turn gets somewhere."""
+        requests: list[tuple[bytes, int]] = []
+        groups_at: set[int] = set()
+        for k, (_, ob, group) in enumerate(chunk):
+            if k or not first:
+                groups_at.add(len(requests))
+            requests += group.requests(ob)
+        if not requests:
+            return
+        budget = None if until is None else until - time.monotonic()
+        try:
+            infos = self.reader.inspect_all(requests, budget=budget, groups_at=groups_at)
+        except Exception as exc:  # no reader (ReaderUnavailable): judged again later
+            for i, _, _ in chunk:
+                out[i] = exc
+            return
+        for i, ob, group in chunk:
+            n = len(group.data)
+            if len(infos) < n:
+                break  # not started within the budget: judged in a later turn
+            mine, infos = infos[:n], infos[n:]
+            try:
+                out[i] = finish_group(group, ob, mine)
+            except Exception as exc:
+                out[i] = exc
 
     def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None, *,
                 claimed: bool = False) -> None:

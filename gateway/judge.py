@@ -18,8 +18,7 @@ from typing import Any
 
 from gateway import numbers
 from gateway.config import OutboxConfig
-from gateway.docreader import DocumentReader
-from gateway.doctypes import DocInfo
+from gateway.docreader import Answer, DocumentReader
 from gateway.errors import Rejected, SpoolError
 from gateway.names import shown
 from gateway.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
@@ -158,7 +157,8 @@ class Group:
     data: list[bytes]
 
     def requests(self, outbox: OutboxConfig) -> list[tuple[bytes, int]]:
-        """What the reader is asked: each document, counted to max_pages + 1 at most."""
+        """What the reader is asked: each document, its pages counted to the outbox's
+        max_pages + 1 at most (a bound per document; the job's total is checked after)."""
         return [(data, outbox.max_pages) for data in self.data]
 
 
@@ -210,10 +210,14 @@ def read_group(rel_dir: str, documents: list[str], sidecar_name: str | None, out
     return Group(rel_dir, list(documents), sidecar_name, sidecar, folder, root, dests, data)
 
 
-def finish_group(group: Group, outbox: OutboxConfig, infos: Sequence[DocInfo | Rejected]) -> Accepted:
+def finish_group(group: Group, outbox: OutboxConfig, infos: Sequence[Answer]) -> Accepted:
     """The second half: what the reader said of each document (`Group.requests`), the
-    job's pages, and the options."""
+    job's pages, and the options.  Raises the reader's failure (ReaderFailed) as it is:
+    not the document's fault, so it is judged again later."""
     total_pages, sha, kinds = 0, [], []
+    for info in infos:
+        if isinstance(info, Exception) and not isinstance(info, Rejected):
+            raise info
     for name, data, info in zip(group.documents, group.data, infos, strict=True):
         if isinstance(info, Rejected):
             if info.reason_code == "too_large" and info.detail and "+ pages" in info.detail:

@@ -84,7 +84,9 @@ class Stage:
             self._apply_reload()
             try:
                 wait = self.holding_back()
-            except Exception:
+            except Exception as exc:  # never a reason to stop: the turn goes ahead
+                self.problems.problem("holding back", "%s: asking whether to wait failed: %s: %s", self.name,
+                                      type(exc).__name__, self._described(exc), exc=exc)
                 wait = 0.0
             if wait > 0:
                 self._wake.wait(wait)

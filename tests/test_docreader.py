@@ -13,7 +13,7 @@ import zlib
 import pytest
 from conftest import make_pdf, make_png, make_tiff, wait_for
 
-from gateway.docreader import DocumentReader, _decoded
+from gateway.docreader import DocumentReader, ReaderFailed, _Broken, _decoded, _parsed
 from gateway.doctypes import DocInfo, inspect_document
 from gateway.errors import Rejected
 
@@ -75,7 +75,7 @@ def test_a_document_not_read_within_the_deadline_is_rejected_and_the_next_is_rea
 
 def test_a_batch_is_answered_in_order_and_a_slow_document_costs_only_itself(reader):
     answers = reader.inspect_all([(make_pdf(1), 100), (pdf_slow_to_read(), 100), (make_pdf(2), 100),
-                                  (b"text", 100), (make_pdf(3), 100)])
+                                  (b"text", 100), (make_pdf(3), 100)], groups_at={1, 2, 3, 4})
     assert [a.pages if isinstance(a, DocInfo) else a.reason_code for a in answers] == \
         [1, "too_large", 2, "unsupported_type", 3]
     assert reader.killed == 1
@@ -86,8 +86,8 @@ def _kill_reader_while_reading(reader: DocumentReader, times: int) -> threading.
     def run() -> None:
         seen: set[int] = set()
         for _ in range(times):
-            proc = wait_for(lambda: reader._proc if reader._proc is not None and reader._proc.pid not in seen
-                            else None, 10, "a reader process")
+            proc = wait_for(lambda: reader._proc if reader._proc is not None and reader._ready
+                            and reader._proc.pid not in seen else None, 10, "a reader process, ready")
             seen.add(proc.pid)
             time.sleep(0.5)  # started, and reading the slow document now (which takes it seconds)
             proc.kill()
@@ -101,7 +101,7 @@ def test_a_reader_that_dies_on_a_document_once_is_given_it_again():
     reader = DocumentReader(deadline=1.0)
     try:
         killer = _kill_reader_while_reading(reader, 1)
-        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)])
+        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)], groups_at={1})
         killer.join(10)
         assert answers[0].reason_code == "too_large"  # the second try ran into the deadline
         assert answers[1].pages == 2
@@ -114,7 +114,7 @@ def test_a_document_the_reader_dies_on_twice_is_refused():
     reader = DocumentReader(deadline=60)
     try:
         killer = _kill_reader_while_reading(reader, 2)
-        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)])
+        answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(2), 100)], groups_at={1})
         killer.join(10)
         assert answers[0].reason_code == "unsupported_type"
         assert "made the document reader stop" in answers[0].reason
@@ -178,6 +178,42 @@ def test_an_answer_the_gateway_does_not_know_is_a_rejection(answer):
     assert isinstance(decoded, Rejected) and decoded.reason_code == "unsupported_type"
 
 
+@pytest.mark.parametrize("line", [b'{"n": 7, "kind": "pdf", "pages": 1}', b'{"kind": "pdf", "pages": 1}',
+                                  b"[1]", b"not json", b"[" * 100_000])
+def test_an_answer_out_of_turn_or_not_an_answer_breaks_the_reader(line):
+    """Answers carry the number of the document they answer: a stray line never answers
+    the next document (the reader is replaced instead)."""
+    with pytest.raises(_Broken):
+        _parsed(line, 8)
+    assert _parsed(b'{"n": 8, "kind": "pdf", "pages": 1}', 8)["pages"] == 1
+
+
+def test_a_batch_stops_at_a_group_once_its_budget_is_spent(reader):
+    answers = reader.inspect_all([(pdf_slow_to_read(), 100), (make_pdf(1), 100), (make_pdf(2), 100)],
+                                 budget=0.01, groups_at={1, 2})
+    assert len(answers) == 1 and answers[0].reason_code == "too_large"  # the first group is always read
+
+
+def test_the_rest_of_a_group_is_not_read_once_one_document_of_it_is_refused(reader):
+    answers = reader.inspect_all([(pdf_slow_to_read(), 100), (pdf_slow_to_read(), 100), (make_pdf(2), 100)],
+                                 groups_at={2})
+    assert answers[0].reason_code == "too_large"
+    assert isinstance(answers[1], Rejected) and "not read" in answers[1].reason
+    assert answers[2].pages == 2
+    assert reader.killed == 1  # the second slow document was never read
+
+
+def test_an_error_that_is_not_the_documents_is_not_a_rejection(reader, monkeypatch, tmp_path):
+    """A library that cannot be loaded is the installation's fault: the document is judged
+    again later (ReaderFailed), not refused."""
+    (tmp_path / "pypdf").mkdir()
+    (tmp_path / "pypdf" / "__init__.py").write_text("raise ImportError('pypdf broken for this test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    [answer] = reader.inspect_all([(make_pdf(1), 100)])
+    assert isinstance(answer, ReaderFailed) and not isinstance(answer, Rejected)
+    assert "pypdf broken for this test" in str(answer)
+
+
 def test_the_service_rejects_a_slow_pdf_and_goes_on_with_the_others(service, spool, simulator):
     svc = service()
     svc.intake.reader.deadline = 1.0
@@ -199,3 +235,20 @@ def test_the_service_starts_its_reader_before_the_first_document(service):
     assert proc.poll() is None
     svc.stop()
     assert proc.poll() is not None  # and ends with the service
+
+
+def test_a_batch_of_slow_pdfs_is_judged_over_several_turns_and_none_is_lost(service, spool, simulator):
+    """Intake's batch stops starting documents after READ_BUDGET: the jobs not read yet are
+    judged in later turns (its heartbeat beating between), and every one is judged."""
+    svc = service()
+    svc.intake.reader.deadline = 1.0
+    slow = pdf_slow_to_read()
+    folder = spool.folder("+15551230803")
+    for i in range(3):
+        (folder / f"slow{i}.pdf").write_bytes(slow)
+    (folder / "quick.pdf").write_bytes(make_pdf(1))
+    results = {r["files"][0]: r for r in spool.wait_results(4, timeout=60)}
+    assert {name: r["reason_code"] for name, r in results.items() if name != "quick.pdf"} == \
+        {f"slow{i}.pdf": "too_large" for i in range(3)}
+    assert results["quick.pdf"]["state"] == "delivered"
+    assert svc.intake.reader.killed == 3
