@@ -2,7 +2,8 @@
 
 Each turn: drain the watcher's events, let settle deadlines and rescans that are due
 run, plan the folders that changed (`planner.plan_folder`), claim each group (commit
-the intent, rename into the job's private folder) and judge it (`judge.evaluate`).
+the intent, rename into the job's private folder) and judge it (`judge.read_job`, the
+document reader, `judge.finish_group`).
 A turn does at most about `SLICE` seconds of work, so a burst of thousands of files
 never starves the heartbeat; the rest waits for the next turn.
 

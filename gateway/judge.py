@@ -162,15 +162,8 @@ class Group:
         return [(data, outbox.max_pages) for data in self.data]
 
 
-def evaluate(job: Job, outbox: OutboxConfig, held_dir: Path, *,
-             reader: DocumentReader | None = None) -> Accepted:
-    """Judge a claimed job; raises Rejected with the reason a person can act on."""
-    group = read_job(job, outbox, held_dir)
-    return finish_group(group, outbox, (reader or shared_reader()).inspect_all(group.requests(outbox)))
-
-
 def read_job(job: Job, outbox: OutboxConfig, held_dir: Path) -> Group:
-    """The first half of `evaluate`: everything but reading the documents' content."""
+    """A claimed job read and checked (`read_group`), its documents not yet inspected."""
     if job.reason_code:  # decided before the claim (pairing rules) and stored with it
         raise Rejected(job.reason_code, reason=job.reason)
     return read_group(job.rel_dir, job.documents, job.sidecar, outbox, held_dir)
