@@ -332,6 +332,8 @@ class Intake(Stage):
         each group into its job's folder, sync each folder once, judge them, and commit
         that they are held and judged (one commit).  The same commit points as one group
         at a time, shared.  Returns when to try again if a claim is blocked."""
+        if self.halted() is not None:  # looked at before each claim batch (SPEC 4.5); it stays halted
+            return None
         wall = time.time()
         intents = []
         with self.store.batch():

@@ -143,8 +143,8 @@ class Service:
         self.retention = Retention(store, self.metrics, sent=cfg.retention.sent, failed=cfg.retention.failed,
                                    jobs=cfg.retention.jobs, paused=self.paused,
                                    folder_problem=self.intake.folder_problem)
-        for stage in self.stages:
-            stage.halted = self.guard.check
+        for stage in self.stages:  # intake looks before each claim batch; the others at most every RECENT
+            stage.halted = self.guard.check if stage is self.intake else self.guard.recent
             stage.file_names = cfg.log.file_names
         # The pipeline stages take turns (turns.py); retention, off the sending path and
         # with long turns of its own, runs beside them as before.

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from conftest import make_pdf, run_cli, sent_documents, wait_for
 
+from gateway.dbguard import DatabaseGuard
 from gateway.store import SCHEMA_VERSION, SourceFile, Store
 
 # The tables as gateway/store.py made them at schema 3 (sqlite-utils, no AUTOINCREMENT).
@@ -218,3 +219,25 @@ def test_replaced_database_stops_the_daemon_and_is_saved_never_a_second_fax(daem
     _restart_is_refused(d, copy)
     _recover_as_the_readme_says(d, tmp_path, copy)
     _carries_on_without_sending_twice(d, spool, simulator)
+
+
+def test_the_stages_that_ask_at_every_turn_look_at_the_path_at_most_every_recent_seconds(tmp_path):
+    """`recent` (the sending and filing loops, at every turn) answers from a look at most
+    `recent` seconds old; `check` (intake, before each claim batch; the service, every
+    second) always looks; once halted, both say so for ever."""
+    path = tmp_path / "jobs.db"
+    store = Store(path)
+    try:
+        lazy = DatabaseGuard(path, os.stat(path), store.backup, recent=3600.0)
+        eager = DatabaseGuard(path, os.stat(path), store.backup, recent=0.0)
+        assert lazy.check() is None and eager.recent() is None
+        other = tmp_path / "other.db"
+        Store(other).close()
+        os.replace(other, path)
+        assert lazy.recent() is None, "looked at less than `recent` seconds ago: not looked at again"
+        assert "replaced" in (eager.recent() or ""), "`recent` looks again once its look is old"
+        reason = lazy.check()
+        assert reason is not None and "replaced" in reason, "`check` always looks"
+        assert lazy.recent() == reason
+    finally:
+        store.close()
