@@ -84,6 +84,19 @@ class Seen:
         return self.sig[2] if self.sig else 0
 
 
+def relative(path: str, root: str) -> str:
+    """`os.path.relpath(path, root)`, without its cost (two abspath calls and a list of
+    parts, for every inotify event: issue 12) for what inotify gives: the root, a
+    separator and plain names.  Anything else (a ".", "..", a doubled or trailing
+    separator, a path outside the root) is left to relpath itself."""
+    prefix = root.rstrip(os.sep) + os.sep
+    if path.startswith(prefix):
+        rel = path[len(prefix):]
+        if rel and os.sep + "." not in os.sep + rel and os.sep * 2 not in rel and not rel.endswith(os.sep):
+            return rel
+    return os.path.relpath(path, root)
+
+
 @dataclass
 class WatchedOutbox:
     name: str
@@ -326,7 +339,7 @@ class Watcher:
 
     def _touch(self, wo: WatchedOutbox, path: str, *, kind: str) -> None:
         try:
-            rel = os.path.relpath(path, wo.root)
+            rel = relative(path, str(wo.root))
         except ValueError:
             return
         if rel.startswith("..") or rel == "." or is_ignored(rel):

@@ -3,13 +3,14 @@ with real inotify events and real files (SPEC 4.1)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import pytest
 from conftest import wait_for
 
-from gateway.watcher import SWEEP_EVERY, Watcher, leases_usable
+from gateway.watcher import SWEEP_EVERY, Watcher, leases_usable, relative
 
 SETTLE = 0.2
 
@@ -215,3 +216,16 @@ def test_each_outbox_takes_two_watchdog_threads_and_releases_them(tmp_path):
     finally:
         w.stop()
     wait_for(lambda: watchdog_threads() == before, 5, "every watchdog thread to end")
+
+
+@pytest.mark.parametrize("root", ["/srv/fax/outbox", "/srv/fax/outbox/", "/", "spool/outbox",
+                                  "/srv/./fax/outbox"])
+def test_relative_is_relpath(root):
+    """The watcher's own `relative` answers as os.path.relpath for every path, the ones
+    inotify gives (taken quickly) and any other (left to relpath)."""
+    names = ["a.pdf", "+15551234567/a.pdf", "x/y/z.tif", ".hidden.pdf", "a/.partial", "..a.pdf", "a..pdf",
+             "./a.pdf", "a/../b.pdf", "../outside.pdf", "a//b.pdf", "a/", "é ü.pdf", ""]
+    base = root.rstrip("/")
+    paths = [f"{base}/{n}" for n in names] + [root, base or "/", "/elsewhere/a.pdf", base + "x/a.pdf"]
+    for path in paths:
+        assert relative(path, root) == os.path.relpath(path, root), path
