@@ -102,20 +102,20 @@ class DocumentReader:
                     self._exchange(proc, documents, answers, until, groups_at, limit)
                     continue
                 except TimeoutError:
-                    self._stop(kill=True)
+                    self._stop()
                     self.killed += 1
                     answers.append(Rejected("too_large", f"it could not be read within {self.deadline:g} s; "
                                             "a document built to be slow to read is refused"))
                 except _Broken:
                     # The reader died on this document (a crash in a decoder) or broke the
                     # protocol: once may be chance, twice is the document.
-                    self._stop(kill=True)
+                    self._stop()
                     if died_on != len(answers):
                         died_on = len(answers)
                         continue
                     answers.append(Rejected("unsupported_type", "it made the document reader stop"))
                 except BaseException:
-                    self._stop(kill=True)  # its unread answers must not answer the next batch
+                    self._stop()  # its unread answers must not answer the next batch
                     raise
                 while len(answers) < limit[0] and len(answers) not in groups_at:
                     answers.append(Rejected("unsupported_type", "not read: another document of the job was "
@@ -130,8 +130,11 @@ class DocumentReader:
                 self._spawn()
 
     def close(self) -> None:
+        """Killed, not asked to end: between batches (the lock) it holds nothing worth
+        finishing, and one still loading pypdf would make the daemon's stop wait for that
+        (some 0.3 s; a test suite starts and stops hundreds of daemons)."""
         with self._lock:
-            self._stop(kill=False)
+            self._stop()
 
     # -- the process ----------------------------------------------------------------
 
@@ -147,19 +150,19 @@ class DocumentReader:
             except (TimeoutError, _Broken, OSError):
                 line = b""
             if line + b"\n" != _READY:
-                self._stop(kill=True)
+                self._stop()
                 raise ReaderUnavailable("the document reader did not start (is the gateway installed "
                                         "for the Python that runs it?)")
             self._ready = True
         return proc
 
     def _spawn(self) -> None:
-        self._stop(kill=True)
+        self._stop()
         env = {k: v for k, v in os.environ.items() if k not in _HIDDEN}
         try:
             # cwd /, -P: nothing importable from wherever the daemon was started (an outbox?).
             # A session of its own: a Ctrl-C meant for the daemon does not end it mid-batch;
-            # it ends when the daemon closes its input (or dies).
+            # it ends when the daemon closes it (or when its input ends: the daemon died).
             proc = subprocess.Popen([sys.executable, "-P", "-m", "gateway.docreader"], cwd="/", env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
@@ -168,21 +171,16 @@ class DocumentReader:
                                     f"{exc.strerror or exc}") from None
         self._proc, self._pending, self._ready = proc, b"", False
 
-    def _stop(self, *, kill: bool) -> None:
+    def _stop(self) -> None:
         proc, self._proc = self._proc, None
         self._pending, self._ready = b"", False
         if proc is None:
             return
         try:
-            if kill:
-                proc.kill()
-            else:
-                assert proc.stdin is not None
-                proc.stdin.close()  # the reader ends at the end of its input
-            proc.wait(2.0)
-        except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
+        except OSError:
+            pass
         finally:
             for pipe in (proc.stdin, proc.stdout):
                 try:
