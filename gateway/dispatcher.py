@@ -421,8 +421,8 @@ class Dispatcher(Stage):
         return job, request
 
     def _send_all(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> None:
-        # Stopping, paused, the database changed (dbguard.py) or the API went down
-        # meanwhile: still queued, nothing committed.
+        # Stopping, paused, the database changed (dbguard.py: from a look at most 0.2 s
+        # old) or the API went down meanwhile: still queued, nothing committed.
         held = bool(ready) and (self._stop.is_set() or self.paused_reason is not None
                                 or self.halted() is not None)
         for *_, ticket in ready:

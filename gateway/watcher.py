@@ -92,7 +92,8 @@ def relative(path: str, root: str) -> str:
     prefix = root.rstrip(os.sep) + os.sep
     if path.startswith(prefix):
         rel = path[len(prefix):]
-        if rel and os.sep + "." not in os.sep + rel and os.sep * 2 not in rel and not rel.endswith(os.sep):
+        if rel and os.sep + "." not in os.sep + rel and os.sep * 2 not in os.sep + rel \
+                and not rel.endswith(os.sep):
             return rel
     return os.path.relpath(path, root)
 

@@ -241,3 +241,12 @@ def test_the_stages_that_ask_at_every_turn_look_at_the_path_at_most_every_recent
         assert lazy.recent() == reason
     finally:
         store.close()
+
+
+def test_intake_looks_afresh_and_the_stages_that_ask_at_every_turn_go_by_a_recent_look(service):
+    """How the service wires the guard: intake (claims) always looks; the sending, filing
+    and retention loops take the answer of a look at most RECENT seconds old."""
+    svc = service()
+    assert svc.intake.halted == svc.guard.check
+    for stage in (svc.dispatcher, svc.filing, svc.retention):
+        assert stage.halted == svc.guard.recent, stage.name

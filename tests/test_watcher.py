@@ -226,6 +226,7 @@ def test_relative_is_relpath(root):
     names = ["a.pdf", "+15551234567/a.pdf", "x/y/z.tif", ".hidden.pdf", "a/.partial", "..a.pdf", "a..pdf",
              "./a.pdf", "a/../b.pdf", "../outside.pdf", "a//b.pdf", "a/", "é ü.pdf", ""]
     base = root.rstrip("/")
-    paths = [f"{base}/{n}" for n in names] + [root, base or "/", "/elsewhere/a.pdf", base + "x/a.pdf"]
+    paths = [f"{base}/{n}" for n in names] + [root, base or "/", "/elsewhere/a.pdf", base + "x/a.pdf",
+                                              f"{base}//a.pdf", f"{root}/a.pdf", "//a.pdf"]
     for path in paths:
         assert relative(path, root) == os.path.relpath(path, root), path
