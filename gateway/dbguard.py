@@ -132,8 +132,8 @@ class DatabaseGuard:
         self._looked_at = float("-inf")  # monotonic time of the last look at the path
 
     def recent(self) -> str | None:
-        """As `check`, from a look at the path at most RECENT seconds old.  The sending and
-        filing loops ask at every turn, several times per document in a burst, and each
+        """As `check`, from a look at the path at most RECENT seconds old.  The sending,
+        filing and retention loops ask at every turn, several times per document in a burst, and each
         stat handed the interpreter lock to another thread (issue 12: 2.6% of the sending
         loop's time).  SPEC 4.5 asks for a look every second (the service's loop) and before
         each claim batch (intake asks `check`)."""
