@@ -97,6 +97,16 @@ class Filing(Stage):
         self._deferring_since = None
         return 0.0
 
+    def wake(self) -> None:
+        """A job may have ended.  While filing gives way (`holding_back`) a wake would only
+        find that it still should, and wait again: in a burst the sending stage ends
+        hundreds of faxes a second, and each such wake cost the senders a switch of the
+        interpreter lock (issue 12).  The wait ends at DEFER anyway; stopping and a
+        reload set the event themselves."""
+        if self._deferring_since is not None and self.defer():
+            return
+        super().wake()
+
     def turn(self) -> float:
         if self.halted() is not None:  # the database file was deleted or replaced (dbguard.py)
             return IDLE

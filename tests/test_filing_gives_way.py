@@ -6,6 +6,7 @@ simulator over HTTP."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from conftest import make_pdf, wait_for
 
@@ -43,3 +44,31 @@ def test_filing_gives_way_while_told_to_for_at_most_its_deferral(service, spool,
     (spool.folder("+15551230902") / "b.pdf").write_bytes(make_pdf(1))
     [result] = spool.wait_results(1, "sent", timeout=15)  # filed all the same, within DEFER of ending
     assert result["state"] == "delivered"
+
+
+def _voluntary_switches(native_id: int) -> int:
+    for line in open(f"/proc/self/task/{native_id}/status"):
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+def test_faxes_that_end_while_filing_gives_way_do_not_wake_it(service, monkeypatch):
+    """In a burst the sending stage ends hundreds of faxes a second, and tells filing each
+    time; while filing gives way those wakes would only make it wait again, costing the
+    senders a switch each (issue 12).  Counted as the filing thread's context switches."""
+    monkeypatch.setattr(filing, "DEFER", 30.0)
+    svc = service()
+    svc.filing.defer = lambda: True
+    svc.filing.wake()  # its loop asks holding_back, and starts to give way
+    wait_for(lambda: svc.filing._deferring_since is not None, 5, "filing to give way")
+    thread = svc.filing._thread
+    assert thread is not None and thread.native_id is not None
+    before = _voluntary_switches(thread.native_id)
+    for _ in range(200):
+        svc.filing.wake()  # as the sending stage does for each fax that ends
+        time.sleep(0.001)  # apart, as faxes end: each would be a wake-up of its own
+    assert _voluntary_switches(thread.native_id) - before < 20
+    svc.filing.defer = lambda: False  # sends no longer wait: the next wake is heard
+    svc.filing.wake()
+    wait_for(lambda: svc.filing._deferring_since is None, 5, "filing to stop giving way")
