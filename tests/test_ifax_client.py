@@ -3,6 +3,7 @@ whether iFax could have acted on the request (SPEC 6.2)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -340,8 +341,8 @@ def test_the_headers_leave_with_the_body_in_one_send():
 
     class Paired(httpconn.Connections):
         def _connect(self):
-            conn = httpconn._HTTPConnection("127.0.0.1", 9)
-            conn.sock, conn.auto_open, conn.response_class = ours, 0, httpconn._Response
+            conn = http.client.HTTPConnection("127.0.0.1", 9)
+            conn.sock, conn.auto_open = ours, 0
             return conn
 
     def serve():
@@ -358,6 +359,61 @@ def test_the_headers_leave_with_the_body_in_one_send():
         [first] = records
         assert first.startswith(b"POST /v1/customer/fax-send HTTP/1.1\r\n")
         assert first.endswith(b"\r\n\r\n" + body)  # headers and body in the one record
+        # Byte for byte what http.client's own request methods write for it.
+        reference = _written_by_http_client("127.0.0.1", 9, "/v1/customer/fax-send",
+                                            {"Content-Type": "application/json"}, body)
+        assert first == reference
+        assert b"\r\nHost: 127.0.0.1:9\r\n" in first and b"\r\nContent-Length: %d\r\n" % len(body) in first
     finally:
         pool.close()
         theirs.close()
+
+
+def _written_by_http_client(host: str, port: int, url: str, headers: dict[str, str], body: bytes) -> bytes:
+    """What http.client writes for a POST made with its own request methods, as the
+    pool did before it wrote the headers itself (issue 12)."""
+    written: list[bytes] = []
+
+    class Kept(http.client.HTTPConnection):
+        def send(self, data):
+            written.append(bytes(data))
+
+    conn = Kept(host, port)
+    conn.putrequest("POST", url, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.putheader("Accept-Encoding", "identity")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body)
+    return b"".join(written)
+
+
+HEADER_BLOCKS = [
+    b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n",
+    b"content-length: 3\r\nContent-Length: 4\r\nRetry-After:  7 \r\n\r\n",  # repeated; spaces kept
+    b"X-Empty:\r\nX-Tab:\tvalue\r\nConnection: close\r\n\r\n",
+    b"X-Folded: one\r\n two\r\nRetry-After: 3\r\n\r\n",  # an obsolete folded line
+    b"no colon here\r\nRetry-After: 3\r\n\r\n",
+    b"Bad Name: x\r\nRetry-After: 3\r\n\r\n",
+    b"From nobody\r\nRetry-After: 3\r\n\r\n",
+    b"X-Latin: caf\xe9\r\nX-Bare-LF: yes\n\n",
+    b"\r\n",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_answer_headers_are_read_as_http_client_reads_them(block):
+    """The pool reads an answer's headers without the email package when they are plain
+    (issue 12); what it reads must be what http.client's own parse_headers gives."""
+    import io
+
+    from gateway import httpconn
+    ours = httpconn._parse_headers(io.BytesIO(block + b"body"))
+    theirs = http.client.parse_headers(io.BytesIO(block + b"body"))
+    assert type(ours) is type(theirs)
+    assert ours.items() == theirs.items()
+    for name in ("content-length", "Content-Length", "Retry-After", "connection", "X-Tab", "X-Empty",
+                 "X-Folded", "X-Latin", "missing"):
+        assert ours.get(name) == theirs.get(name)
+        assert ours.get_all(name) == theirs.get_all(name)
