@@ -6,6 +6,7 @@ doubt ends in a rejection with the number as written, never in a guess.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import phonenumbers
@@ -44,10 +45,14 @@ def is_number_folder(name: str) -> bool:
     return any(c in _DIGITS for c in name) and all(c in _NUMBER_CHARS for c in name)
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(raw: str, country: str) -> str:
     """E.164 text for a number as a person wrote it on a folder or in a sidecar.
 
-    `country` only matters for national numbers (no `+`, `00` or `011`).
+    `country` only matters for national numbers (no `+`, `00` or `011`).  The answer
+    depends on nothing else, and a burst brings the same few folder names again and
+    again, so answers are kept (not refusals: an exception is not cached); phonenumbers
+    took a twentieth of intake's CPU per document (issue 12).
     """
     text = raw.strip()
     if not text:

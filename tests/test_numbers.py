@@ -167,3 +167,14 @@ def test_number_with_a_control_character_is_quoted_escaped() -> None:
     assert caught.value.reason_code == "invalid_number"
     assert "+1555\\x1b[2; is not a fax number: it has the character '\\x1b'" in caught.value.reason
     assert caught.value.reason.isprintable()
+
+
+def test_answers_are_kept_per_country_and_refusals_are_not_kept() -> None:
+    """normalize keeps its answers (issue 12): keyed by the number as written and the
+    country, and a refusal is raised again each time, never turned into an answer."""
+    assert normalize("030 1234567", "DE") == "+49301234567"
+    assert normalize("030 1234567", "DE") == "+49301234567"
+    assert normalize("030 1234567", "GB") != "+49301234567"
+    for _ in range(2):
+        with pytest.raises(Rejected):
+            normalize("555-1234", "US")
