@@ -247,7 +247,7 @@ class Dispatcher(Stage):
         self.poll_interval, self.give_up_after = cfg.poll.interval, cfg.poll.give_up_after
         self.file_names = cfg.log.file_names
         if cfg.api.requests_per_minute * 1.0 / 60 != self.limiter.rate:
-            self.limiter = RateLimiter(cfg.api.requests_per_minute)
+            self.limiter.set_rate(cfg.api.requests_per_minute)  # what was spent stays spent
         for name in self.rate_limited.keys() - self.configured:
             del self.rate_limited[name]
 

@@ -26,6 +26,16 @@ class RateLimiter:
         self._stamp = clock()
         self._lock = threading.Lock()
 
+    def set_rate(self, per_minute: int) -> None:
+        """A new requests_per_minute (a reload): what was spent under the old rate stays
+        spent, tokens owed included, so a reload never grants a fresh burst on top of the
+        requests that just left; only the bucket's size and the pace change."""
+        with self._lock:
+            self._refill()
+            self.rate = per_minute / 60.0
+            self.capacity = max(1.0, self.rate)
+            self._tokens = min(self._tokens, self.capacity)
+
     def try_acquire(self) -> float:
         """Takes a token if one is there: 0.0.  Otherwise the seconds until one will be,
         so a scheduler can start what it may now and sleep until the next, instead of

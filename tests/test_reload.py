@@ -247,3 +247,17 @@ def test_a_new_key_by_reload_resumes_a_paused_account(tmp_path: Path, base, simu
     log = d.log.read_text()
     assert "wrong-key" not in log and "test-key" not in log
     assert d.terminate() == 0
+
+
+def test_a_reload_with_a_new_rate_grants_no_fresh_burst(service, spool, simulator, make_config):
+    """requests_per_minute changed by a reload: what was spent under the old rate stays
+    spent, so the requests that just left and those right after the reload together keep
+    to the rate (a new, full bucket would let a second's worth more leave at once)."""
+    config = make_config(api={"requests_per_minute": 6})  # a bucket of one, refilled every 10 s
+    svc = service(config)
+    (spool.folder("+15551230740") / "a.pdf").write_bytes(make_pdf(1))
+    wait_for(lambda: len(simulator.requests("fax-send")) == 1, 15, "the fax sent, spending the token")
+    config.write_text(config.read_text().replace("requests_per_minute: 6\n", "requests_per_minute: 12\n"))
+    assert svc.reload()
+    assert svc.dispatcher.limiter.rate == pytest.approx(12 / 60)
+    assert svc.dispatcher.limiter.try_acquire() > 0  # still spent: the next request waits for the new pace

@@ -126,3 +126,19 @@ def test_a_reserved_token_is_owed_and_later_requests_wait_behind_it(clock):
     assert limiter.try_acquire() == 0
     clock.now += 10
     assert limiter.reserve() == 0  # a token there: taken at once
+
+
+def test_a_new_rate_keeps_what_was_spent_and_what_is_owed(clock):
+    """A reload with a new requests_per_minute must not grant a fresh bucket on top of the
+    requests that just left (the old limiter replaced by a new one did)."""
+    limiter = RateLimiter(120, clock=clock)
+    assert limiter.try_acquire() == 0 and limiter.try_acquire() == 0  # the bucket is empty
+    limiter.set_rate(600)  # 10 a second, a bucket of ten
+    assert limiter.try_acquire() == pytest.approx(0.1)  # nothing was granted: the next at the new pace
+    clock.now += 1.0
+    assert [limiter.try_acquire() for _ in range(10)] == [0] * 10  # the new bucket fills at the new pace
+    assert limiter.reserve() == pytest.approx(0.1)
+    limiter.set_rate(60)  # 1 a second: the owed token is still owed, now at the slower pace
+    assert limiter.try_acquire() == pytest.approx(2.0)
+    clock.now += 5
+    assert limiter.try_acquire() == 0 and limiter.try_acquire() > 0  # a bucket of one at 60 a minute
