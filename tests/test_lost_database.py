@@ -250,3 +250,49 @@ def test_intake_looks_afresh_and_the_stages_that_ask_at_every_turn_go_by_a_recen
     assert svc.intake.halted == svc.guard.check
     for stage in (svc.dispatcher, svc.filing, svc.retention):
         assert stage.halted == svc.guard.recent, stage.name
+
+
+def test_intake_looks_before_each_claim_batch_not_only_at_the_turn(tmp_path, make_config, spool):
+    """A turn may claim for up to half a second, batch after batch: a database replaced
+    during it must stop the next batch, not the next turn (SPEC 4.5).  The real intake on
+    a real store and folders, its turns played here; `halted` is what the service wires to
+    the database guard, and says the file was replaced from its second look on, that is,
+    after the turn's own look and before the claim."""
+    from gateway.config import load_config
+    from gateway.intake import Intake
+    from gateway.metrics import Metrics
+
+    cfg = load_config(make_config())
+    store = Store(cfg.database)
+    outboxes = {o.name: o for o in cfg.outboxes}
+    intake = Intake(store, outboxes, Metrics(list(outboxes)), simulate=False, file_names=True, paused={})
+    looks: list[str | None] = []
+    armed = False
+
+    def halted() -> str | None:
+        answer = "the database file was replaced" if armed and looks else None
+        if armed:
+            looks.append(answer)
+        return answer
+
+    intake.halted = halted
+    intake.start_watching()
+    try:
+        doc = spool.folder("+15551230750") / "a.pdf"
+        doc.write_bytes(make_pdf(1))
+
+        def seen_ready() -> bool:
+            intake.watcher.drain()
+            intake.watcher.tick()
+            files = intake.watcher.files_in("main", "+15551230750")
+            return "a.pdf" in files and files["a.pdf"].ready
+
+        wait_for(seen_ready, 10, "the file settled, as intake's watcher sees it")
+        armed = True
+        intake.turn()
+        assert doc.exists()  # not claimed
+        assert store.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+        assert looks[0] is None and "the database file was replaced" in looks[1:]  # the turn's, the batch's
+    finally:
+        intake.shutdown()
+        store.close()
