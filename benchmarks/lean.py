@@ -34,7 +34,13 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
    `perf stat -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p PID`, which
    stops nothing (skipped where perf or its tracepoints are missing).  RSS (VmRSS) is
    read after every round (ROUNDS, default 5, at least 3): "flat" means round 5 <=
-   round 2 + 5 MB; peak RSS is VmHWM.
+   round 2 + 5 MB; peak RSS is VmHWM.  Each round also counts each thread's CPU
+   (/proc/PID/task/TID/stat, named by `py-spy dump` after the last round; the document
+   reader child is the rest of the process's CPU) and the simulator's.  From the
+   simulator's CPU per document and the bare httpx rate follows the CPU budget per
+   document at the ratio 0.5 on this machine: what the cores leave beside the simulator
+   at half the bare rate, if the gateway's work spread over all of them, and one core's
+   worth for what runs under the daemon's one interpreter lock.
 2b. fsyncs: a fresh daemon started under `strace -f --seccomp-bpf -c -e
    trace=fsync,fdatasync`, one burst of FSYNC_DOCS documents (default DOCS), stopped;
    its fsync and fdatasync calls from start to exit (start-up and stop included), per
@@ -216,6 +222,27 @@ def task_switches(pid: int) -> dict[int, int]:
         except (OSError, ValueError):
             pass
     return out
+
+
+def task_cpu(pid: int) -> dict[int, int]:
+    """utime + stime, in ticks, of each thread now alive."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def by_thread_name(ticks: dict[int, int], names: dict[int, tuple[str, str]], n: int) -> dict[str, float]:
+    """CPU ms per document by Python thread name, numbered pools summed (ifax_0..3 -> ifax)."""
+    out: collections.Counter[str] = collections.Counter()
+    for tid, t in ticks.items():
+        name = re.sub(r"[_-]\d+$", "", names.get(tid, (f"thread {tid}", ""))[0])
+        out[name] += 1000.0 * t / CLK_TCK / n
+    return dict(out)
 
 
 def thread_names(pyspy: str | None, pid: int) -> dict[int, tuple[str, str]]:
@@ -794,6 +821,7 @@ def main() -> None:
                 tracer = None
                 (user0, sys0), machine0 = cpu_split(daemon.pid), machine_ticks()
                 switches0 = thread_totals(daemon.pid)[0]
+                tasks0, sim0 = task_cpu(daemon.pid), cpu_ticks(sim.proc.pid)
                 if r in (3, 4) and pyspy_ok:
                     tracer = PySpy(pyspy, daemon.pid, tmp / f"pyspy{r}.txt", gil=r == 3)
                 counter = PerfFsyncs(daemon.pid, tmp / "perf.txt") if r == 2 and perf_ok else None
@@ -805,6 +833,7 @@ def main() -> None:
                     profiled_seconds[r] = tracer.seconds
                 (user1, sys1), machine1 = cpu_split(daemon.pid), machine_ticks()
                 switches = (thread_totals(daemon.pid)[0] - switches0) / n
+                tasks1, sim1 = task_cpu(daemon.pid), cpu_ticks(sim.proc.pid)
                 time.sleep(0.5)
                 rss = status_kb(daemon.pid, "VmRSS") / 1024
                 note = {3: " (under py-spy --gil)", 4: " (under py-spy)"}.get(r, "") if tracer else ""
@@ -813,7 +842,8 @@ def main() -> None:
                 system = 1000.0 * (sys1 - sys0) / CLK_TCK / n
                 rounds.append({**times, "cpu_ms": user + system, "user_ms": user, "sys_ms": system,
                                "switches": switches, "rss": rss, "note": note, "busy": busy, "steal": steal,
-                               "round": r})
+                               "round": r, "sim_ms": 1000.0 * (sim1 - sim0) / CLK_TCK / n,
+                               "tasks": {t: v - tasks0.get(t, 0) for t, v in tasks1.items()}})
                 print(f"[burst {r}] {n / times['accepted']:.0f} docs/s to accepted, "
                       f"{n / times['filed']:.0f} docs/s to filed (written in {times['written']:.2f}s), "
                       f"CPU {user + system:.1f} ms/doc ({user:.1f} user + {system:.1f} system), "
@@ -821,6 +851,7 @@ def main() -> None:
                       f"machine busy {busy:.0f}% "
                       f"of {os.cpu_count()} cores, steal {steal:.1f}%{note}")
             hwm = status_kb(daemon.pid, "VmHWM") / 1024
+            names = thread_names(pyspy if Path(pyspy).exists() else None, daemon.pid)
             db = broot / "jobs.db"
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
                 sync_separate = c.execute("PRAGMA synchronous").fetchone()[0]
@@ -890,6 +921,14 @@ def main() -> None:
     g_acc, g_filed = n / best["accepted"], n / best["filed"]
     b_httpx, b_raw = n / t_httpx, n / t_raw
     cpu_clean = sum(r["cpu_ms"] for r in clean) / len(clean)
+    per_thread = by_thread_name(best["tasks"], names, n)
+    per_thread["document reader"] = best["cpu_ms"] - sum(per_thread.values())  # children: cpu_split
+    # At half the bare rate the simulator takes its share of the machine's cores; what is
+    # left is the gateway's, if its work spread over every core, and one core's worth for
+    # what runs under the daemon's interpreter lock.
+    half = 0.5 * n / t_httpx
+    budget_all = (os.cpu_count() or 1) * 1000.0 / half - best["sim_ms"]
+    budget_gil = 1000.0 / half
     n_fsync = sum(fsyncs.values())
     rss = [r["rss"] for r in rounds]
     flat = len(rss) >= 5 and rss[4] <= rss[1] + 5
@@ -924,6 +963,12 @@ def main() -> None:
         ("CPU ms per document (that round; mean of clean rounds)", f"{best['cpu_ms']:.1f}; {cpu_clean:.1f}",
          TARGETS["CPU ms/doc"]),
         ("  of which user; system (that round)", f"{best['user_ms']:.1f}; {best['sys_ms']:.1f}", ""),
+        ("  by thread (that round; the reader is the daemon's child)",
+         ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1]) if v >= 0.01),
+         ""),
+        ("simulator CPU ms per document (that round; its 2 requests)", f"{best['sim_ms']:.2f}", ""),
+        ("CPU budget per document for the ratio 0.5 here",
+         f"{budget_all:.1f} ms in all; {budget_gil:.1f} ms in one interpreter lock", ""),
         ("voluntary context switches per document (that round)", f"{best['switches']:.0f}", ""),
         ("peak RSS (VmHWM)", f"{hwm:.1f} MB", ""),
         ("RSS after each round", " / ".join(f"{x:.1f}" for x in rss) + " MB",
