@@ -124,7 +124,12 @@ class Connections:
         self._tls: ssl.SSLContext | None = httpx.create_ssl_context() if self._https else None
 
     def post(self, path: str, content: bytes) -> Answer:
+        try:
+            head = self._head(path)
+        except http.client.HTTPException as exc:  # a path http.client refuses (InvalidURL): never sent
+            raise SendFailed(_describe(exc)) from None
         conn = self._take()
+        resp: _Response | None = None
         try:
             try:
                 # The headers leave with the first piece of the body, in one send: one packet
@@ -133,8 +138,7 @@ class Connections:
                 # pieces: the socket's timeout bounds each send, so a large fax on a slow
                 # uplink is not cut off by api.timeout as a whole (one sendall would be).
                 view = memoryview(content)
-                conn.send(b"".join((self._head(path), b"Content-Length: %d\r\n\r\n" % len(content),
-                                    view[:SEND_PIECE])))
+                conn.send(b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), view[:SEND_PIECE])))
                 for start in range(SEND_PIECE, len(view), SEND_PIECE):
                     conn.send(view[start:start + SEND_PIECE])
             except (OSError, http.client.HTTPException) as exc:
@@ -151,6 +155,8 @@ class Connections:
             except (OSError, http.client.HTTPException) as exc:
                 raise AnswerBroken(_describe(exc)) from None
         except BaseException:
+            if resp is not None:
+                resp.close()
             conn.close()
             raise
         if resp.will_close:
@@ -235,19 +241,21 @@ class _HeadWriter(http.client.HTTPConnection):
 
 def _parse_headers(fp: BinaryIO) -> http.client.HTTPMessage:
     """`http.client.parse_headers` without the email package for the usual header block
-    (every line `Name: value`, the name printable ASCII without a colon): the same
-    names and values, in the same order, in the same class.  Anything else (a folded
-    line, a line without a name) goes to the email package, as before.  Reading an
-    answer's headers through it was a fifth of a worker's CPU per request (issue 12)."""
+    (every line `Name: value`, the name printable ASCII without a colon): the same names
+    and values, in the same order, in the same class.  Anything else (a folded line, a
+    line without a name, a bare CR, which the email package takes for a line's end) goes
+    to the email package, as before.  Reading an answer's headers through it was a fifth
+    of a worker's CPU per request (issue 12)."""
     lines = http.client._read_headers(fp)  # type: ignore[attr-defined]  # its limits on lines and size
     message = http.client.HTTPMessage()
     for line in lines[:-1]:  # the last is the blank line that ends them
         text = line.decode("iso-8859-1")
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
         name, colon, value = text.partition(":")
-        if not colon or not _HEADER_NAME.fullmatch(name):
+        if not colon or "\r" in value or not _HEADER_NAME.fullmatch(name):
             return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(  # type: ignore[return-value]
                 b"".join(lines).decode("iso-8859-1"))
-        message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+        message.set_raw(name, value.lstrip(" \t"))
     return message
 
 
@@ -276,7 +284,11 @@ def _answer(conn: http.client.HTTPConnection) -> _Response:
     if conn.sock is None:
         raise http.client.NotConnected()
     resp = _Response(conn.sock, method="POST")
-    resp.begin()
+    try:
+        resp.begin()
+    except BaseException:
+        resp.close()  # as getresponse does: the socket is not held open by a half-read answer
+        raise
     return resp
 
 

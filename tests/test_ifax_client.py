@@ -398,6 +398,10 @@ HEADER_BLOCKS = [
     b"Bad Name: x\r\nRetry-After: 3\r\n\r\n",
     b"From nobody\r\nRetry-After: 3\r\n\r\n",
     b"X-Latin: caf\xe9\r\nX-Bare-LF: yes\n\n",
+    b"X-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",  # a bare CR ends a line there
+    b"X-A: a\r\r\nContent-Length: 3\r\n\r\n",  # ... and here the block
+    b"X-A: foo\rbar\r\nRetry-After: 3\r\n\r\n",
+    b"X-Trailing: value \t\r\nRetry-After: 3",  # the answer ends inside its headers
     b"\r\n",
 ]
 
@@ -414,6 +418,60 @@ def test_answer_headers_are_read_as_http_client_reads_them(block):
     assert type(ours) is type(theirs)
     assert ours.items() == theirs.items()
     for name in ("content-length", "Content-Length", "Retry-After", "connection", "X-Tab", "X-Empty",
-                 "X-Folded", "X-Latin", "missing"):
+                 "X-Folded", "X-Latin", "X-A", "Transfer-Encoding", "X-Trailing", "missing"):
         assert ours.get(name) == theirs.get(name)
         assert ours.get_all(name) == theirs.get_all(name)
+
+
+def test_an_answer_that_never_comes_closes_the_connection_at_once():
+    """A request whose answer times out is uncertain, and its connection is closed at once
+    (the server sees it end), not when the last reference to the error goes away."""
+    from gateway import httpconn
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    seen = []
+
+    def serve():
+        conn, _ = server.accept()
+        conn.recv(1 << 16)  # the request; no answer
+        conn.settimeout(2.0)
+        try:
+            seen.append("closed" if conn.recv(1) == b"" else "data")
+        except TimeoutError:
+            seen.append("still open after 2 s")
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pool = httpconn.Connections(f"http://127.0.0.1:{server.getsockname()[1]}/v1", {}, timeout=0.3,
+                                connect_timeout=2, size=1)
+    errors = []
+    try:
+        pool.post("/customer/fax-send", b"{}")
+    except httpconn.AnswerTimeout as exc:
+        errors.append(exc)  # kept, as a log record or a worker's result may keep it
+    thread.join(5)
+    pool.close()
+    server.close()
+    assert errors and seen == ["closed"]
+
+
+def test_a_path_http_client_refuses_is_not_sent_and_opens_no_connection():
+    """An api.base_url whose path http.client refuses (a space): the request is not sent
+    (SendFailed, retried like any request that never left), and no connection is made for it."""
+    from gateway import httpconn
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    pool = httpconn.Connections(f"http://127.0.0.1:{server.getsockname()[1]}/v 1", {}, timeout=2,
+                                connect_timeout=2, size=1)
+    try:
+        with pytest.raises(httpconn.SendFailed):
+            pool.post("/customer/fax-send", b"{}")
+        with pytest.raises(TimeoutError):
+            server.accept()  # nobody connected
+    finally:
+        pool.close()
+        server.close()

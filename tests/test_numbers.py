@@ -173,7 +173,9 @@ def test_answers_are_kept_per_country_and_refusals_are_not_kept() -> None:
     """normalize keeps its answers (issue 12): keyed by the number as written and the
     country, and a refusal is raised again each time, never turned into an answer."""
     assert normalize("030 1234567", "DE") == "+49301234567"
+    hits = normalize.cache_info().hits
     assert normalize("030 1234567", "DE") == "+49301234567"
+    assert normalize.cache_info().hits == hits + 1  # kept, not worked out again
     assert normalize("030 1234567", "GB") != "+49301234567"
     for _ in range(2):
         with pytest.raises(Rejected):
