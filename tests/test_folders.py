@@ -50,7 +50,7 @@ def test_sent_folder_missing_holds_the_job_until_it_is_back(daemon, spool, simul
     wait_for(lambda: simulator.requests("fax-send"), 10, "the submission")
     spool.sent.rmdir()
     wait_for(lambda: _status(d)[0] == 503, 10, "healthz 503")
-    job_id = simulator.requests("fax-send")[0]["job_id"]
+    job_id = wait_for(lambda: simulator.requests("fax-send")[0]["job_id"], 10, "the simulator's jobId")
     wait_for(lambda: simulator.job(job_id)["faxStatus"] == "delivered", 10, "delivery at iFax")
     wait_for(lambda: _job_state(tmp_path) == "delivered", 10, "the gateway to see the delivery")
     wait_for(lambda: _status(d)[0] == 503, 3, "healthz still 503")  # and a filing attempt went by
@@ -79,7 +79,7 @@ def test_unmounted_share_is_never_written_into(daemon, spool, simulator, mounted
     subprocess.run(["umount", str(mounted_sent)], check=True)
     wait_for(lambda: _status(d)[0] == 503, 10, "healthz 503")
     assert any("no longer mounted" in r for r in _status(d)[1]["reasons"])
-    job_id = simulator.requests("fax-send")[0]["job_id"]
+    job_id = wait_for(lambda: simulator.requests("fax-send")[0]["job_id"], 10, "the simulator's jobId")
     wait_for(lambda: simulator.job(job_id)["faxStatus"] == "delivered", 10, "delivery at iFax")
     wait_for(lambda: _job_state(tmp_path) == "delivered", 10, "the gateway to see the delivery")
     wait_for(lambda: _status(d)[0] == 503, 3, "healthz still 503")  # and a filing attempt went by

@@ -71,7 +71,8 @@ def test_webhook_for_a_known_job_triggers_an_immediate_poll(daemon, spool, simul
     d.start()
     folder = spool.folder("+15551230503")
     (folder / "a.pdf").write_bytes(make_pdf(1))
-    [req] = wait_for(lambda: simulator.requests("fax-send"), 15, "the submission")
+    # Recorded with its jobId once the simulator has handled it (it is listed before that).
+    [req] = wait_for(lambda: [r for r in simulator.requests("fax-send") if r["job_id"]], 15, "the submission")
     wait_for(lambda: simulator.job(req["job_id"])["faxStatus"] == "delivered", 10, "delivery")
     # The body is not trusted: it claims failure, the poll reads the truth.
     r = httpx.post(d.url + "/ifax/webhook/s3cr3t", json={"jobId": req["job_id"], "faxStatus": "failed"})
