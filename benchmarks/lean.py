@@ -784,7 +784,8 @@ def main() -> None:
     perf_ok = shutil.which("perf") is not None and PerfFsyncs.works()
     perf_fsyncs: dict[str, int] = {}
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    pyspy_ok = not args.no_profile and Path(pyspy).exists()
+    pyspy_found = Path(pyspy).exists()
+    pyspy_ok = not args.no_profile and pyspy_found
     m = machine()
     print(f"machine: {m['nproc']} cores, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, "
           f"/tmp on {m['tmp']}")
@@ -851,7 +852,7 @@ def main() -> None:
                       f"machine busy {busy:.0f}% "
                       f"of {os.cpu_count()} cores, steal {steal:.1f}%{note}")
             hwm = status_kb(daemon.pid, "VmHWM") / 1024
-            names = thread_names(pyspy if Path(pyspy).exists() else None, daemon.pid)
+            names = thread_names(pyspy if pyspy_found else None, daemon.pid)  # also with --no-profile
             db = broot / "jobs.db"
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
                 sync_separate = c.execute("PRAGMA synchronous").fetchone()[0]
