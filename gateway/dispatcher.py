@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from gateway.reload import Reload
 from gateway.stage import Stage
 from gateway.store import ACTIVE_ORDER, Job, JobState, Phase, Recipient, Store
 from gateway.throttle import Backoff, RateLimiter, Ticket
+from gateway.workers import Workers
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -84,8 +84,8 @@ class Dispatcher(Stage):
         self.on_final = on_final    # a job may have ended: the filing stage looks now
         self.limiter = RateLimiter(requests_per_minute)
         self.backoff = Backoff()
-        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
-        self._retired: list[tuple[ThreadPoolExecutor, IFaxClient]] = []  # replaced by a reload
+        self._pool = Workers(max_in_flight, "ifax")
+        self._retired: list[tuple[Workers, IFaxClient]] = []  # replaced by a reload
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._running = {"submit": 0, "poll": 0}
@@ -231,9 +231,9 @@ class Dispatcher(Stage):
         """No new request starts; requests under way finish (or time out) first, and what
         they brought back is recorded.  Every request handed out has a worker of its own,
         so none waits in a queue (one whose intent is committed is sent or undone)."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         for pool, client in self._retired:
-            pool.shutdown(wait=True)
+            pool.shutdown()
             client.close()
         self._retired.clear()
         self._settle()
@@ -256,8 +256,9 @@ class Dispatcher(Stage):
         with the client and workers they started with, which close at shutdown.  A pause
         for a refused account is probed again at once: the new key may cure it."""
         with self._lock:
+            self._pool.close()  # its threads end once their requests did
             self._retired.append((self._pool, self.client))
-            self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ifax")
+            self._pool = Workers(max_in_flight, "ifax")
             self.client = client
             self.max_in_flight, self.max_polls = max_in_flight, max(1, max_in_flight // 2)
             self._next_probe = 0.0

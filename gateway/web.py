@@ -29,7 +29,6 @@ import errno
 import hmac
 import json
 import logging
-import queue
 import resource
 import selectors
 import socket
@@ -45,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.errors import StartupError
 from gateway.quietlog import Problems
+from gateway.workers import Workers
 
 log = logging.getLogger("gateway.web")
 
@@ -284,7 +284,7 @@ class WebServer:
         # Kept-alive connections whose next request may already be buffered: parsed by the
         # loop, not from inside the answer to the previous one (pipelining must not recurse).
         self._ready: collections.deque[_Conn] = collections.deque()
-        self._pool = _Workers(HANDLER_THREADS)
+        self._pool = Workers(HANDLER_THREADS, "http-handler")
         self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
@@ -302,7 +302,7 @@ class WebServer:
             self._thread.join(2)
         if not self._thread.is_alive():
             self._close_all()
-        self._pool.shutdown()
+        self._pool.close()
 
     @property
     def connections(self) -> int:
@@ -645,31 +645,3 @@ def _simple(status: int, message: str) -> bytes:
 
 __all__ = ["MAX_BODY", "REQUEST_DEADLINE", "Request", "Response", "Route", "Routes", "WebServer",
            "connection_cap", "daemon_routes", "json_response"]
-
-
-class _Workers:
-    """The handler threads.  Daemon threads (a ThreadPoolExecutor's are joined at exit):
-    a handler stuck for ever, say on a hung database read, must not hold up the stop
-    that systemd times (SPEC 10)."""
-
-    def __init__(self, n: int) -> None:
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"http-handler-{i}", daemon=True)
-                         for i in range(n)]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._q.put((fn, args))
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._q.put(None)
-
-    def _work(self) -> None:
-        while (item := self._q.get()) is not None:
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # a handler answers its own errors; this is the last net
-                log.exception("http: a handler failed")
