@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway import httpconn
 from gateway.errors import ApiError, AuthFailed, Refused, RequestNotEncodable, Transient, Uncertain
 
@@ -240,10 +242,7 @@ class IFaxClient:
 
     def _read(self, endpoint: str, resp: httpconn.Answer) -> dict[str, Any]:
         code = resp.status
-        try:
-            body = json.loads(resp.body)
-        except ValueError:  # not JSON, or not UTF-8
-            body = None
+        body = _loads(resp.body)
         if code in (429, 503):
             raise Transient(f"iFax answered HTTP {code} to {endpoint} (busy or down)",
                             endpoint=endpoint, http_status=code, retry_after=_retry_after(resp))
@@ -265,7 +264,29 @@ class IFaxClient:
         return body
 
 
+def _loads(body: bytes) -> Any:
+    """An answer's JSON, or None if it is not JSON (or not UTF-8).  orjson reads it in a
+    fifth of json's time (two answers per document, issue 12); what orjson refuses (an
+    answer with NaN, say) json reads as before."""
+    try:
+        return orjson.loads(body)
+    except ValueError:
+        pass
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def _prepare(endpoint: str, body: dict[str, Any]) -> PreparedRequest:
+    """orjson writes a request in 0.7 us where json took 20 (issue 12).  What orjson
+    refuses (an integer beyond 64 bits, a text with a lone surrogate) goes to json, which
+    writes it or says why it cannot.  No value here is a float: a sidecar's options are
+    texts (sidecar.py), so NaN, which orjson would write as null, never comes."""
+    try:
+        return PreparedRequest(endpoint, orjson.dumps(body))
+    except TypeError:
+        pass
     try:
         content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeEncodeError, ValueError, TypeError) as exc:

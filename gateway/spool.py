@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.errors import SpoolError
 from gateway.names import NAME_MAX, result_file_name, shown
 
@@ -517,9 +519,19 @@ def move_file(src: Path, dst: Path) -> None:
         move_at(s, src.name, d, dst.name)
 
 
+def result_json(document: dict[str, Any]) -> bytes:
+    """A result file's text: JSON indented by two, UTF-8.  orjson writes it in 1 us where
+    json took 45 (issue 12: one per document); what orjson cannot write (an integer beyond
+    64 bits, say an odd `code` from iFax) is written by json, in the same shape."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+
+
 def write_result_at(dir_fd: int, name: str, document: dict[str, Any], *, sync_dir: bool = True) -> None:
     """Atomic: a reader of sent/ sees no result file or a complete one, never half."""
-    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    data = result_json(document)
     _write_atomically_at(dir_fd, name, lambda fd: _write_all(fd, data), FILE_MODE, sync_dir=sync_dir)
 
 

@@ -4,6 +4,7 @@ whether iFax could have acted on the request (SPEC 6.2)."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -475,3 +476,19 @@ def test_a_path_http_client_refuses_is_not_sent_and_opens_no_connection():
     finally:
         pool.close()
         server.close()
+
+
+def test_requests_and_answers_read_and_write_as_json_did():
+    """orjson encodes requests and reads answers (issue 12); what it refuses goes to json."""
+    from gateway.errors import RequestNotEncodable
+    from gateway.ifax import _loads, _prepare
+
+    body = {"faxNumber": "+15551234567", "faxData": [{"fileName": "caf\u00e9.pdf", "fileData": "QUJD"}]}
+    assert json.loads(_prepare("fax-send", body).content) == body
+    huge = {"jobId": 10 ** 30}  # beyond orjson's 64 bits: json writes it
+    assert json.loads(_prepare("fax-status", huge).content) == huge
+    with pytest.raises(RequestNotEncodable, match="cannot be encoded: UnicodeEncodeError"):
+        _prepare("fax-send", {"faxNumber": "+1555", "faxData": [{"fileName": "\udce9.pdf"}]})
+    assert _loads(b'{"status": 1, "data": {"jobId": 42}}') == {"status": 1, "data": {"jobId": 42}}
+    assert _loads(b'{"status": 1, "cost": NaN}')["status"] == 1  # json reads what orjson refuses
+    assert _loads(b"<html>busy</html>") is None and _loads(b"\xff\xfe") is None

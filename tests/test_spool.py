@@ -3,6 +3,7 @@ repeated after a crash between the copy and the unlink."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -143,3 +144,23 @@ def test_a_batchs_folders_are_synced_and_its_roots_closed_before_the_steps_after
     assert ran == [True]
     with pytest.raises(OSError):
         os.fstat(root)
+
+
+RESULTS = [
+    {"job": 7, "state": "delivered", "reason": None, "simulated": False, "files": ["scan.pdf"],
+     "sha256": ["ab" * 32], "recipients": [{"to": "+15551234567", "attempts": 1, "cost": 0.07,
+                                            "code": 200, "message": "Fax sent successfully"}]},
+    {"job": 8, "state": "failed", "files": [], "sha256": [], "recipients": [], "reference": {},
+     "reason": "caf\u00e9 \u2028 \x7f \\ \" \t\n\x01 \U0001f600", "cost": 12.0},
+]
+
+
+@pytest.mark.parametrize("doc", RESULTS)
+def test_a_result_file_reads_as_json_indented_by_two_as_before(doc):
+    """orjson writes result files (issue 12); the text is what json.dumps(indent=2) wrote."""
+    assert spool.result_json(doc).decode() == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_what_orjson_cannot_write_is_written_by_json_in_the_same_shape():
+    doc = {"job": 9, "recipients": [{"code": 10 ** 30}]}  # an odd code from iFax: beyond 64 bits
+    assert spool.result_json(doc).decode() == json.dumps(doc, indent=2) + "\n"
