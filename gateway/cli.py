@@ -158,10 +158,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
+    from gateway.cpu import keep_on_one_cpu
     from gateway.service import Service
     setup_logging(config.log.level, config.log.format, forced_debug=args.debug)
     for w in config.warnings:
         log.warning(w)
+    keep_on_one_cpu()  # before any thread starts: they inherit it
     service = Service(config, simulate=args.simulate)
     service.start()
     return service.run_forever()

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 
+from gateway.cpu import all_cpus
 from gateway.doctypes import EXTENSIONS, MIME_TYPES, DocInfo, inspect_document
 from gateway.errors import REASONS, Rejected
 
@@ -163,9 +164,11 @@ class DocumentReader:
             # cwd /, -P: nothing importable from wherever the daemon was started (an outbox?).
             # A session of its own: a Ctrl-C meant for the daemon does not end it mid-batch;
             # it ends when the daemon closes it (or when its input ends: the daemon died).
-            proc = subprocess.Popen([sys.executable, "-P", "-m", "gateway.docreader"], cwd="/", env=env,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+            # Every CPU the daemon may use: it reads beside the daemon's threads (cpu.py).
+            with all_cpus():
+                proc = subprocess.Popen([sys.executable, "-P", "-m", "gateway.docreader"], cwd="/", env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
         except OSError as exc:
             raise ReaderUnavailable("the document reader could not be started: "
                                     f"{exc.strerror or exc}") from None

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.cpu import spread
+
 log = logging.getLogger("gateway.notify")
 
 TIME_LIMIT = 60.0
@@ -47,6 +49,7 @@ class Notifier:
 
     def _run_then(self, job_id: int, argv: list[str], env: dict[str, str],
                   on_done: Callable[[str], None]) -> None:
+        spread()  # the command gets every CPU the daemon may use, not the daemon's one (cpu.py)
         outcome = self._run(job_id, argv, env)
         try:
             on_done(outcome)
