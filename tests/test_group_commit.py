@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 from conftest import wait_for
 
 from gateway.errors import StoreError
-from gateway.store import Store
+from gateway.store import GROUP_WAIT, Store
 
 
 def _committed(path, sql: str) -> list:
@@ -127,4 +128,48 @@ def test_a_batch_writes_its_events_with_one_insert_and_a_failed_one_leaves_none(
         store.abandon_claim(abandoned)
         kept = _claim_intent(store, "kept.pdf")
     assert _committed(tmp_path / "jobs.db", f"SELECT job_id FROM events WHERE job_id>{ids[-1]}") == [(kept,)]
+    store.close()
+
+
+class _CountingCondition(threading.Condition):
+    notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        type(self).notified += 1
+        super().notify(n)
+
+
+def _committer_switches(store: Store) -> int:
+    tid = store._committer.native_id
+    status = open(f"/proc/self/task/{tid}/status").read()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_the_committer_is_woken_only_from_idle_and_answers_still_commit_within_group_wait(tmp_path):
+    """In a burst each commit window woke the committer, which found the lock held and
+    waited again: a tenth of the sending loop's time (issue 12).  Now it looks by itself
+    while answers come, and is woken only after it fell idle; no answer waits longer."""
+    store = Store(tmp_path / "jobs.db")
+    store._kick = _CountingCondition(store._lock)
+    late = []
+    for i in range(30):  # a burst: an answer every 5 ms
+        with store._lock:
+            _write(store, f"a{i}", durable=False)
+            written = time.monotonic()
+        deadline = written + 1.0
+        while store._open and time.monotonic() < deadline:  # a fine poll: the delay is what is measured
+            time.sleep(0.001)
+        late.append(time.monotonic() - written)
+        time.sleep(0.005)
+    assert _CountingCondition.notified == 0  # the first answer started it; the rest it found itself
+    assert max(late) < GROUP_WAIT + 0.03  # each committed within the window, give or take a tick
+    assert len(_committed(tmp_path / "jobs.db", "SELECT key FROM meta WHERE key LIKE 'a%'")) == 30
+    wait_for(lambda: store._committer_idle, 2, "the committer idle")
+    idle_switches = _committer_switches(store)
+    time.sleep(0.3)
+    assert _committer_switches(store) == idle_switches  # idle is idle
+    _write(store, "after", durable=False)  # from idle: woken, and committed as before
+    wait_for(lambda: _committed(tmp_path / "jobs.db", "SELECT 1 FROM meta WHERE key='after'"), 1,
+             "the answer after idle committed")
+    assert _CountingCondition.notified == 1
     store.close()
