@@ -34,7 +34,7 @@ from gateway.errors import (
 from gateway.faults import crash_point
 from gateway.filing import bases
 from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
-from gateway.judge import safe_read
+from gateway.judge import read_in
 from gateway.metrics import Metrics
 from gateway.reload import Reload
 from gateway.stage import Stage
@@ -577,7 +577,7 @@ class Dispatcher(Stage):
         held = spool.job_dir(job.private_root, job.id) / job.rel_dir
         out = []
         for i, name in enumerate(job.documents):
-            data = safe_read(held / name)
+            data = read_in(held, name)
             kind = job.kinds[i] if i < len(job.kinds) else sniff(data[:16]) or "pdf"  # as judged
             out.append(Attachment(safe_file_name(name, kind), data))
         return out

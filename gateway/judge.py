@@ -41,9 +41,11 @@ def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None)
     FIFO, and check after opening that the file is the one that was looked at.  With
     `root`, the folders from `root` down to the file are opened without following links
     too (an outbox, whose folders a writer may swap for links)."""
-    rel = str(path.parent.relative_to(root)) if root is not None else ""
+    if root is None:
+        return read_in(path.parent, path.name, limit)
+    rel = str(path.parent.relative_to(root))
     try:
-        with open_dir(root if root is not None else path.parent, "" if rel == "." else rel) as folder:
+        with open_dir(root, "" if rel == "." else rel) as folder:
             return _read_at(folder, path.name, limit, path.parent)
     except SpoolError as exc:
         raise Rejected("unsafe_file", str(exc)) from None
@@ -51,7 +53,19 @@ def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None)
         raise Rejected("unreadable", f"{path.name} disappeared before it could be read") from None
 
 
-def _read_at(folder: int, name: str, limit: int | None, where: Path) -> bytes:
+def read_in(folder: str | Path, name: str, limit: int | None = None) -> bytes:
+    """`safe_read` of `name` in `folder`, for a caller that has the two apart: no Path is
+    made and taken apart again (for every document, twice: issue 12)."""
+    try:
+        with open_dir(folder) as fd:
+            return _read_at(fd, name, limit, folder)
+    except SpoolError as exc:
+        raise Rejected("unsafe_file", str(exc)) from None
+    except FileNotFoundError:
+        raise Rejected("unreadable", f"{name} disappeared before it could be read") from None
+
+
+def _read_at(folder: int, name: str, limit: int | None, where: str | Path) -> bytes:
     try:
         st = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
@@ -91,12 +105,12 @@ def _read_fd(fd: int, size: int, cap: int | None) -> bytes:
     return b"".join(chunks)
 
 
-def describe_unsafe(name: str, st: os.stat_result, folder: Path | None = None) -> None:
+def describe_unsafe(name: str, st: os.stat_result, folder: str | Path | None = None) -> None:
     if stat.S_ISLNK(st.st_mode):
         target = ""
         if folder is not None:
             try:
-                target = f" to {shown(os.readlink(folder / name))}"
+                target = f" to {shown(os.readlink(os.path.join(folder, name)))}"
             except OSError:
                 pass
         raise Rejected("unsafe_file", f"{name} is a symbolic link{target}; it was not followed, and "
@@ -194,7 +208,8 @@ def read_group(rel_dir: str, documents: list[str], sidecar_name: str | None, out
     dests = destinations(rel_dir, outbox, sidecar)
     data = []
     for name in documents:
-        content = safe_read(folder / name, outbox.max_file_size, root=root)
+        content = (read_in(folder, name, outbox.max_file_size) if root is None
+                   else safe_read(folder / name, outbox.max_file_size, root=root))
         if len(content) > outbox.max_file_size:
             raise Rejected("too_large", f"{name} is larger than max_file_size ({outbox.max_file_size} bytes)")
         if not content:

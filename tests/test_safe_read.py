@@ -38,3 +38,19 @@ def test_a_link_is_not_followed(tmp_path):
     with pytest.raises(Rejected) as info:
         safe_read(tmp_path / "link.pdf")
     assert info.value.reason_code == "unsafe_file"
+
+
+def test_read_in_reads_and_refuses_as_safe_read_does(tmp_path):
+    """read_in (folder and name apart, issue 12) is safe_read without a Path to take apart."""
+    from gateway.judge import read_in
+
+    (tmp_path / "f.pdf").write_bytes(b"%PDF-1.4 x")
+    (tmp_path / "link.pdf").symlink_to(tmp_path / "f.pdf")
+    assert read_in(tmp_path, "f.pdf") == read_in(str(tmp_path), "f.pdf") == safe_read(tmp_path / "f.pdf")
+    for folder in (tmp_path, str(tmp_path)):
+        with pytest.raises(Rejected, match=r"link\.pdf is a symbolic link to .*f\.pdf") as exc:
+            read_in(folder, "link.pdf")
+        assert exc.value.reason_code == "unsafe_file"
+        with pytest.raises(Rejected, match="gone.pdf disappeared") as exc:
+            read_in(folder, "gone.pdf")
+        assert exc.value.reason_code == "unreadable"
