@@ -7,7 +7,7 @@ CPU, whose caches are cold), and a document costs about 160 futex calls in a bur
 machine (benchmarks/RESULTS.md), 13% less CPU per document and a burst 20-50% faster.
 What runs beside the lock still has the other CPUs: the document reader and a
 notify.command are processes of their own, started with every CPU the daemon was
-allowed (`all_cpus`), and the kernel moves other programs off the daemon's CPU.
+allowed (`all_cpus`); other programs are scheduled as before, on any CPU.
 
 Only where Linux offers it, only when more than one CPU is allowed (systemd's
 `CPUAffinity=` or `taskset` may choose the CPU), and not with FAX_GATEWAY_ONE_CPU=no.

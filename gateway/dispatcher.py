@@ -255,10 +255,13 @@ class Dispatcher(Stage):
         """A new key, URL, timeout or concurrency (SIGHUP).  Requests under way finish
         with the client and workers they started with, which close at shutdown.  A pause
         for a refused account is probed again at once: the new key may cure it."""
+        pool = Workers(max_in_flight, "ifax")  # made first: if it cannot start, nothing changed
         with self._lock:
-            self._pool.close()  # its threads end once their requests did
+            # The old pool stays open until shutdown: `_launch` may have taken it just before
+            # this swap and hand it a request after (closing it here once made that request
+            # "not sent" and stranded its round's committed intents).
             self._retired.append((self._pool, self.client))
-            self._pool = Workers(max_in_flight, "ifax")
+            self._pool = pool
             self.client = client
             self.max_in_flight, self.max_polls = max_in_flight, max(1, max_in_flight // 2)
             self._next_probe = 0.0

@@ -524,7 +524,9 @@ def move_file(src: Path, dst: Path) -> None:
 def result_json(document: dict[str, Any]) -> bytes:
     """A result file's text: JSON indented by two, UTF-8.  orjson writes it in 1 us where
     json took 45 (issue 12: one per document); what orjson cannot write (an integer beyond
-    64 bits, say an odd `code` from iFax) is written by json, in the same shape."""
+    64 bits, say an odd `code` from iFax) is written by json, in the same shape.  orjson
+    writes a float in its shortest form (0.00001, not 1e-05) and an infinite one as null
+    (json wrote the invalid Infinity)."""
     try:
         return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     except TypeError:

@@ -1652,13 +1652,22 @@ _PHASES = {str(p): p for p in Phase}
 _raw_decode = json.JSONDecoder().raw_decode
 
 
+def _state(value: str) -> JobState:
+    """A dict lookup; anything else is refused by the enum, which says what it got."""
+    return _STATES.get(value) or JobState(value)
+
+
+def _phase(value: str) -> Phase:
+    return _PHASES.get(value) or Phase(value)
+
+
 def _loads(text: str | None, empty: str) -> Any:
     """`json.loads` of a column this module wrote with `json.dumps`.  Rows are turned into
     objects for every document several times (issue 12), and `json.loads` costs five times
     what its scanner does: the common empty values are not parsed at all, the rest go
     straight to the scanner, and only text with anything around the value (never written
     here) takes the long way."""
-    if text is None or text == empty:
+    if not text or text == empty:  # "" too, as json.loads(text or "[]") read it
         return [] if empty == "[]" else {}
     try:
         value, end = _raw_decode(text)
@@ -1668,7 +1677,7 @@ def _loads(text: str | None, empty: str) -> Any:
 
 
 def _recipient(r: sqlite3.Row) -> Recipient:
-    return Recipient(id=r["id"], job_id=r["job_id"], number=r["number"], state=_STATES[r["state"]],
+    return Recipient(id=r["id"], job_id=r["job_id"], number=r["number"], state=_state(r["state"]),
                      attempts=r["attempts"] or 0, ifax_job_id=r["ifax_job_id"], pages=r["pages"],
                      transferred_pages=r["transferred_pages"], cost=r["cost"], code=r["code"],
                      message=r["message"], accepted_at=r["accepted_at"],
@@ -1679,8 +1688,8 @@ def _recipient(r: sqlite3.Row) -> Recipient:
 
 
 def _job(r: sqlite3.Row) -> Job:
-    return Job(id=r["id"], outbox=r["outbox"], outbox_path=r["outbox_path"], state=_STATES[r["state"]],
-               phase=_PHASES[r["phase"]], reason=r["reason"], reason_code=r["reason_code"],
+    return Job(id=r["id"], outbox=r["outbox"], outbox_path=r["outbox_path"], state=_state(r["state"]),
+               phase=_phase(r["phase"]), reason=r["reason"], reason_code=r["reason_code"],
                simulated=bool(r["simulated"]), rel_dir=_name_out(r["rel_dir"]) or "",
                sources=[SourceFile(**s) for s in _loads(r["sources"], "[]")],
                documents=_loads(r["documents"], "[]"), sidecar=_name_out(r["sidecar"]),

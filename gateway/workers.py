@@ -66,5 +66,5 @@ class Workers:
             fn, args = item
             try:
                 fn(*args)
-            except Exception:  # each call handles its own failures; this is the last net
-                log.exception("%s: a call failed", self.name)
+            except BaseException:  # each call handles its own failures; this is the last net,
+                log.exception("%s: a call failed", self.name)  # and the thread stays

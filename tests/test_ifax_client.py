@@ -492,3 +492,6 @@ def test_requests_and_answers_read_and_write_as_json_did():
     assert _loads(b'{"status": 1, "data": {"jobId": 42}}') == {"status": 1, "data": {"jobId": 42}}
     assert _loads(b'{"status": 1, "cost": NaN}')["status"] == 1  # json reads what orjson refuses
     assert _loads(b"<html>busy</html>") is None and _loads(b"\xff\xfe") is None
+    # orjson reads an integer beyond 64 bits as a float: such a jobId must come back exactly
+    assert _loads(b'{"data": {"jobId": 18446744073709551617}}')["data"]["jobId"] == 18446744073709551617
+    assert _loads(b'{"data": {"jobId": 1234567890123456789}}')["data"]["jobId"] == 1234567890123456789

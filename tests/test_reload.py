@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -261,3 +262,20 @@ def test_a_reload_with_a_new_rate_grants_no_fresh_burst(service, spool, simulato
     assert svc.reload()
     assert svc.dispatcher.limiter.rate == pytest.approx(12 / 60)
     assert svc.dispatcher.limiter.try_acquire() > 0  # still spent: the next request waits for the new pace
+
+
+def test_the_workers_a_reload_replaced_still_take_what_was_handed_to_them(service, make_config):
+    """The sending loop takes its pool, then hands it a request (its intent committed): a
+    reload that swaps the pool in between must not leave that request "not sent" and its
+    round stranded.  The replaced workers stay open until the daemon stops."""
+    config = make_config(api={"timeout": "5s"})
+    svc = service(config)
+    old = svc.dispatcher._pool
+    config.write_text(config.read_text().replace("timeout: 5s\n", "timeout: 6s\n"))  # a new client
+    assert svc.reload()
+    assert svc.dispatcher._pool is not old
+    ran = threading.Event()
+    old.submit(ran.set)  # what a launch that took the old pool just before the swap does next
+    assert ran.wait(5)
+    svc.stop()
+    assert not any(t.is_alive() for t in old._threads)  # closed and joined at the stop

@@ -26,7 +26,21 @@ def test_empty_values_are_new_objects_each_time():
     assert b == [] and _loads("[]", "[]") == [] and _loads(None, "{}") == {}
 
 
-@pytest.mark.parametrize("text", ['["pdf"] x', '["pdf"', "", "nan"])
+def test_an_empty_column_reads_as_empty_as_before():
+    """`json.loads(text or "[]")` read "" (a row someone wrote by hand) as empty."""
+    assert _loads("", "[]") == [] and _loads("", "{}") == {}
+
+
+def test_a_state_no_version_wrote_is_named_in_the_error():
+    from gateway.store import _phase, _state
+    assert _state("delivered") is JobState.DELIVERED and _phase("held") is Phase.HELD
+    with pytest.raises(ValueError, match="'deliverd' is not a valid JobState"):
+        _state("deliverd")
+    with pytest.raises(ValueError, match="'hold' is not a valid Phase"):
+        _phase("hold")
+
+
+@pytest.mark.parametrize("text", ['["pdf"] x', '["pdf"', "nan"])
 def test_bad_json_raises_as_json_loads_does(text):
     with pytest.raises(json.JSONDecodeError):
         _loads(text, "[]")
