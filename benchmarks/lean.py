@@ -211,6 +211,38 @@ def machine_share(before: list[int], after: list[int]) -> tuple[float, float]:
     return 100.0 * (total - d[3] - d[4]) / total, 100.0 * d[7] / total
 
 
+def each_cpu_ticks() -> dict[int, list[int]]:
+    """/proc/stat's line of each CPU, by number."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *values = line.split()
+            out[int(name[3:])] = [int(x) for x in values]
+    return out
+
+
+def pinned_cpu(pid: int) -> int | None:
+    """The one CPU the daemon keeps its threads on (gateway/cpu.py), if it does."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            value = line.split(":", 1)[1].strip()
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def cpu_split_note(pid: int, before: dict[int, list[int]], after: dict[int, list[int]]) -> str:
+    """How busy the daemon's own CPU was, and the others: whether a burst was bound by the
+    daemon's CPU (about 100%) or by waiting."""
+    mine = pinned_cpu(pid)
+    if mine is None or mine not in after:
+        return ""
+    def busy(cpus: list[int]) -> float:
+        d = [sum(after[c][i] - before[c][i] for c in cpus) for i in range(8)]
+        return 100.0 * (sum(d) - d[3] - d[4]) / (sum(d) or 1)
+    others = [c for c in after if c != mine and c in before]
+    return f"; the daemon's CPU {mine} {busy([mine]):.0f}% busy, the others {busy(others):.0f}%"
+
+
 def task_switches(pid: int) -> dict[int, int]:
     """Voluntary context switches of each thread now alive."""
     out = {}
@@ -821,6 +853,7 @@ def main() -> None:
             for r in range(1, args.rounds + 1):
                 tracer = None
                 (user0, sys0), machine0 = cpu_split(daemon.pid), machine_ticks()
+                each0 = each_cpu_ticks()
                 switches0 = thread_totals(daemon.pid)[0]
                 tasks0, sim0 = task_cpu(daemon.pid), cpu_ticks(sim.proc.pid)
                 if r in (3, 4) and pyspy_ok:
@@ -833,6 +866,7 @@ def main() -> None:
                     profiles[r] = tracer.stop()
                     profiled_seconds[r] = tracer.seconds
                 (user1, sys1), machine1 = cpu_split(daemon.pid), machine_ticks()
+                split = cpu_split_note(daemon.pid, each0, each_cpu_ticks())
                 switches = (thread_totals(daemon.pid)[0] - switches0) / n
                 tasks1, sim1 = task_cpu(daemon.pid), cpu_ticks(sim.proc.pid)
                 time.sleep(0.5)
@@ -850,7 +884,7 @@ def main() -> None:
                       f"CPU {user + system:.1f} ms/doc ({user:.1f} user + {system:.1f} system), "
                       f"{switches:.0f} voluntary context switches/doc, RSS {rss:.1f} MB; "
                       f"machine busy {busy:.0f}% "
-                      f"of {os.cpu_count()} cores, steal {steal:.1f}%{note}")
+                      f"of {os.cpu_count()} cores{split}, steal {steal:.1f}%{note}")
             hwm = status_kb(daemon.pid, "VmHWM") / 1024
             names = thread_names(pyspy if pyspy_found else None, daemon.pid)  # also with --no-profile
             db = broot / "jobs.db"
