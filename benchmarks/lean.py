@@ -237,8 +237,8 @@ def cpu_split_note(pid: int, before: dict[int, list[int]], after: dict[int, list
     if mine is None or mine not in after:
         return ""
     def busy(cpus: list[int]) -> float:
-        d = [sum(after[c][i] - before[c][i] for c in cpus) for i in range(8)]
-        return 100.0 * (sum(d) - d[3] - d[4]) / (sum(d) or 1)
+        return machine_share([sum(before[c][i] for c in cpus) for i in range(8)],
+                             [sum(after[c][i] for c in cpus) for i in range(8)])[0]
     others = [c for c in after if c != mine and c in before]
     return f"; the daemon's CPU {mine} {busy([mine]):.0f}% busy, the others {busy(others):.0f}%"
 

@@ -73,41 +73,45 @@ def office(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _require_browser()
     root = tmp_path_factory.mktemp("office")
     sim = Simulator("127.0.0.1", 0, key="test-key", delay=0.2).start()
-    boxes = {}
-    for name in ("main", "second"):
-        for sub in ("outbox", "sent", "failed"):
-            (root / name / sub).mkdir(parents=True)
-        boxes[name] = {"name": name, "path": str(root / name / "outbox"), "sent": str(root / name / "sent"),
-                       "failed": str(root / name / "failed")}
-    status = f"127.0.0.1:{free_port()}"
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "api": {"base_url": sim.url, "key": "test-key", "timeout": "5s", "requests_per_minute": 6000},
-        "database": str(root / "jobs.db"),
-        "http": {"listen": f"127.0.0.1:{free_port()}", "status_listen": status},
-        "poll": {"interval": "0.2s"},
-        "defaults": {"settle": "0.3s", "rescan": "2s", "sidecar_wait": "1.5s", "resend": {"max": 0}},
-        "outboxes": list(boxes.values()),
-    }))
-    config.chmod(0o600)
-    daemon = Daemon(config).start()
-    main = Path(boxes["main"]["path"])
-    for number, name in (("+15551230100", "invoice.pdf"), ("+15551230666", "refused.pdf"),
-                         ("+15551230101", HOSTILE_NAME)):
-        (main / number).mkdir(exist_ok=True)
-        (main / number / name).write_bytes(make_pdf(2))
-    (main / "cover.pdf.yaml").write_text(yaml.safe_dump({
-        "to": "+15551230102", "subject": HOSTILE_SUBJECT, "reference": HOSTILE_REFERENCE}))
-    (main / "cover.pdf").write_bytes(make_pdf(1))
-    # sent/ and failed/ only: a walk of the whole outbox folder met the private folder's job
-    # folders, which the gateway removes as it files them (a FileNotFoundError mid-walk).
-    wait_for(lambda: sum(len(list((root / "main" / where).rglob("*.result.json")))
-                         for where in ("sent", "failed")) >= 4, 30, "four results")
-    shutil.rmtree(boxes["second"]["path"])  # the folder goes away: that outbox pauses
-    wait_for(lambda: httpx.get(daemon.url + "/healthz").status_code == 503, 15, "the paused outbox")
-    yield {"url": f"http://{status}", "root": root, "main": main, "daemon": daemon}
-    daemon.terminate()
-    sim.stop()
+    daemon = None
+    try:  # a setup that fails stops what it started too (no yield, no teardown otherwise)
+        boxes = {}
+        for name in ("main", "second"):
+            for sub in ("outbox", "sent", "failed"):
+                (root / name / sub).mkdir(parents=True)
+            boxes[name] = {"name": name, "path": str(root / name / "outbox"),
+                           "sent": str(root / name / "sent"), "failed": str(root / name / "failed")}
+        status = f"127.0.0.1:{free_port()}"
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "api": {"base_url": sim.url, "key": "test-key", "timeout": "5s", "requests_per_minute": 6000},
+            "database": str(root / "jobs.db"),
+            "http": {"listen": f"127.0.0.1:{free_port()}", "status_listen": status},
+            "poll": {"interval": "0.2s"},
+            "defaults": {"settle": "0.3s", "rescan": "2s", "sidecar_wait": "1.5s", "resend": {"max": 0}},
+            "outboxes": list(boxes.values()),
+        }))
+        config.chmod(0o600)
+        daemon = Daemon(config).start()
+        main = Path(boxes["main"]["path"])
+        for number, name in (("+15551230100", "invoice.pdf"), ("+15551230666", "refused.pdf"),
+                             ("+15551230101", HOSTILE_NAME)):
+            (main / number).mkdir(exist_ok=True)
+            (main / number / name).write_bytes(make_pdf(2))
+        (main / "cover.pdf.yaml").write_text(yaml.safe_dump({
+            "to": "+15551230102", "subject": HOSTILE_SUBJECT, "reference": HOSTILE_REFERENCE}))
+        (main / "cover.pdf").write_bytes(make_pdf(1))
+        # sent/ and failed/ only: a walk of the whole outbox folder met the private folder's job
+        # folders, which the gateway removes as it files them (a FileNotFoundError mid-walk).
+        wait_for(lambda: sum(len(list((root / "main" / where).rglob("*.result.json")))
+                             for where in ("sent", "failed")) >= 4, 30, "four results")
+        shutil.rmtree(boxes["second"]["path"])  # the folder goes away: that outbox pauses
+        wait_for(lambda: httpx.get(daemon.url + "/healthz").status_code == 503, 15, "the paused outbox")
+        yield {"url": f"http://{status}", "root": root, "main": main, "daemon": daemon}
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+        sim.stop()
 
 
 @pytest.fixture(scope="module")
