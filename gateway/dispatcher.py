@@ -652,7 +652,7 @@ class Dispatcher(Stage):
         crash_point("accepted")  # written, not yet committed: the store's committer does that
 
         def after() -> None:
-            self.metrics.jobs_submitted.labels(job.outbox).inc()
+            self.metrics.count(self.metrics.jobs_submitted, job.outbox)
             if job.settled_at:
                 self.metrics.submit_delay.observe(max(0.0, time.time() - job.settled_at))
             log.info("job %s: accepted by iFax as %s for %s", job.id, ifax_id, rec.number)
@@ -884,12 +884,13 @@ class Dispatcher(Stage):
         def after() -> None:
             job = self._job(rec.job_id)
             if cost:  # every attempt that ends, a resent one too (SPEC 4.4)
-                self.metrics.cost.labels(job.outbox).inc(cost)
+                self.metrics.count(self.metrics.cost, job.outbox, amount=cost)
             if new_state not in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
                 return
             self._jobs.pop(job.id, None)
             if new_state == JobState.DELIVERED:
-                self.metrics.pages_sent.labels(job.outbox).inc(st.transferred_pages or rec.pages or 0)
+                self.metrics.count(self.metrics.pages_sent, job.outbox,
+                                   amount=st.transferred_pages or rec.pages or 0)
             if rec.accepted_at:
                 self.metrics.delivery_duration.observe(max(0.0, now - rec.accepted_at))
             log.info("job %s: %s for %s", job.id, new_state, rec.number)

@@ -431,6 +431,8 @@ _SPECIAL_LETTERS = str.maketrans({
 })
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SUFFIX = re.compile(r"\.([A-Za-z0-9]{1,5})$")
+_RUNS_OF_DOTS = re.compile(r"\.{2,}")
+_RUNS_OF_UNDERSCORES = re.compile(r"_{2,}")
 _MAX_NAME = 100
 
 
@@ -448,9 +450,10 @@ def safe_file_name(name: str, kind: str) -> str:
     match = _SUFFIX.search(base)
     if match and not match.group(1).isdigit() and match.start() > 0:
         base = base[: match.start()]
-    base = unicodedata.normalize("NFKD", base.translate(_SPECIAL_LETTERS))
-    base = "".join(ch for ch in base if not unicodedata.combining(ch))
+    if not base.isascii():  # ASCII has no letter to spell out and no accent to drop
+        base = unicodedata.normalize("NFKD", base.translate(_SPECIAL_LETTERS))
+        base = "".join(ch for ch in base if not unicodedata.combining(ch))
     base = _UNSAFE.sub("_", base)
-    base = re.sub(r"_{2,}", "_", re.sub(r"\.{2,}", ".", base))
+    base = _RUNS_OF_UNDERSCORES.sub("_", _RUNS_OF_DOTS.sub(".", base))
     base = base.strip("._-")[: _MAX_NAME - len(extension)].rstrip("._-")
     return f"{base or 'document'}{extension}"

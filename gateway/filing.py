@@ -9,6 +9,7 @@ the ones behind it, however many there are.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -197,7 +198,7 @@ class Filing(Stage):
         for job in moved:
             self.blocked.clear(("job", job.id), "filed")
             if job.state != JobState.REJECTED:  # rejections are counted when judged
-                self.metrics.jobs_completed.labels(job.outbox, job.state).inc()
+                self.metrics.count(self.metrics.jobs_completed, job.outbox, job.state)
             what = shown(", ".join(job.names)) if self.file_names else f"{len(job.names)} file(s)"
             self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
             if notices[job.id]:
@@ -230,27 +231,28 @@ class Filing(Stage):
 
     # -- filing -----------------------------------------------------------------------
 
-    def _roots(self, job: Job) -> tuple[Path, Path]:
+    def _roots(self, job: Job) -> tuple[str, str]:
         """Where the job was told to go when it was claimed; the configuration only for
-        jobs claimed before that was recorded."""
+        jobs claimed before that was recorded.  Strings, as recorded: no Path is made for
+        every job filed (issue 12)."""
         ob = self.outboxes.get(job.outbox)
         sent = job.sent_root or (str(ob.sent) if ob else None)
         failed = job.failed_root or (str(ob.failed) if ob else None)
         if sent is None or failed is None:
             raise SpoolError(f"its outbox {job.outbox!r} is no longer in the configuration and the job "
                              "does not record its sent/failed folders: add the outbox back to file it")
-        return Path(sent), Path(failed)
+        return sent, failed
 
-    def _destination(self, job: Job) -> tuple[Job, str, Path, tuple[str, str]]:
+    def _destination(self, job: Job) -> tuple[Job, str, str, tuple[str, str]]:
         filed_to = "sent" if job.state == JobState.DELIVERED else "failed"
         sent, failed = self._roots(job)
         root = sent if filed_to == "sent" else failed
-        return job, filed_to, root, (str(root / job.rel_dir), job.primary)
+        return job, filed_to, root, (os.path.join(root, job.rel_dir) if job.rel_dir else root, job.primary)
 
     def _move(self, job: Job, syncs: spool.DirSyncs) -> None:
         assert job.filed_root is not None and job.filed_suffix is not None
         spool.file_job(private=job.private_root, job_id=job.id, rel_dir=job.rel_dir,
-                       names=job.names, bases=bases(job), dest_root=Path(job.filed_root),
+                       names=job.names, bases=bases(job), dest_root=job.filed_root,
                        suffix=job.filed_suffix, result_name=result_name(job),
                        result=lambda filed: result_document(job, [shown(f) for f in filed]),
                        crash_hook=crash_point, syncs=syncs)

@@ -396,7 +396,8 @@ class Intake(Stage):
             self.blocked_claims.clear(key, "claimed")
             for n in plan.names:
                 self.watcher.forget(ob.name, os.path.join(plan.rel_dir, n) if plan.rel_dir else n)
-            self.metrics.files_detected.labels(ob.name).inc(len(plan.names) - len(taken[job_id]))
+            self.metrics.count(self.metrics.files_detected, ob.name,
+                               amount=len(plan.names) - len(taken[job_id]))
         return wake
 
     def _undo_claim(self, job_id: int, outbox_path: Path, private: Path, rel_dir: str,
@@ -649,7 +650,7 @@ def _readable(root: Path, name: str, seen: Seen) -> bool:
     ctime, mode and owner are those it was given for, for at most READABLE_TRUST: a change
     of permissions, owner or ACL changes the ctime (issue 12: `access` was 5.8 calls per
     document).  A no is asked again every time."""
-    path = root / name
+    path = os.path.join(root, name)  # a string: no Path made per file per plan (issue 12)
     try:
         st = os.lstat(path)
     except OSError:

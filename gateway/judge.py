@@ -202,7 +202,7 @@ def read_group(rel_dir: str, documents: list[str], sidecar_name: str | None, out
         raise Rejected("bad_sidecar", f"{sidecar_name} names no document")
     for name in documents:  # a link or a device is unsafe whatever else is wrong with it
         try:
-            describe_unsafe(name, os.lstat(folder / name), folder)
+            describe_unsafe(name, os.lstat(os.path.join(folder, name)), folder)
         except FileNotFoundError:
             pass
     dests = destinations(rel_dir, outbox, sidecar)

@@ -56,6 +56,11 @@ def shown(name: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
     people, and nothing parses it back.
     """
     text = os.fsdecode(name)
+    if text.isascii() and text.isprintable():
+        # Nothing to escape (the table's ASCII entries are the non-printable ones), and
+        # translate() through a dict costs a few microseconds per name, several times
+        # a document (issue 12).
+        return text
     return text.translate(_ESCAPES)
 
 

@@ -260,8 +260,8 @@ def claim(outbox: str | Path, private: str | Path, job_id: int, rel_dir: str, so
     were not taken (gone, or replaced, before they could be).  With `syncs`, the folders
     are synced by the caller, once for its whole batch.
     """
-    dst_path = job_dir(private, job_id) / rel_dir
-    longest = max((len(os.fsencode(dst_path / s.name)) for s in sources), default=0)
+    longest = max((len(os.fsencode(os.path.join(private, str(job_id), rel_dir, s.name))) for s in sources),
+                  default=0)
     if longest >= PATH_MAX:  # refused before any folder is made, so nothing is left to undo
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(Path(outbox) / rel_dir))
     missing = []
@@ -406,7 +406,7 @@ def result_name(primary: str, job_id: int) -> str:
     return result_file_name(primary, job_id)
 
 
-def choose_suffix(dest_root: Path, rel_dir: str, names: Sequence[str], bases: Sequence[str],
+def choose_suffix(dest_root: str | Path, rel_dir: str, names: Sequence[str], bases: Sequence[str],
                   start: int = 0) -> int:
     """The lowest N from `start` for which no file of the job (result included) would
     overwrite one.  The caller starts after the highest N it used for the name, so a name
@@ -547,7 +547,7 @@ def write_result(path: Path, document: dict[str, Any]) -> None:
 # -- filing and taking back -------------------------------------------------------------
 
 def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
-             bases: Sequence[str], dest_root: Path, suffix: int, result_name: str,
+             bases: Sequence[str], dest_root: str | Path, suffix: int, result_name: str,
              result: Callable[[list[str]], dict[str, Any]], crash_hook: Any = None,
              syncs: DirSyncs | None = None) -> list[str]:
     """Move the job's files to `dest_root/rel_dir/` under their suffixed names, then write
@@ -556,7 +556,7 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
     the names as filed.  With `syncs`, the destination is synced by the caller once for
     its whole batch, and the job's folder removed only after that (and the roots are
     opened once for the batch: `DirSyncs.opened`)."""
-    if not dest_root.is_dir():
+    if not os.path.isdir(dest_root):
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
     with ExitStack() as stack:
@@ -746,7 +746,7 @@ def remove_empty_dirs(root: Path, rel_dir: str) -> None:
 def files_left(*, dest_root: Path, rel_dir: str, names: Sequence[str]) -> bool | None:
     """Whether any of `names` lies in `dest_root/rel_dir/` (lstat only, nothing opened);
     None when that cannot be told (the root is missing, a link in the way)."""
-    if not dest_root.is_dir():
+    if not os.path.isdir(dest_root):
         return None
     try:
         with open_dir(dest_root, rel_dir) as d:

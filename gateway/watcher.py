@@ -343,10 +343,12 @@ class Watcher:
             rel = relative(path, str(wo.root))
         except ValueError:
             return
-        if rel.startswith("..") or rel == "." or is_ignored(rel):
+        seen = wo.files.get(rel)
+        # A file already known passed these checks when it was first seen (here or in a
+        # rescan); most events are of known files (issue 12).
+        if seen is None and (rel.startswith("..") or rel == "." or is_ignored(rel)):
             return
         now = self.clock()
-        seen = wo.files.get(rel)
         folder = rel.rpartition(os.sep)[0]
         if kind == "gone":
             if seen is not None and not os.path.lexists(path):
@@ -434,7 +436,8 @@ class Watcher:
 
     def _check(self, wo: WatchedOutbox, seen: Seen, now: float) -> None:
         folder = seen.rel.rpartition(os.sep)[0]
-        sig = _signature(wo.root / seen.rel)
+        path = os.path.join(wo.root, seen.rel)  # a string: no Path made per look (issue 12)
+        sig = _signature(path)
         if sig is None or stat.S_ISDIR(sig[3]):
             wo.drop(seen.rel)
             return
@@ -453,7 +456,7 @@ class Watcher:
         if now - seen.changed_at < wo.settle:
             self._schedule(wo, seen, seen.changed_at + wo.settle)
             return
-        if open_for_writing(wo.root / seen.rel, sig):
+        if open_for_writing(path, sig):
             # A writer we had no event for still holds it: look again later, less often
             # the longer it stays open, so that many such files cost little.
             seen.lease_holds += 1
@@ -533,7 +536,7 @@ def leases_usable() -> bool:
         return False
 
 
-def open_for_writing(path: Path, sig: tuple[int, int, int, int]) -> bool:
+def open_for_writing(path: str | Path, sig: tuple[int, int, int, int]) -> bool:
     """True if some process holds the file open for writing.
 
     The kernel refuses a read lease (EAGAIN) while any writer has the file open.  This
