@@ -247,7 +247,7 @@ class Filing(Stage):
         filed_to = "sent" if job.state == JobState.DELIVERED else "failed"
         sent, failed = self._roots(job)
         root = sent if filed_to == "sent" else failed
-        return job, filed_to, root, (os.path.join(root, job.rel_dir) if job.rel_dir else root, job.primary)
+        return job, filed_to, root, (filed_folder(root, job.rel_dir), job.primary)
 
     def _move(self, job: Job, syncs: spool.DirSyncs) -> None:
         assert job.filed_root is not None and job.filed_suffix is not None
@@ -268,6 +268,13 @@ class Filing(Stage):
         n = self.store.reopen_job(job.id)
         self.log.info("job %s: taken back from failed/, sending again to %d recipient(s)", job.id, n)
         self.on_reopened()
+
+
+def filed_folder(root: str, rel_dir: str) -> str:
+    """`str(Path(root) / rel_dir)` for the normalised root and rel_dir a job holds, without
+    the Path: the key under which the suffixes table remembers the names used there, so
+    it must stay the same text from version to version."""
+    return os.path.join(root, rel_dir) if rel_dir else root
 
 
 def bases(job: Job) -> list[str]:

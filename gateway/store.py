@@ -130,7 +130,7 @@ def check_transition(table: dict[JobState, frozenset[JobState]], old: str, new: 
         return
     # A state's text finds its member (a StrEnum hashes and compares as its value), so no
     # JobState is built: several checks a document (issue 12).  A text that is no state
-    # is in no set, and refused the same way.
+    # is in no set: refused as a transition that cannot be (it was a ValueError before).
     if new not in table.get(old, ()):  # type: ignore[call-overload]
         raise InvalidTransition(f"{what} cannot go from {old} to {new}")
 
@@ -1671,7 +1671,9 @@ def _dumps(value: Any) -> str:
     name holding an undecodable byte (a lone surrogate), an integer beyond 64 bits, a key
     that is no text.  Both are read back the same by `_loads`."""
     try:
-        return orjson.dumps(value).decode()
+        # Passthrough: a date or a dataclass is refused by orjson as by json, not written.
+        return orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME
+                            | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
     except TypeError:
         return json.dumps(value)
 

@@ -161,12 +161,12 @@ def test_the_committer_is_woken_only_from_idle_and_answers_still_commit_within_g
         deadline = written + 1.0
         while store._open and time.monotonic() < deadline:  # a fine poll: the delay is what is measured
             time.sleep(0.001)
-        assert not store._open, f"answer {i} was not committed within a second"
+        assert not store._open and commits, f"answer {i} was not committed within a second"
         late.append(commits[-1] - written)
         time.sleep(0.005)
     assert _CountingCondition.notified == 0  # the first answer started it; the rest it found itself
-    # Each commit began within the window, give or take a tick of a busy machine's scheduler.
-    assert max(late) < GROUP_WAIT + 0.05, late
+    # Each commit began within the window, give or take a tick.
+    assert max(late) < GROUP_WAIT + 0.03, late
     assert len(_committed(tmp_path / "jobs.db", "SELECT key FROM meta WHERE key LIKE 'a%'")) == 30
     wait_for(lambda: store._committer_idle, 2, "the committer idle")
     idle_switches = _committer_switches(store)

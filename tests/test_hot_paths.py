@@ -43,7 +43,13 @@ def test_log_time_is_loggings_own_across_seconds(formatter: logging.Formatter) -
 def test_counting_through_kept_series_counts_into_the_labelled_series() -> None:
     metrics, other = Metrics(["main"]), Metrics(["main"])
     metrics.count(metrics.jobs_submitted, "main")
+    metrics.count(metrics.pages_sent, "main", amount=5)  # the same labels, another metric
+    metrics.count(metrics.cost, "main", amount=0.25)
+    metrics.count(metrics.files_detected, "main", amount=7)
     metrics.count(metrics.jobs_submitted, "main", amount=2)
+    assert metrics.pages_sent.labels("main")._value.get() == 5
+    assert metrics.cost.labels("main")._value.get() == 0.25
+    assert metrics.files_detected.labels("main")._value.get() == 7
     metrics.count(metrics.jobs_completed, "main", JobState.DELIVERED)
     metrics.count(metrics.jobs_completed, "main", "delivered")
     metrics.api_request("fax-send", "ok", 0.25)
@@ -53,6 +59,31 @@ def test_counting_through_kept_series_counts_into_the_labelled_series() -> None:
     assert metrics.api_requests.labels("fax-send", "ok")._value.get() == 2
     assert metrics.api_duration.labels("fax-send")._sum.get() == 0.75
     assert other.jobs_submitted.labels("main")._value.get() == 0  # each registry its own
+
+
+def test_a_filed_folder_is_named_as_a_path_would_name_it() -> None:
+    """The suffixes table keys on this text: it must be what `str(Path(root) / rel_dir)` was."""
+    from pathlib import Path
+
+    from gateway.filing import filed_folder
+    for root in ["/srv/fax/sent", "/", "/srv/fax/sent/main"]:
+        for rel_dir in ["", "+15551234567", "Kunden/Müller", "a/b/c", "bad\udcff"]:
+            assert filed_folder(root, rel_dir) == str(Path(root) / rel_dir), (root, rel_dir)
+
+
+def test_a_destination_root_is_missing_only_when_it_is_not_there(tmp_path) -> None:
+    """As Path.is_dir: a folder that is not there is missing, any other error is itself
+    (a denied or dead folder must not read as "does not exist")."""
+    import errno
+
+    from gateway.spool import _is_dir
+    (tmp_path / "file").write_text("x")
+    assert _is_dir(tmp_path) and _is_dir(str(tmp_path))
+    for gone in [tmp_path / "none", tmp_path / "file", tmp_path / "file" / "below"]:
+        assert _is_dir(gone) is False and gone.is_dir() is False
+    with pytest.raises(OSError) as raised:
+        _is_dir(tmp_path / ("x" * 300))  # an error that is not "not there"
+    assert raised.value.errno == errno.ENAMETOOLONG
 
 
 def test_transitions_are_checked_from_the_states_text() -> None:
