@@ -43,7 +43,9 @@ def test_private_folder_lies_beside_the_outbox_out_of_the_watched_tree(daemon, s
     (spool.folder("+15551230701") / "a.pdf").write_bytes(make_pdf(1))
     spool.wait_results(1, "sent")
     assert not (spool.outbox / ".fax-gateway").exists()
-    assert list(spool.private.iterdir()) == []
+    # The job's folder is removed once the filed files are synced, just after the result
+    # file appears in sent/.
+    wait_for(lambda: list(spool.private.iterdir()) == [], 10, "the job's folder removed")
     assert "Callback" not in d.log.read_text()  # its folders are never watched
 
 
