@@ -223,11 +223,8 @@ def each_cpu_ticks() -> dict[int, list[int]]:
 
 def pinned_cpu(pid: int) -> int | None:
     """The one CPU the daemon keeps its threads on (gateway/cpu.py), if it does."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            value = line.split(":", 1)[1].strip()
-            return int(value) if value.isdigit() else None
-    return None
+    cpus = os.sched_getaffinity(pid)
+    return next(iter(cpus)) if len(cpus) == 1 else None
 
 
 def cpu_split_note(pid: int, before: dict[int, list[int]], after: dict[int, list[int]]) -> str:

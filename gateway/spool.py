@@ -546,20 +546,6 @@ def write_result(path: Path, document: dict[str, Any]) -> None:
 
 # -- filing and taking back -------------------------------------------------------------
 
-def _is_dir(path: str | Path) -> bool:
-    """`Path.is_dir` for a string too: False only where the folder is not there (missing, not a
-    folder, a link loop); any other error (a denied folder, a dead mount) is raised, so that it
-    is reported as itself and not as a missing folder."""
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
-            return False
-        raise
-    except ValueError:
-        return False
-
-
 def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[str],
              bases: Sequence[str], dest_root: str | Path, suffix: int, result_name: str,
              result: Callable[[list[str]], dict[str, Any]], crash_hook: Any = None,
@@ -570,7 +556,7 @@ def file_job(*, private: str | Path, job_id: int, rel_dir: str, names: Sequence[
     the names as filed.  With `syncs`, the destination is synced by the caller once for
     its whole batch, and the job's folder removed only after that (and the roots are
     opened once for the batch: `DirSyncs.opened`)."""
-    if not _is_dir(dest_root):
+    if not Path(dest_root).is_dir():  # a denied or dead folder raises as itself
         raise SpoolError(f"{dest_root} does not exist; the job waits until it is back")
     filed = []
     with ExitStack() as stack:
@@ -760,7 +746,7 @@ def remove_empty_dirs(root: Path, rel_dir: str) -> None:
 def files_left(*, dest_root: Path, rel_dir: str, names: Sequence[str]) -> bool | None:
     """Whether any of `names` lies in `dest_root/rel_dir/` (lstat only, nothing opened);
     None when that cannot be told (the root is missing, a link in the way)."""
-    if not _is_dir(dest_root):
+    if not dest_root.is_dir():
         return None
     try:
         with open_dir(dest_root, rel_dir) as d:

@@ -72,17 +72,23 @@ def test_a_filed_folder_is_named_as_a_path_would_name_it() -> None:
 
 
 def test_a_destination_root_is_missing_only_when_it_is_not_there(tmp_path) -> None:
-    """As Path.is_dir: a folder that is not there is missing, any other error is itself
-    (a denied or dead folder must not read as "does not exist")."""
+    """Filing takes the root as a string now: a folder that is not there is still missing,
+    and any other error is still itself (a denied or dead folder must not read as "does
+    not exist")."""
     import errno
 
-    from gateway.spool import _is_dir
+    from gateway.errors import SpoolError
+    from gateway.spool import file_job, files_left
     (tmp_path / "file").write_text("x")
-    assert _is_dir(tmp_path) and _is_dir(str(tmp_path))
     for gone in [tmp_path / "none", tmp_path / "file", tmp_path / "file" / "below"]:
-        assert _is_dir(gone) is False and gone.is_dir() is False
-    with pytest.raises(OSError) as raised:
-        _is_dir(tmp_path / ("x" * 300))  # an error that is not "not there"
+        assert files_left(dest_root=gone, rel_dir="", names=["a.pdf"]) is None
+        with pytest.raises(SpoolError, match="does not exist"):
+            file_job(private=tmp_path, job_id=1, rel_dir="", names=["a.pdf"], bases=["a.pdf"],
+                     dest_root=str(gone), suffix=0, result_name="a.pdf.result.json", result=dict)
+    with pytest.raises(OSError) as raised:  # an error that is not "not there"
+        file_job(private=tmp_path, job_id=1, rel_dir="", names=["a.pdf"], bases=["a.pdf"],
+                 dest_root=str(tmp_path / ("x" * 300)), suffix=0, result_name="a.pdf.result.json",
+                 result=dict)
     assert raised.value.errno == errno.ENAMETOOLONG
 
 
