@@ -428,7 +428,10 @@ class Store:
         # the history kept in the database (SPEC 6.4, 8).
         db["jobs"].create_index(["state"], if_not_exists=True)
         db["jobs"].create_index(["phase"], if_not_exists=True)
-        db["jobs"].create_index(["simulated", "state"], if_not_exists=True)
+        # Which jobs were simulated never changes: an index with the state in it (the first
+        # version's) changed with every state change of every job (issue 12).
+        self.conn.execute("DROP INDEX IF EXISTS idx_jobs_simulated_state")
+        db["jobs"].create_index(["simulated"], if_not_exists=True)
         db["recipients"].create_index(["state", "next_action_at"], if_not_exists=True)
         db["recipients"].create_index(["job_id"], if_not_exists=True)
         db["recipients"].create_index(["ifax_job_id"], if_not_exists=True)
@@ -500,24 +503,34 @@ class Store:
         """fax_gateway_jobs must be exact and cost the same with a million jobs as with ten
         (SPEC 8): a small table of counts, kept by triggers in the same transaction as every
         insert, state change and delete of a job, whichever code path makes it.  Filled from
-        the jobs once when it is new (or its triggers were lost with a rebuilt table)."""
+        the jobs once when it is new (or its triggers were lost with a rebuilt table).
+
+        Every state has its row, so the triggers only add and subtract: an upsert per
+        change (the first version) made a job's state change cost half again as much
+        (issue 12).  Triggers of that version are replaced; the counts they kept stand."""
         c = self.conn
-        have = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
-        if "job_counts" in have and {"jobs_count_insert", "jobs_count_update", "jobs_count_delete"} <= have:
+        have = {r[0]: r[1] or "" for r in c.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type IN ('table','trigger')")}
+        triggers = ("jobs_count_insert", "jobs_count_update", "jobs_count_delete")
+        fresh = "job_counts" not in have or any(t not in have for t in triggers)
+        if not fresh and not any("ON CONFLICT" in have[t].upper() for t in triggers):
             return
         with self.transaction():
             c.execute("CREATE TABLE IF NOT EXISTS job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-            c.execute("DELETE FROM job_counts")
-            c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
-            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN"
-                      " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
-                      " ON CONFLICT(state) DO UPDATE SET n = n + 1; END")
-            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs"
+            if fresh:
+                c.execute("DELETE FROM job_counts")
+                c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            c.executemany("INSERT OR IGNORE INTO job_counts(state, n) VALUES (?, 0)",
+                          [(str(s),) for s in JOB_STATES])
+            for t in triggers:
+                c.execute(f"DROP TRIGGER IF EXISTS {t}")
+            c.execute("CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
+                      " UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END")
+            c.execute("CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
                       " WHEN OLD.state IS NOT NEW.state BEGIN"
                       " UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;"
-                      " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
-                      " ON CONFLICT(state) DO UPDATE SET n = n + 1; END")
-            c.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN"
+                      " UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END")
+            c.execute("CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN"
                       " UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END")
 
     def _refuse_newer_schema(self) -> None:

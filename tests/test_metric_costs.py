@@ -93,3 +93,68 @@ def test_a_name_filed_again_starts_after_the_highest_suffix_used(service, spool,
     (folder / "scan.pdf").write_bytes(make_pdf(1, text="3"))
     wait_for(lambda: (sent / "scan-3.pdf").exists(), 20, "scan-3.pdf")
     assert not (sent / "scan-1.pdf").exists()
+
+
+_FIRST_TRIGGERS = (  # as the first version of the counts made them: an upsert per change
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
+    " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
+    " ON CONFLICT(state) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
+    " WHEN OLD.state IS NOT NEW.state BEGIN"
+    " UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;"
+    " INSERT INTO job_counts(state, n) VALUES (NEW.state, 1)"
+    " ON CONFLICT(state) DO UPDATE SET n = n + 1; END",
+)
+
+
+def test_counts_kept_by_the_first_versions_triggers_stand_and_go_on_with_the_new_ones(tmp_path):
+    db = tmp_path / "jobs.db"
+    store = Store(db)
+    a, _ = _job(store), _job(store)
+    store.conn.execute("DROP TRIGGER jobs_count_insert")
+    store.conn.execute("DROP TRIGGER jobs_count_update")
+    for sql in _FIRST_TRIGGERS:
+        store.conn.execute(sql)
+    # The first version's table had rows only for the states seen so far.
+    store.conn.execute("DELETE FROM job_counts WHERE n=0")
+    store.close()
+    again = Store(db)
+    triggers = dict(again.conn.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'"))
+    assert set(triggers) == {"jobs_count_insert", "jobs_count_update", "jobs_count_delete"}
+    assert not any("ON CONFLICT" in sql.upper() for sql in triggers.values())
+    rows = dict(again.conn.execute("SELECT state, n FROM job_counts"))
+    assert set(rows) == set(JOB_STATES)  # every state has its row: the triggers only add
+    assert again.count_by_state()["queued"] == 2
+    again.accept_job(a, numbers=["+15551234567"], options={}, sha256=["x"], pages=1)
+    [rec] = again.get_job(a).recipients
+    again.record_submit_intent(rec.id)  # queued -> submitting: a state with no row before
+    again.reject_job(_job(again), "empty", "empty")
+    expected = {s: 0 for s in JOB_STATES}
+    expected.update(_real_counts(db))
+    assert again.count_by_state() == expected
+    assert expected["submitting"] == 1 and expected["rejected"] == 1
+    again.close()
+
+
+def test_only_one_index_of_the_jobs_holds_their_state(tmp_path):
+    """Every index holding a column is changed with it: the state changes three times per
+    document, so only the index that the state queries need may hold it.  A database
+    with the first version's index on (simulated, state) loses it."""
+    db = tmp_path / "jobs.db"
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE INDEX idx_jobs_simulated_state ON jobs(simulated, state)")
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    holding = [name for (_, name, *_) in store.conn.execute("PRAGMA index_list(jobs)")
+               if "state" in [r[2] for r in store.conn.execute(f"PRAGMA index_info({name})")]]
+    assert holding == ["idx_jobs_state"]
+    assert not store.has_real_jobs()
+    store.record_claim_intent(outbox="main", outbox_path="/x", rel_dir="", sources=[], documents=[],
+                              sidecar=None, primary="z.pdf", simulated=False, settled_at=None)
+    plan = " ".join(r[3] for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM jobs WHERE simulated=0 LIMIT 1"))
+    assert "idx_jobs_simulated" in plan
+    assert store.has_real_jobs()
+    store.close()
