@@ -19,8 +19,8 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -253,6 +253,70 @@ def _now() -> float:
     return time.time()
 
 
+class _Write:
+    """A write of the store (`Store.transaction`, `Store.batch`): joins the transaction
+    other writers share, or begins one, and on leaving commits it or waits for its commit
+    (see "transactions: group commit" in Store).  A class, not a generator: it is entered
+    about ten times per document, and the generator's own machinery cost more than the
+    bookkeeping it does (issue 12)."""
+
+    __slots__ = ("store", "durable", "batch", "gen", "joined")
+
+    def __init__(self, store: Store, durable: bool, *, batch: bool) -> None:
+        self.store, self.durable, self.batch = store, durable, batch
+
+    def __enter__(self) -> sqlite3.Connection:
+        s = self.store
+        with s._entry:
+            s._waiting += 1
+        s._lock.acquire()
+        try:
+            with s._entry:
+                s._waiting -= 1
+            if not s._open:
+                s.conn.execute("BEGIN IMMEDIATE")
+                s._open, s._opened_at, s._members = True, time.monotonic(), 0
+                s._gen += 1
+            self.gen, self.joined = s._gen, s._members > 0
+            s._members += 1
+            if self.joined:
+                s.conn.execute("SAVEPOINT joined")
+        except BaseException:
+            s._lock.release()
+            raise
+        s._events = []
+        if self.batch:
+            s._local.batch = True
+        return s.conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        s = self.store
+        try:
+            if self.batch:
+                s._local.batch = False
+            if exc is None:
+                try:
+                    s._flush_events()
+                except BaseException as failed:
+                    exc = failed
+            if exc is not None:
+                s._events = None
+                s._undo(self.gen, self.joined, exc)
+                if exc_type is None:
+                    raise exc
+                return  # the block's exception goes on
+            s._events = None
+            if self.joined:
+                s.conn.execute("RELEASE joined")
+            if self.durable:
+                s._await_commit(self.gen)
+            else:
+                s._commit_soon()
+        finally:
+            s._lock.release()
+
+
 class Store:
     """SQLite job store.  One connection, serialised by a lock: SQLite allows one writer
     at a time anyway, and a single connection keeps every transaction's view simple."""
@@ -263,7 +327,7 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly or immutable
         self._lock = threading.RLock()
-        # Group commit (`_write`): the transaction writers share, and who waits for it.
+        # Group commit (`_Write`): the transaction writers share, and who waits for it.
         self._done = threading.Condition(self._lock)
         self._entry = threading.Lock()
         self._local = threading.local()
@@ -307,7 +371,7 @@ class Store:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                # The savepoint journals of shared transactions (`_write`) stay in memory:
+                # The savepoint journals of shared transactions (`_Write`) stay in memory:
                 # on disk, each one was a temporary file created, written and deleted in
                 # /var/tmp, a dozen system calls per document (issue 12).  They are small:
                 # the pages one transaction changes.
@@ -578,8 +642,7 @@ class Store:
     # all: the store's committer thread commits it within GROUP_WAIT, or the next durable
     # write does, so the sending workers never wait for a commit but their intents'.
 
-    @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """One write, committed (durably) before this returns.  BEGIN IMMEDIATE, so that a
         transaction never fails half-way on a lock upgrade.  Inside `batch()` of the same
         thread it is part of the batch's transaction.
@@ -590,27 +653,18 @@ class Store:
         unknown as a crash before the answer came (SPEC 6.3), and every later durable
         write commits it first (one connection: commits keep their order)."""
         if getattr(self._local, "batch", False):
-            yield self.conn
-            return
-        with self._write(durable=durable):
-            yield self.conn
+            return nullcontext(self.conn)
+        return _Write(self, durable, batch=False)
 
-    @contextmanager
-    def batch(self, *, durable: bool = True) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> AbstractContextManager[Any]:
         """Several writes of one thread that commit together, all or none: a slice of
         claims or a batch of filings costs one commit instead of one each.  Only writes
         belong inside (no file I/O): other writers wait for it.  An exception from any
         write inside must leave the block, and undoes all of them.  `durable=False` as for
         `transaction`: for a batch of answers from iFax."""
         if getattr(self._local, "batch", False):
-            yield
-            return
-        with self._write(durable=durable):
-            self._local.batch = True
-            try:
-                yield
-            finally:
-                self._local.batch = False
+            return nullcontext()
+        return _Write(self, durable, batch=True)
 
     def write_all(self, items: Sequence[_T], write: Callable[[_T], _R], *,
                   durable: bool = True) -> list[_R | Exception]:
@@ -630,40 +684,6 @@ class Store:
             except Exception as exc:
                 out.append(exc)
         return out
-
-    @contextmanager
-    def _write(self, *, durable: bool = True) -> Iterator[None]:
-        with self._entry:
-            self._waiting += 1
-        self._lock.acquire()
-        try:
-            with self._entry:
-                self._waiting -= 1
-            if not self._open:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self._open, self._opened_at, self._members = True, time.monotonic(), 0
-                self._gen += 1
-            gen, joined = self._gen, self._members > 0
-            self._members += 1
-            if joined:
-                self.conn.execute("SAVEPOINT joined")
-            self._events = []
-            try:
-                yield
-                self._flush_events()
-            except BaseException as exc:
-                self._events = None
-                self._undo(gen, joined, exc)
-                raise
-            self._events = None
-            if joined:
-                self.conn.execute("RELEASE joined")
-            if durable:
-                self._await_commit(gen)
-            else:
-                self._commit_soon()
-        finally:
-            self._lock.release()
 
     def _commit_soon(self) -> None:
         """Under the lock: the open transaction is committed GROUP_WAIT from now at the latest.
@@ -773,7 +793,7 @@ class Store:
                recipient_id: int | None = None, at: float | None = None) -> None:
         """Kept until the end of the write (one INSERT for all of a batch's events)."""
         row = (job_id, recipient_id, at or _now(), str(state), _shown(detail))
-        if self._events is None:  # not inside a write of `_write`
+        if self._events is None:  # not inside a write (`_Write`)
             c.execute("INSERT INTO events(job_id, recipient_id, at, state, detail) VALUES (?,?,?,?,?)", row)
         else:
             self._events.append(row)

@@ -177,3 +177,41 @@ def test_the_committer_is_woken_only_from_idle_and_answers_still_commit_within_g
              "the answer after idle committed")
     assert _CountingCondition.notified == 1
     store.close()
+
+
+def test_a_write_that_cannot_begin_leaves_the_store_to_the_next_writer(tmp_path):
+    """BEGIN fails (another process holds the write lock past the busy timeout): the
+    writer gets the error, and the store's own lock is free for the next one."""
+    store = Store(tmp_path / "jobs.db")
+    store.conn.execute("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _write(store, "blocked")
+    other.execute("ROLLBACK")
+    other.close()
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (_write(store, "next"), done.set()), daemon=True)
+    writer.start()
+    assert done.wait(10), "the next write waited for a lock the failed one kept"
+    assert _committed(tmp_path / "jobs.db", "SELECT key FROM meta WHERE key IN ('blocked', 'next')") == \
+        [("next",)]
+    store.close()
+
+
+def test_a_failed_batch_leaves_the_thread_outside_any_batch(tmp_path):
+    """After a batch that raised, the same thread's next write is a transaction of its
+    own again: if it fails, it is undone, not left committed statement by statement."""
+    store = Store(tmp_path / "jobs.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.batch():
+            _write(store, "b1")
+            _write(store, "b1")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES ('t1', 'x')")
+            c.execute("INSERT INTO meta(key, value) VALUES ('t1', 'again')")
+    _write(store, "after")
+    keys = {k for (k,) in _committed(tmp_path / "jobs.db", "SELECT key FROM meta")}
+    assert "after" in keys and not {"b1", "t1"} & keys
+    store.close()
