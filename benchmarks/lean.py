@@ -669,7 +669,12 @@ def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes) -> dict[str
         svc = Service(load_config(cfg))
         svc.start()
         try:
-            synchronous = svc.store.conn.execute("PRAGMA synchronous").fetchone()[0]
+            # Under the store's lock, as the daemon's own threads use this connection: a call
+            # beside theirs waited in sqlite3_column_name for the connection's mutex while
+            # holding the interpreter lock (Python 3.11), and the thread in SQLite waited for
+            # that lock to run this benchmark's trace callback: the phase hung for good.
+            with svc.store._lock:
+                synchronous = svc.store.conn.execute("PRAGMA synchronous").fetchone()[0]
             time.sleep(1.0)  # start-up work done
             statements.clear()
             burst(sim, root / "box00", n, pdf, "sql", 0)

@@ -48,15 +48,19 @@ def test_a_burst_asks_the_store_what_is_due_once_per_batch_not_once_per_turn(ser
     svc = service()
     reads: list[str] = []
     shapes = ("next_action_at<=", "MIN(next_action_at)")
-    svc.store.conn.set_trace_callback(lambda sql: reads.append(sql) if any(s in sql for s in shapes)
-                                      else None)
+    # Set and unset under the store's lock: a thread in SQLite may be running the callback
+    # (it needs the interpreter lock), and setting one waits for the connection's mutex.
+    with svc.store._lock:
+        svc.store.conn.set_trace_callback(lambda sql: reads.append(sql) if any(s in sql for s in shapes)
+                                          else None)
     n = 120
     folder = spool.folder("+15551230950")
     datas = [make_pdf(1, text=f"asked {i}") for i in range(n)]
     for i, data in enumerate(datas):
         (folder / f"q{i:03d}.pdf").write_bytes(data)
     spool.wait_results(n, "sent", timeout=90)
-    svc.store.conn.set_trace_callback(None)
+    with svc.store._lock:
+        svc.store.conn.set_trace_callback(None)
     sent = collections.Counter(doc for _, doc in sent_documents(simulator))
     assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
     # Once per turn was 813 reads for these 120 documents; once per batch, 26-78 here, and

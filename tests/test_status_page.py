@@ -443,13 +443,15 @@ def test_every_question_is_an_index_lookup_or_a_bounded_walk(site):
     add_job(s.office.store, "a.pdf")
     conn = s.office.store.conn
     asked: list[str] = []
-    conn.set_trace_callback(asked.append)
+    with s.office.store._lock:  # no other thread in SQLite meanwhile (see test_dispatch_rounds)
+        conn.set_trace_callback(asked.append)
     try:
         for path, params in (("/", {}), ("/", {"q": "+1 555 123 0100"}), ("/", {"q": "a.pdf"}),
                              ("/", {"q": "1"}), ("/jobs/1", {})):
             assert s.get(path, **params).status_code == 200
     finally:
-        conn.set_trace_callback(None)
+        with s.office.store._lock:
+            conn.set_trace_callback(None)
     selects = {q for q in asked if q.lstrip().upper().startswith("SELECT")}
     assert len(selects) >= 8
     for sql in sorted(selects):
