@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
@@ -290,22 +291,21 @@ class _Write:
         return s.conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: Any) -> None:
+                 tb: TracebackType | None) -> None:
         s = self.store
         try:
             if self.batch:
                 s._local.batch = False
-            if exc is None:
-                try:
-                    s._flush_events()
-                except BaseException as failed:
-                    exc = failed
             if exc is not None:
                 s._events = None
                 s._undo(self.gen, self.joined, exc)
-                if exc_type is None:
-                    raise exc
                 return  # the block's exception goes on
+            try:
+                s._flush_events()
+            except BaseException as failed:
+                s._events = None
+                s._undo(self.gen, self.joined, failed)  # in here: an error of its own chains to this one
+                raise
             s._events = None
             if self.joined:
                 s.conn.execute("RELEASE joined")
@@ -577,13 +577,21 @@ class Store:
             "SELECT name, sql FROM sqlite_master WHERE type IN ('table','trigger')")}
         triggers = ("jobs_count_insert", "jobs_count_update", "jobs_count_delete")
         fresh = "job_counts" not in have or any(t not in have for t in triggers)
-        if not fresh and not any("ON CONFLICT" in have[t].upper() for t in triggers):
+        upserts = not fresh and any("ON CONFLICT" in have[t].upper() for t in triggers)
+        # A state without its row is not counted by these triggers: counted once here (an
+        # earlier version may have rebuilt the table from the states it had seen).
+        missing = [] if fresh else [str(s) for s in JOB_STATES if str(s) not in {
+            r[0] for r in c.execute("SELECT state FROM job_counts")}]
+        if not fresh and not upserts and not missing:
             return
         with self.transaction():
             c.execute("CREATE TABLE IF NOT EXISTS job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
             if fresh:
                 c.execute("DELETE FROM job_counts")
                 c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            for state in missing:  # the upsert triggers made a row at a state's first job: none had one
+                c.execute("INSERT OR IGNORE INTO job_counts(state, n)"
+                          " SELECT ?, COUNT(*) FROM jobs WHERE state=?", (state, state))
             c.executemany("INSERT OR IGNORE INTO job_counts(state, n) VALUES (?, 0)",
                           [(str(s),) for s in JOB_STATES])
             for t in triggers:

@@ -158,3 +158,18 @@ def test_only_one_index_of_the_jobs_holds_their_state(tmp_path):
     assert "idx_jobs_simulated" in plan
     assert store.has_real_jobs()
     store.close()
+
+
+def test_a_state_without_its_row_is_counted_again_when_the_database_is_opened(tmp_path):
+    """The triggers only add to rows that exist: a row gone (an earlier version rebuilt the
+    table from the states it had seen) is counted from the jobs at the next start."""
+    db = tmp_path / "jobs.db"
+    store = Store(db)
+    _job(store), _job(store)
+    store.conn.execute("DELETE FROM job_counts WHERE state='queued'")
+    store.close()
+    again = Store(db)
+    assert again.count_by_state()["queued"] == 2
+    _job(again)
+    assert again.count_by_state()["queued"] == 3 == _real_counts(db)["queued"]
+    again.close()
