@@ -262,6 +262,7 @@ def test_intake_looks_before_each_claim_batch_not_only_at_the_turn(tmp_path, mak
     from gateway.config import load_config
     from gateway.intake import Intake
     from gateway.metrics import Metrics
+    from gateway.watcher import leases_usable
 
     cfg = load_config(make_config())
     store = Store(cfg.database)
@@ -286,7 +287,11 @@ def test_intake_looks_before_each_claim_batch_not_only_at_the_turn(tmp_path, mak
             intake.watcher.drain()
             intake.watcher.tick()
             files = intake.watcher.files_in("main", "+15551230750")
-            return "a.pdf" in files and files["a.pdf"].ready
+            # Settled, and the events of the settle check's own lease probe (an open and a
+            # close of the file) drained: a turn that drained only the open would see the
+            # file held open and claim nothing, which is not what this test is about.
+            return "a.pdf" in files and files["a.pdf"].ready and (
+                files["a.pdf"].opens >= 2 or not leases_usable())
 
         wait_for(seen_ready, 10, "the file settled, as intake's watcher sees it")
         armed = True
