@@ -287,13 +287,17 @@ def test_intake_looks_before_each_claim_batch_not_only_at_the_turn(tmp_path, mak
             intake.watcher.drain()
             intake.watcher.tick()
             files = intake.watcher.files_in("main", "+15551230750")
-            # Settled, and the events of the settle check's own lease probe (an open and a
-            # close of the file) drained: a turn that drained only the open would see the
-            # file held open and claim nothing, which is not what this test is about.
-            return "a.pdf" in files and files["a.pdf"].ready and (
-                files["a.pdf"].opens >= 2 or not leases_usable())
+            return "a.pdf" in files and files["a.pdf"].ready
 
         wait_for(seen_ready, 10, "the file settled, as intake's watcher sees it")
+        if leases_usable():
+            # The tick that settled it probed for a writer with a lease: an open and a close
+            # of the file, whose events come after.  A turn that drained only the open would
+            # see the file held open and claim nothing, which is not what this test is about.
+            seen = intake.watcher.files_in("main", "+15551230750")["a.pdf"]
+            closes = seen.closes
+            wait_for(lambda: intake.watcher.drain() is not None and seen.closes > closes and seen.ready,
+                     10, "the lease probe's own events")
         armed = True
         intake.turn()
         assert doc.exists()  # not claimed
