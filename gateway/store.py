@@ -580,8 +580,8 @@ class Store:
         upserts = not fresh and any("ON CONFLICT" in have[t].upper() for t in triggers)
         # A state without its row is not counted by these triggers: counted once here (an
         # earlier version may have rebuilt the table from the states it had seen).
-        missing = [] if fresh else [str(s) for s in JOB_STATES if str(s) not in {
-            r[0] for r in c.execute("SELECT state FROM job_counts")}]
+        rows = set() if fresh else {r[0] for r in c.execute("SELECT state FROM job_counts")}
+        missing = [] if fresh else [str(s) for s in JOB_STATES if str(s) not in rows]
         if not fresh and not upserts and not missing:
             return
         with self.transaction():
@@ -589,7 +589,7 @@ class Store:
             if fresh:
                 c.execute("DELETE FROM job_counts")
                 c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
-            for state in missing:  # the upsert triggers made a row at a state's first job: none had one
+            for state in missing:  # under upsert triggers: no job ever had it, so the count is 0
                 c.execute("INSERT OR IGNORE INTO job_counts(state, n)"
                           " SELECT ?, COUNT(*) FROM jobs WHERE state=?", (state, state))
             c.executemany("INSERT OR IGNORE INTO job_counts(state, n) VALUES (?, 0)",
