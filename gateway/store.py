@@ -578,22 +578,20 @@ class Store:
         triggers = ("jobs_count_insert", "jobs_count_update", "jobs_count_delete")
         fresh = "job_counts" not in have or any(t not in have for t in triggers)
         upserts = not fresh and any("ON CONFLICT" in have[t].upper() for t in triggers)
-        # A state without its row is not counted by these triggers: counted once here (an
-        # earlier version may have rebuilt the table from the states it had seen).
-        rows = set() if fresh else {r[0] for r in c.execute("SELECT state FROM job_counts")}
-        missing = [] if fresh else [str(s) for s in JOB_STATES if str(s) not in rows]
-        if not fresh and not upserts and not missing:
+        # A state without its row is not counted by these triggers (an earlier version may
+        # have rebuilt the table from the states it had seen): each is counted once below.
+        missing = fresh or not {str(s) for s in JOB_STATES} <= {
+            r[0] for r in c.execute("SELECT state FROM job_counts")}
+        if not upserts and not missing:
             return
         with self.transaction():
             c.execute("CREATE TABLE IF NOT EXISTS job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
             if fresh:
                 c.execute("DELETE FROM job_counts")
                 c.execute("INSERT INTO job_counts(state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
-            for state in missing:  # under upsert triggers: no job ever had it, so the count is 0
+            for state in JOB_STATES:  # a row kept stays; a missing one is counted (by the index)
                 c.execute("INSERT OR IGNORE INTO job_counts(state, n)"
-                          " SELECT ?, COUNT(*) FROM jobs WHERE state=?", (state, state))
-            c.executemany("INSERT OR IGNORE INTO job_counts(state, n) VALUES (?, 0)",
-                          [(str(s),) for s in JOB_STATES])
+                          " SELECT ?, COUNT(*) FROM jobs WHERE state=?", (str(state), str(state)))
             for t in triggers:
                 c.execute(f"DROP TRIGGER IF EXISTS {t}")
             c.execute("CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
