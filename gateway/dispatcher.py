@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.faults import crash_point
 from gateway.filing import bases
+from gateway.handover import Handover
 from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
 from gateway.judge import read_in
 from gateway.metrics import Metrics
@@ -104,6 +105,7 @@ class Dispatcher(Stage):
         # What a submission and a final poll need of a job (outbox, documents, options) does
         # not change once it is judged: read once, not once per request.
         self._jobs: dict[int, Job] = {}
+        self.handover = Handover()  # their documents as intake judged them, sent from memory
         # (recipient, kind, write) of requests that ended, for the loop to record.
         self._finished: collections.deque[tuple[Recipient, str, Write | None]] = collections.deque()
         self._deletes: collections.deque[tuple[int, list[str]]] = collections.deque()
@@ -577,10 +579,17 @@ class Dispatcher(Stage):
         self._soon("submit" if kind == "submit" else "poll", time.time() + 60.0)
 
     def _attachments(self, job: Job) -> list[Attachment]:
-        held = spool.job_dir(job.private_root, job.id) / job.rel_dir
+        handed = self.handover.get(job.id)
+        if handed is not None and len(handed) != len(job.documents):
+            handed = None
+        held = None
         out = []
         for i, name in enumerate(job.documents):
-            data = read_in(held, name)
+            if handed is not None:
+                data = handed[i]
+            else:
+                held = held or spool.job_dir(job.private_root, job.id) / job.rel_dir
+                data = read_in(held, name)
             kind = job.kinds[i] if i < len(job.kinds) else sniff(data[:16]) or "pdf"  # as judged
             out.append(Attachment(safe_file_name(name, kind), data))
         return out
@@ -768,12 +777,15 @@ class Dispatcher(Stage):
                 with self._lock:
                     self._running["poll"] -= 1
                 raise
-    def remember(self, jobs: list[Job]) -> None:
-        """Jobs intake just accepted, as it knows them: their first submission reads no row."""
-        if len(self._jobs) + len(jobs) > JOB_CACHE:
+    def remember(self, accepted: list[tuple[Job, list[bytes]]]) -> None:
+        """Jobs intake just accepted, as it knows them, and their documents as it read
+        them: their first submission reads no row and no file."""
+        if len(self._jobs) + len(accepted) > JOB_CACHE:
             self._jobs.clear()
-        for job in jobs:
+        for job, data in accepted:
             self._jobs[job.id] = job
+            if data:
+                self.handover.put(job.id, data)
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -888,6 +900,7 @@ class Dispatcher(Stage):
             if new_state not in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
                 return
             self._jobs.pop(job.id, None)
+            self.handover.discard(job.id)
             if new_state == JobState.DELIVERED:
                 self.metrics.count(self.metrics.pages_sent, job.outbox,
                                    amount=st.transferred_pages or rec.pages or 0)

@@ -94,8 +94,9 @@ class Intake(Stage):
         self.on_judged = on_judged
         # pypdf and Pillow read documents in a process of their own, with a deadline (SPEC 4.5).
         self.reader = DocumentReader()
-        # Jobs just accepted, handed to the sending stage so that it need not read them again.
-        self.on_accepted: Callable[[list[Job]], None] = lambda jobs: None
+        # Jobs just accepted, with their documents' bytes as judged, handed to the sending
+        # stage so that it need not read either again.
+        self.on_accepted: Callable[[list[tuple[Job, list[bytes]]]], None] = lambda accepted: None
         self.watcher = Watcher(file_names=file_names)
         self.watcher.breathe = self.breathe
         self.watcher.on_event = self.wake
@@ -499,7 +500,7 @@ class Intake(Stage):
         crash_point("judged")
         for job, verdict in verdicts:
             self._after_verdict(job, verdict)
-        self.on_accepted([job for job, verdict in verdicts if isinstance(verdict, Accepted)])
+        self.on_accepted([(job, verdict.data) for job, verdict in verdicts if isinstance(verdict, Accepted)])
         self.on_judged()
 
     def _verdict(self, job: Job) -> Accepted | Rejected | Exception | None:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class Accepted:
     pages: int
     kinds: list[str]
     rule: str = ""  # which rule chose the destination (SPEC 4.2), for `inspect`
+    # The documents' bytes as they were judged: intake hands them to the sending stage,
+    # which sends these instead of reading the files again (handover.py).
+    data: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
 
 def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None) -> bytes:
@@ -254,7 +257,7 @@ def finish_group(group: Group, outbox: OutboxConfig, infos: Sequence[Answer]) ->
         if sidecar.reference:
             options["reference"] = sidecar.reference
     return Accepted(group.numbers, options, sha, total_pages, kinds,
-                    destination_rule(group.rel_dir, outbox, sidecar, sidecar_name))
+                    destination_rule(group.rel_dir, outbox, sidecar, sidecar_name), data=list(group.data))
 
 
 def destination_rule(rel_dir: str, outbox: OutboxConfig, sidecar: Sidecar | None,

@@ -1,0 +1,60 @@
+"""Intake hands each accepted job's documents to the sending stage (gateway/handover.py):
+the bytes sent are the bytes judged, and a bounded amount of them is held."""
+
+from __future__ import annotations
+
+import base64
+
+from conftest import make_pdf, wait_for
+
+from gateway.handover import Handover
+
+
+def test_every_send_carries_the_bytes_that_were_judged_not_a_later_copy(service, spool, simulator):
+    """A document changed in the job's folder after it was judged (here by the test; in
+    life by nobody, the folder is the gateway's) is not what goes out: what was counted
+    and checksummed is, on the first try and on the try after an outage.  Without the
+    hand-over every try read the folder again."""
+    svc = service()
+    simulator.set_fault("down", endpoints=("fax-send",))
+    judged = make_pdf(1, text="judged")
+    (spool.folder("+15551230001") / "doc.pdf").write_bytes(judged)
+    wait_for(lambda: simulator.requests("fax-send"), 10, "a first try, refused by the outage")
+    [[job_id]] = svc.store.conn.execute("SELECT id FROM jobs").fetchall()
+    held = spool.private / str(job_id) / "+15551230001" / "doc.pdf"
+    held.write_bytes(make_pdf(2, text="changed afterwards"))
+    simulator.set_fault(None)
+
+    [result] = spool.wait_results(1, "sent", timeout=30)
+    sends = simulator.requests("fax-send")
+    assert len(sends) >= 2
+    assert [base64.b64decode(s["body"]["faxData"][0]["fileData"]) for s in sends] == [judged] * len(sends)
+    assert result["state"] == "delivered"
+
+
+def test_documents_are_held_until_their_job_is_discarded():
+    h = Handover(limit=100)
+    h.put(1, [b"a" * 10, b"b" * 5])
+    assert h.get(1) == (b"a" * 10, b"b" * 5)
+    assert h.get(1) == (b"a" * 10, b"b" * 5)  # a retry carries the same bytes
+    h.discard(1)
+    assert h.get(1) is None  # a resend after the end reads the job's folder
+    assert h.size == 0 and len(h) == 0
+
+
+def test_the_oldest_documents_give_way_when_the_limit_is_reached():
+    h = Handover(limit=100)
+    h.put(1, [b"x" * 40])
+    h.put(2, [b"y" * 40])
+    h.put(3, [b"z" * 40])  # 120 > 100: job 1's go
+    assert h.get(1) is None
+    assert h.get(2) == (b"y" * 40,) and h.get(3) == (b"z" * 40,)
+    h.put(4, [b"w" * 101])  # larger than the limit on its own: never held
+    assert h.get(4) is None and h.size == 80
+
+
+def test_a_job_handed_over_again_replaces_its_documents():
+    h = Handover(limit=100)
+    h.put(1, [b"a" * 60])
+    h.put(1, [b"b" * 60])
+    assert h.size == 60 and h.get(1) == (b"b" * 60,) and len(h) == 1
