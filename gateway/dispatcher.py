@@ -35,7 +35,7 @@ from gateway.faults import crash_point
 from gateway.filing import bases
 from gateway.handover import Handover
 from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
-from gateway.judge import read_in
+from gateway.judge import Accepted, read_in
 from gateway.metrics import Metrics
 from gateway.reload import Reload
 from gateway.stage import Stage
@@ -642,6 +642,7 @@ class Dispatcher(Stage):
             self._requeue(rec, f"refused by iFax: {message}", time.time())
             return None
         self.store.mark_submit_refused(rec.id, message, code)
+        self.handover.release(rec.job_id)
         return lambda: log.warning("job %s: iFax refused the fax to %s: %s", job.id, rec.number, message)
 
     def _uncertain(self, rec: Recipient, job: Job, detail: str) -> Callable[[], None]:
@@ -777,15 +778,15 @@ class Dispatcher(Stage):
                 with self._lock:
                     self._running["poll"] -= 1
                 raise
-    def remember(self, accepted: list[tuple[Job, list[bytes]]]) -> None:
+    def remember(self, accepted: list[tuple[Job, Accepted]]) -> None:
         """Jobs intake just accepted, as it knows them, and their documents as it read
         them: their first submission reads no row and no file."""
         if len(self._jobs) + len(accepted) > JOB_CACHE:
             self._jobs.clear()
-        for job, data in accepted:
+        for job, verdict in accepted:
             self._jobs[job.id] = job
-            if data:
-                self.handover.put(job.id, data)
+            if verdict.data:
+                self.handover.put(job.id, verdict.data, recipients=len(verdict.numbers))
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -900,7 +901,7 @@ class Dispatcher(Stage):
             if new_state not in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELED):
                 return
             self._jobs.pop(job.id, None)
-            self.handover.discard(job.id)
+            self.handover.release(job.id)
             if new_state == JobState.DELIVERED:
                 self.metrics.count(self.metrics.pages_sent, job.outbox,
                                    amount=st.transferred_pages or rec.pages or 0)
@@ -994,6 +995,7 @@ class Dispatcher(Stage):
         if job.phase in (Phase.HELD, Phase.FILING) or job.outbox in self.paused_outboxes or \
                 self.folder_problem(job.outbox):
             return  # still being filed, or its folders are away: taken back later
+        self.handover.discard(job.id)  # sent again as it is in failed/ now (a fix made there goes out)
         if job.phase == Phase.FILED:
             assert job.filed_root is not None and job.filed_suffix is not None
             held = spool.job_dir(job.private_root, job.id) / job.rel_dir

@@ -2,15 +2,15 @@
 
 Why: intake has every document's bytes in hand when it accepts a job, and the job's
 first submission used to open the job's folder and read them all again (issue 12: eight
-system calls a document, each a hand-off of the interpreter lock, about a tenth of the
-sending loop's work in a burst).  The bytes judged are the bytes sent, so nothing can
-change in between.
+system calls a document, each a chance for the interpreter lock to change hands, in the
+sending loop).  The bytes judged are the bytes sent: nothing can change in between.
 
-Held until the job's recipient ends (a retry after an outage sends the same bytes), and
-bounded: at most `limit` bytes, the oldest dropped first (a job canceled before it was
-sent, a burst larger than the limit).  Whatever is not held is read from
-the job's folder as before, which is also what happens after a restart: nothing here
-is needed for correctness, and nothing here outlives the process.
+Held until each of the job's recipients has ended (a retry after an outage, another
+recipient, carries the same bytes), or until the operator asks for a resend, which takes
+the documents back from failed/ and reads them there (a fix made there goes out).
+Bounded: at most `limit` bytes, the oldest dropped first (a job canceled before it was
+sent, a burst larger than the limit).  A job whose bytes are not held is read from its
+folder, as every job is after a restart: nothing here outlives the process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-HANDOVER_BYTES = 32 << 20  # documents held for their first submission at most
+HANDOVER_BYTES = 32 << 20  # documents held for their sends at most
 
 
 class Handover:
@@ -27,41 +27,48 @@ class Handover:
 
     def __init__(self, limit: int = HANDOVER_BYTES) -> None:
         self.limit = limit
-        self._held: OrderedDict[int, tuple[bytes, ...]] = OrderedDict()
+        # job id -> (its documents, its recipients that have not ended yet)
+        self._held: OrderedDict[int, tuple[tuple[bytes, ...], int]] = OrderedDict()
         self._size = 0
-        self._lock = threading.Lock()  # intake's thread puts, the sending loop's takes
+        self._lock = threading.Lock()  # intake's thread puts, the sending loop's gets
 
-    def put(self, job_id: int, documents: Sequence[bytes]) -> None:
+    def put(self, job_id: int, documents: Sequence[bytes], recipients: int = 1) -> None:
         size = sum(len(d) for d in documents)
         if size > self.limit:
             return  # read from the job's folder when it is sent
         with self._lock:
-            old = self._held.pop(job_id, None)
-            if old is not None:
-                self._size -= sum(len(d) for d in old)
+            self._drop(job_id)
             while self._held and self._size + size > self.limit:
-                _, dropped = self._held.popitem(last=False)
-                self._size -= sum(len(d) for d in dropped)
-            self._held[job_id] = tuple(documents)
+                self._drop(next(iter(self._held)))
+            self._held[job_id] = (tuple(documents), max(1, recipients))
             self._size += size
 
     def get(self, job_id: int) -> tuple[bytes, ...] | None:
-        """The job's documents while they are held: every send of it (a retry after an
-        outage, another recipient) carries the same bytes until it ends."""
+        """The job's documents while they are held."""
         with self._lock:
-            return self._held.get(job_id)
+            entry = self._held.get(job_id)
+            return entry[0] if entry is not None else None
+
+    def release(self, job_id: int) -> None:
+        """One recipient of the job ended: once all have, its documents go."""
+        with self._lock:
+            entry = self._held.get(job_id)
+            if entry is None:
+                return
+            if entry[1] <= 1:
+                self._drop(job_id)
+            else:
+                self._held[job_id] = (entry[0], entry[1] - 1)
 
     def discard(self, job_id: int) -> None:
-        """The job ended (or a recipient of it did): a resend later reads its folder."""
+        """The job's documents go now (an operator's resend reads them from failed/)."""
         with self._lock:
-            documents = self._held.pop(job_id, None)
-            if documents is not None:
-                self._size -= sum(len(d) for d in documents)
+            self._drop(job_id)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._held.clear()
-            self._size = 0
+    def _drop(self, job_id: int) -> None:
+        entry = self._held.pop(job_id, None)
+        if entry is not None:
+            self._size -= sum(len(d) for d in entry[0])
 
     @property
     def size(self) -> int:

@@ -30,6 +30,7 @@ from gateway.docreader import DocumentReader, ReaderUnavailable
 from gateway.errors import Rejected, SpoolError
 from gateway.faults import crash_point
 from gateway.folders import FolderGuard
+from gateway.handover import HANDOVER_BYTES
 from gateway.judge import (
     Accepted,
     Group,
@@ -96,7 +97,7 @@ class Intake(Stage):
         self.reader = DocumentReader()
         # Jobs just accepted, with their documents' bytes as judged, handed to the sending
         # stage so that it need not read either again.
-        self.on_accepted: Callable[[list[tuple[Job, list[bytes]]]], None] = lambda accepted: None
+        self.on_accepted: Callable[[list[tuple[Job, Accepted]]], None] = lambda accepted: None
         self.watcher = Watcher(file_names=file_names)
         self.watcher.breathe = self.breathe
         self.watcher.on_event = self.wake
@@ -500,7 +501,7 @@ class Intake(Stage):
         crash_point("judged")
         for job, verdict in verdicts:
             self._after_verdict(job, verdict)
-        self.on_accepted([(job, verdict.data) for job, verdict in verdicts if isinstance(verdict, Accepted)])
+        self.on_accepted([(job, verdict) for job, verdict in verdicts if isinstance(verdict, Accepted)])
         self.on_judged()
 
     def _verdict(self, job: Job) -> Accepted | Rejected | Exception | None:
@@ -515,6 +516,7 @@ class Intake(Stage):
         None, and is judged in a later turn: the heartbeat beats between."""
         out: list[Accepted | Rejected | Exception | None] = [None] * len(jobs)
         until = None if budget is None else time.monotonic() + budget
+        handing = [HANDOVER_BYTES]  # bytes of accepted documents kept for the sending stage
         chunk: list[tuple[int, OutboxConfig, Group]] = []
         size, first = 0, True
         for i, job in enumerate(jobs):
@@ -531,9 +533,9 @@ class Intake(Stage):
             chunk.append((i, ob, group))
             size += sum(len(data) for data in group.data)
             if size >= READ_BATCH_BYTES:
-                self._read_chunk(chunk, out, until, first=first)
+                self._read_chunk(chunk, out, until, handing, first=first)
                 chunk, size, first = [], 0, False
-        self._read_chunk(chunk, out, until, first=first)
+        self._read_chunk(chunk, out, until, handing, first=first)
         for job, verdict in zip(jobs, out, strict=True):
             if isinstance(verdict, Rejected):
                 held = spool.job_dir(job.private_root, job.id) / job.rel_dir
@@ -541,8 +543,8 @@ class Intake(Stage):
         return out
 
     def _read_chunk(self, chunk: list[tuple[int, OutboxConfig, Group]],
-                    out: list[Accepted | Rejected | Exception | None], until: float | None, *,
-                    first: bool) -> None:
+                    out: list[Accepted | Rejected | Exception | None], until: float | None,
+                    handing: list[int], *, first: bool) -> None:
         """The reader's answers for a chunk of groups, and each group finished with them;
         a group left unanswered (the budget) keeps None.  The first group of a batch is
         always read, so every turn gets somewhere."""
@@ -567,9 +569,17 @@ class Intake(Stage):
                 break  # not started within the budget: judged in a later turn
             mine, infos = infos[:n], infos[n:]
             try:
-                out[i] = finish_group(group, ob, mine)
+                verdict = out[i] = finish_group(group, ob, mine)
             except Exception as exc:
                 out[i] = exc
+                continue
+            # The bytes held for the sending stage stay within what it keeps (handover.py),
+            # not a batch of documents of up to max_file_size each: the rest it reads again.
+            size = sum(len(d) for d in verdict.data)
+            if size > handing[0]:
+                verdict.data = []
+            else:
+                handing[0] -= size
 
     def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None, *,
                 claimed: bool = False) -> None:

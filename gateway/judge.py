@@ -58,7 +58,7 @@ def safe_read(path: Path, limit: int | None = None, *, root: Path | None = None)
 
 def read_in(folder: str | Path, name: str, limit: int | None = None) -> bytes:
     """`safe_read` of `name` in `folder`, for a caller that has the two apart: no Path is
-    made and taken apart again (for every document, twice: issue 12)."""
+    made and taken apart again (for every document: issue 12)."""
     try:
         with open_dir(folder) as fd:
             return _read_at(fd, name, limit, folder)
@@ -94,8 +94,9 @@ def _read_at(folder: int, name: str, limit: int | None, where: str | Path) -> by
 
 def _read_fd(fd: int, size: int, cap: int | None) -> bytes:
     """To the end, or `cap` bytes.  Plain reads, not a file object: every document is read
-    twice on its way (judged, then sent), and a buffered reader's set-up (isatty, seek,
-    another fstat) cost more than the reads of a one-page PDF (issue 12)."""
+    on its way (judged; sent, if the sending stage does not hold it), and a buffered
+    reader's set-up (isatty, seek, another fstat) cost more than the reads of a one-page
+    PDF (issue 12)."""
     chunks = []
     total = 0
     while cap is None or total < cap:

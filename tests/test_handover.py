@@ -4,6 +4,7 @@ the bytes sent are the bytes judged, and a bounded amount of them is held."""
 from __future__ import annotations
 
 import base64
+import json
 
 from conftest import make_pdf, wait_for
 
@@ -32,14 +33,70 @@ def test_every_send_carries_the_bytes_that_were_judged_not_a_later_copy(service,
     assert result["state"] == "delivered"
 
 
-def test_documents_are_held_until_their_job_is_discarded():
+def _sent(request: dict) -> bytes:
+    return base64.b64decode(request["body"]["faxData"][0]["fileData"])
+
+
+def test_another_recipients_resend_carries_the_judged_bytes_too(service, spool, simulator):
+    """The bytes stay until every recipient has ended: the first one delivered does not
+    make the second one's resend read the (edited) folder."""
+    svc = service(defaults={"resend": {"max": 2, "delay": "2s"}})
+    judged = make_pdf(1, text="judged")
+    (spool.outbox / "doc.json").write_text(json.dumps({"to": ["+15551230001", "+15551230777"]}))
+    (spool.outbox / "doc.pdf").write_bytes(judged)
+
+    def second_waits() -> int | None:  # 0001 delivered, 777 failed once and waits to be resent
+        rows = dict(svc.store.conn.execute("SELECT number, state FROM recipients").fetchall())
+        if rows.get("+15551230001") == "delivered" and rows.get("+15551230777") == "retry_wait":
+            return svc.store.conn.execute("SELECT id FROM jobs").fetchone()[0]
+        return None
+    job_id = wait_for(second_waits, 15, "the first recipient delivered, the second waiting")
+    [held] = (spool.private / str(job_id)).rglob("doc.pdf")
+    held.write_bytes(make_pdf(2, text="changed afterwards"))
+
+    [result] = spool.wait_results(1, "sent", timeout=30)
+    [resend] = simulator.requests("fax-resend")
+    assert _sent(resend) == judged
+    assert [_sent(r) for r in simulator.requests("fax-send")] == [judged, judged]
+    assert result["state"] == "delivered"
+
+
+def test_an_operators_resend_sends_the_documents_as_they_are_in_failed(service, spool, simulator):
+    """A resend takes the documents back from failed/, where the operator may have fixed
+    them: what the sending stage still held of the job is not what goes out."""
+    svc = service()
+    simulator.set_fault("down", endpoints=("*",))
+    (spool.folder("+15551230001") / "doc.pdf").write_bytes(make_pdf(1, text="judged"))
+    wait_for(lambda: simulator.requests("fax-send"), 10, "a first try, refused by the outage")
+    [[job_id]] = svc.store.conn.execute("SELECT id FROM jobs").fetchall()
+    svc.store.add_request(job_id, "cancel")
+    spool.wait_results(1, "failed")
+    [in_failed] = spool.failed.rglob("*.pdf")
+    fixed = make_pdf(3, text="fixed by the operator")
+    in_failed.write_bytes(fixed)
+    simulator.set_fault(None)
+
+    svc.store.add_request(job_id, "resend")
+    [result] = spool.wait_results(1, "sent", timeout=30)
+    accepted = [r for r in simulator.requests("fax-send") if r.get("job_id")]
+    assert [_sent(r) for r in accepted] == [fixed]
+    assert result["state"] == "delivered"
+
+
+def test_documents_are_held_until_every_recipient_ended_or_the_job_is_discarded():
     h = Handover(limit=100)
-    h.put(1, [b"a" * 10, b"b" * 5])
+    h.put(1, [b"a" * 10, b"b" * 5], recipients=2)
     assert h.get(1) == (b"a" * 10, b"b" * 5)
     assert h.get(1) == (b"a" * 10, b"b" * 5)  # a retry carries the same bytes
-    h.discard(1)
-    assert h.get(1) is None  # a resend after the end reads the job's folder
-    assert h.size == 0 and len(h) == 0
+    h.release(1)
+    assert h.get(1) == (b"a" * 10, b"b" * 5)  # one recipient of two ended
+    h.release(1)
+    assert h.get(1) is None and h.size == 0 and len(h) == 0
+    h.put(2, [b"c" * 10], recipients=3)
+    h.discard(2)  # an operator's resend: read from failed/
+    assert h.get(2) is None and h.size == 0
+    h.release(2)  # a late release of a job no longer held changes nothing
+    assert h.size == 0
 
 
 def test_the_oldest_documents_give_way_when_the_limit_is_reached():
