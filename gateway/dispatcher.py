@@ -579,17 +579,12 @@ class Dispatcher(Stage):
         self._soon("submit" if kind == "submit" else "poll", time.time() + 60.0)
 
     def _attachments(self, job: Job) -> list[Attachment]:
-        handed = self.handover.get(job.id)
-        if handed is not None and len(handed) != len(job.documents):
-            handed = None
-        held = None
+        contents = self.handover.get(job.id)
+        if contents is None or len(contents) != len(job.documents):  # not held: read as it lies
+            held = spool.job_dir(job.private_root, job.id) / job.rel_dir
+            contents = tuple(read_in(held, name) for name in job.documents)
         out = []
-        for i, name in enumerate(job.documents):
-            if handed is not None:
-                data = handed[i]
-            else:
-                held = held or spool.job_dir(job.private_root, job.id) / job.rel_dir
-                data = read_in(held, name)
+        for i, (name, data) in enumerate(zip(job.documents, contents, strict=True)):
             kind = job.kinds[i] if i < len(job.kinds) else sniff(data[:16]) or "pdf"  # as judged
             out.append(Attachment(safe_file_name(name, kind), data))
         return out

@@ -27,8 +27,8 @@ class Handover:
 
     def __init__(self, limit: int = HANDOVER_BYTES) -> None:
         self.limit = limit
-        # job id -> (its documents, its recipients that have not ended yet)
-        self._held: OrderedDict[int, tuple[tuple[bytes, ...], int]] = OrderedDict()
+        # job id -> (its documents, their size, its recipients that have not ended yet)
+        self._held: OrderedDict[int, tuple[tuple[bytes, ...], int, int]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()  # intake's thread puts, the sending loop's gets
 
@@ -40,7 +40,7 @@ class Handover:
             self._drop(job_id)
             while self._held and self._size + size > self.limit:
                 self._drop(next(iter(self._held)))
-            self._held[job_id] = (tuple(documents), max(1, recipients))
+            self._held[job_id] = (tuple(documents), size, max(1, recipients))
             self._size += size
 
     def get(self, job_id: int) -> tuple[bytes, ...] | None:
@@ -55,10 +55,11 @@ class Handover:
             entry = self._held.get(job_id)
             if entry is None:
                 return
-            if entry[1] <= 1:
+            documents, size, left = entry
+            if left <= 1:
                 self._drop(job_id)
             else:
-                self._held[job_id] = (entry[0], entry[1] - 1)
+                self._held[job_id] = (documents, size, left - 1)
 
     def discard(self, job_id: int) -> None:
         """The job's documents go now (an operator's resend reads them from failed/)."""
@@ -68,7 +69,7 @@ class Handover:
     def _drop(self, job_id: int) -> None:
         entry = self._held.pop(job_id, None)
         if entry is not None:
-            self._size -= sum(len(d) for d in entry[0])
+            self._size -= entry[1]
 
     @property
     def size(self) -> int:

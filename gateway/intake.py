@@ -516,7 +516,7 @@ class Intake(Stage):
         None, and is judged in a later turn: the heartbeat beats between."""
         out: list[Accepted | Rejected | Exception | None] = [None] * len(jobs)
         until = None if budget is None else time.monotonic() + budget
-        handing = [HANDOVER_BYTES]  # bytes of accepted documents kept for the sending stage
+        room = HANDOVER_BYTES  # bytes of accepted documents kept for the sending stage
         chunk: list[tuple[int, OutboxConfig, Group]] = []
         size, first = 0, True
         for i, job in enumerate(jobs):
@@ -533,9 +533,11 @@ class Intake(Stage):
             chunk.append((i, ob, group))
             size += sum(len(data) for data in group.data)
             if size >= READ_BATCH_BYTES:
-                self._read_chunk(chunk, out, until, handing, first=first)
+                self._read_chunk(chunk, out, until, first=first)
+                room = _keep_within(room, [out[k] for k, _, _ in chunk])
                 chunk, size, first = [], 0, False
-        self._read_chunk(chunk, out, until, handing, first=first)
+        self._read_chunk(chunk, out, until, first=first)
+        _keep_within(room, [out[k] for k, _, _ in chunk])
         for job, verdict in zip(jobs, out, strict=True):
             if isinstance(verdict, Rejected):
                 held = spool.job_dir(job.private_root, job.id) / job.rel_dir
@@ -543,8 +545,8 @@ class Intake(Stage):
         return out
 
     def _read_chunk(self, chunk: list[tuple[int, OutboxConfig, Group]],
-                    out: list[Accepted | Rejected | Exception | None], until: float | None,
-                    handing: list[int], *, first: bool) -> None:
+                    out: list[Accepted | Rejected | Exception | None], until: float | None, *,
+                    first: bool) -> None:
         """The reader's answers for a chunk of groups, and each group finished with them;
         a group left unanswered (the budget) keeps None.  The first group of a batch is
         always read, so every turn gets somewhere."""
@@ -569,17 +571,9 @@ class Intake(Stage):
                 break  # not started within the budget: judged in a later turn
             mine, infos = infos[:n], infos[n:]
             try:
-                verdict = out[i] = finish_group(group, ob, mine)
+                out[i] = finish_group(group, ob, mine)
             except Exception as exc:
                 out[i] = exc
-                continue
-            # The bytes held for the sending stage stay within what it keeps (handover.py),
-            # not a batch of documents of up to max_file_size each: the rest it reads again.
-            size = sum(len(d) for d in verdict.data)
-            if size > handing[0]:
-                verdict.data = []
-            else:
-                handing[0] -= size
 
     def _record(self, job: Job, verdict: Accepted | Rejected | Exception | None, *,
                 claimed: bool = False) -> None:
@@ -648,6 +642,20 @@ def _job_problem(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"its files could not be read or moved ({exc.strerror or exc}); it is tried again"
     return f"judging it failed ({type(exc).__name__}: {exc}); it is tried again"
+
+
+def _keep_within(room: int, verdicts: list[Accepted | Rejected | Exception | None]) -> int:
+    """Accepted documents' bytes are kept for the sending stage only as far as it holds
+    them (handover.py), not a batch of documents of up to max_file_size each: the rest
+    it reads again.  Returns the room left."""
+    for verdict in verdicts:
+        if isinstance(verdict, Accepted):
+            size = sum(len(d) for d in verdict.data)
+            if size > room:
+                verdict.data = []
+            else:
+                room -= size
+    return room
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

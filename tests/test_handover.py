@@ -115,3 +115,15 @@ def test_a_job_handed_over_again_replaces_its_documents():
     h.put(1, [b"a" * 60])
     h.put(1, [b"b" * 60])
     assert h.size == 60 and h.get(1) == (b"b" * 60,) and len(h) == 1
+
+
+def test_intake_keeps_documents_for_the_sending_stage_only_as_far_as_it_holds_them():
+    from gateway.intake import _keep_within
+    from gateway.judge import Accepted
+
+    def accepted(n: int) -> Accepted:
+        return Accepted(["+15551230001"], {}, [], 1, ["pdf"], data=[b"x" * n])
+    small, large, last = accepted(40), accepted(70), accepted(50)
+    room = _keep_within(100, [small, None, large, last])
+    assert (small.data, large.data, last.data) == ([b"x" * 40], [], [b"x" * 50])  # 70 > 60 left
+    assert room == 10
