@@ -1,10 +1,13 @@
 """Stage 2, sending: submit queued recipients, poll those sending, resend, cancel (SPEC 6).
 
 One scheduler thread (the stage's loop) decides what to start and does every write
-to the store; a pool of `max_in_flight` worker threads makes the HTTP calls and nothing
-else (threads, because a blocking pooled client is the cheapest way to keep a handful of
-requests in flight).  Every step commits its intent in the store before its side
-effect, so a restart can tell what may have happened.  Filing is the next stage's work (`filing.py`).
+to the store.  It makes most HTTP requests itself: written without waiting on an idle
+keep-alive connection, their answers read as they come (`awaiting.py`).  What must wait
+(a new connection, a large fax, an unusual answer, a proxy, the fax-cancel after giving
+up) goes on in a pool of `max_in_flight` worker threads, with the same code: a request's
+steps are a generator (`httpconn.run`) that either runs.  Every step commits its intent
+in the store before its side effect, so a restart can tell what may have happened.
+Filing is the next stage's work (`filing.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from gateway import spool
+from gateway.awaiting import Awaiting
 from gateway.config import OutboxConfig
 from gateway.doctypes import safe_file_name, sniff
 from gateway.errors import (
@@ -34,6 +39,7 @@ from gateway.errors import (
 from gateway.faults import crash_point
 from gateway.filing import bases
 from gateway.handover import Handover
+from gateway.httpconn import Call, Pending, Step, Steps, TransportError, run
 from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
 from gateway.judge import Accepted, read_in
 from gateway.metrics import Metrics
@@ -41,7 +47,8 @@ from gateway.reload import Reload
 from gateway.stage import Stage
 from gateway.store import ACTIVE_ORDER, Job, JobState, Phase, Recipient, Store
 from gateway.throttle import Backoff, RateLimiter, Ticket
-from gateway.workers import Workers
+from gateway.waker import Waker
+from gateway.workers import Workers, WorkersClosed
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -63,6 +70,17 @@ EARLY_WEBHOOK_FOR = 60.0  # seconds such a webhook is remembered
 Write = Callable[[], "Callable[[], None] | None"]
 
 
+@dataclass(eq=False)
+class _Flight:
+    """One request's steps, from their launch until what they brought back is handed to
+    the loop (`_land`), in this thread or a worker's."""
+    kind: str
+    rec: Recipient
+    ticket: Ticket
+    steps: Steps[Write | None]
+    pool: Workers
+
+
 class Dispatcher(Stage):
     name = "dispatcher"
     served_first = True  # answers are recorded, and the next requests start, without waiting a quantum
@@ -73,6 +91,8 @@ class Dispatcher(Stage):
                  on_unfile: Callable[[], None] = lambda: None,
                  on_final: Callable[[], None] = lambda: None) -> None:
         super().__init__()
+        self._wake = Waker()  # the loop waits for it and for answers in one select (`_idle`)
+        self._awaiting: Awaiting[_Flight] = Awaiting(self._wake)
         self.store, self.client, self.metrics = store, client, metrics
         self.outboxes = dict(outboxes)  # with outboxes removed by a reload: their jobs still run
         self.configured = set(outboxes)  # the outboxes in the configuration now (metrics)
@@ -233,6 +253,11 @@ class Dispatcher(Stage):
         """No new request starts; requests under way finish (or time out) first, and what
         they brought back is recorded.  Every request handed out has a worker of its own,
         so none waits in a queue (one whose intent is committed is sent or undone)."""
+        try:
+            while self._awaiting:  # each ends within api.timeout
+                self._pump(1.0)
+        finally:
+            self._awaiting.close()
         self._pool.shutdown()
         for pool, client in self._retired:
             pool.shutdown()
@@ -361,8 +386,10 @@ class Dispatcher(Stage):
             self._failed(rec, "submit", exc)
             return False
         finally:
-            if settle and self._finished:  # answers that came while a document was read and
-                self._settle()  # encoded are recorded now, not after the whole round (50 ms)
+            # Answers that came while a document was read and encoded are recorded now, not
+            # after the whole round (50 ms).
+            if settle and (self._finished or self._awaiting):
+                self._settle()
         if prepared is None:
             return False
         self._prepared.append((rec, *prepared))
@@ -448,7 +475,7 @@ class Dispatcher(Stage):
                     self._wake.set()
                     continue
                 crash_point("resubmit" if rec.ifax_job_id else "submit")
-                self._launch("submit", rec, partial(self._send, rec, job, request, ticket), ticket)
+                self._launch("submit", rec, self._send(rec, job, request, ticket), ticket)
 
     def _record_intents(self, ready: list[tuple[Recipient, Job, PreparedRequest, Ticket]]) -> set[int]:
         """One commit for the round's intents.  If it fails, each is tried alone, so one
@@ -504,16 +531,16 @@ class Dispatcher(Stage):
             total = self._running["submit"] + self._running["poll"]
             return min(limit - self._running[kind], self.max_in_flight - total)
 
-    def _launch(self, kind: str, rec: Recipient, call: Callable[[], Write | None], ticket: Ticket) -> None:
-        """One request to a worker that is free now.  The recipient stays in flight (never
-        handed out twice) until what it brought back is recorded by `_settle`."""
+    def _launch(self, kind: str, rec: Recipient, steps: Steps[Write | None], ticket: Ticket) -> None:
+        """One request, started now: by this thread if it can go out without waiting,
+        else by a worker that is free now.  The recipient stays in flight (never handed
+        out twice) until what it brought back is recorded by `_settle`."""
         with self._lock:
             self._inflight.add(rec.id)
             self._running[kind] += 1
             pool = self._pool
-        try:
-            pool.submit(self._work, call, rec, kind, ticket)
-        except RuntimeError:  # the pool is shut down: the request never starts
+        if pool.closed:  # the pool is shut down: the request never starts
+            steps.close()
             self.backoff.release(ticket)
             with self._lock:
                 self._inflight.discard(rec.id)
@@ -522,26 +549,92 @@ class Dispatcher(Stage):
                 self.store.mark_submit_not_sent(rec.id, "not sent: the gateway is stopping",
                                                 retry_at=time.time())
                 self._soon("submit", time.time())
-            raise
+            raise WorkersClosed("ifax: the workers were closed")
+        self._advance(_Flight(kind, rec, ticket, steps, pool), None, first=True)
 
-    def _work(self, call: Callable[[], Write | None], rec: Recipient, kind: str, ticket: Ticket) -> None:
-        """A worker: the request, then its outcome handed back to the loop's thread."""
+    def _advance(self, flight: _Flight, outcome: object, *, first: bool = False) -> None:
+        """A flight's steps, run in this thread from `outcome` (an answer, or the error of
+        a request that got none) to their next request: awaited here if it went out
+        without waiting, else handed to a worker with the steps that follow."""
+        step: Step
+        try:
+            if first:
+                step = next(flight.steps)
+            elif isinstance(outcome, TransportError):
+                step = flight.steps.throw(outcome)
+            else:
+                step = flight.steps.send(outcome)
+            if isinstance(step, Call):
+                pending = step.poster.start(step.path, step.content)
+                if pending is not None and pending.written:
+                    self._awaiting.add(pending, flight)
+                    return
+                step = pending or step  # partly written: a worker sends the rest
+        except StopIteration as stop:
+            self._land(flight, stop.value)
+            return
+        except Exception as exc:
+            self._land(flight, partial(self._failed, flight.rec, flight.kind, exc))
+            return
+        self._to_worker(flight, step)
+
+    def _to_worker(self, flight: _Flight, step: Step) -> None:
+        try:
+            flight.pool.submit(self._work, flight, step)
+        except WorkersClosed:  # stopping (shutdown): finished here
+            self._work(flight, step)
+
+    def _pump(self, timeout: float) -> bool:
+        """Answers that came (waiting at most `timeout` for one, or for the waker), each
+        flight taken on from there; True if any came."""
+        ended = self._awaiting.wait(timeout)
+        for flight, outcome in ended:
+            if isinstance(outcome, Pending):  # unusual: a worker reads the rest
+                self._to_worker(flight, outcome)
+            else:
+                self._advance(flight, outcome)
+        return bool(ended)
+
+    def _idle(self, seconds: float) -> None:
+        """Between turns the loop waits for its waker and for the answers it awaits."""
+        until = time.monotonic() + seconds
+        while self._awaiting and not self._wake.is_set():
+            left = until - time.monotonic()
+            try:
+                if left <= 0 or self._pump(left):
+                    return
+            except Exception as exc:  # the last net: the loop goes on, after a pause
+                self.problems.problem("answers", "reading answers failed: %s: %s", type(exc).__name__,
+                                      self._described(exc), exc=exc)
+                break
+        if not self._wake.is_set():
+            self._wake.wait(max(0.0, until - time.monotonic()))
+
+    def _work(self, flight: _Flight, step: Step) -> None:
+        """A worker: the flight's steps from `step` on, waiting for each request, then
+        what they brought back handed to the loop."""
         write: Write | None
         try:
-            write = call()
+            write = run(flight.steps, step)
         except Exception as exc:
-            write = partial(self._failed, rec, kind, exc)
-        finally:
-            self.backoff.release(ticket)  # if nothing settled it: the request never started
+            write = partial(self._failed, flight.rec, flight.kind, exc)
+        self._land(flight, write)
+
+    def _land(self, flight: _Flight, write: Write | None) -> None:
+        self.backoff.release(flight.ticket)  # if nothing settled it: the request never started
         with self._lock:
-            self._finished.append((rec, kind, write))
-            self._running[kind] -= 1  # this worker is free; the recipient is in flight until recorded
+            self._finished.append((flight.rec, flight.kind, write))
+            self._running[flight.kind] -= 1  # free; the recipient is in flight until recorded
+        # The loop looks again before it sleeps: a turn that found every worker busy sleeps
+        # until one comes free, and this one may have come free in that very turn (`_settle`).
         self._wake.set()
 
     def _settle(self) -> None:
         """Record what the workers brought back: a turn's answers in one transaction,
         committed within the store's GROUP_WAIT (never held for a slower answer: those
         are recorded in a later turn).  If that fails, each is recorded alone."""
+        if self._awaiting:
+            self._pump(0.0)
         done = []
         while self._finished:
             done.append(self._finished.popleft())
@@ -589,13 +682,13 @@ class Dispatcher(Stage):
             out.append(Attachment(safe_file_name(name, kind), data))
         return out
 
-    def _send(self, rec: Recipient, job: Job, request: PreparedRequest, ticket: Ticket) -> Write:
-        """A worker: fax-send or fax-resend, its intent already committed."""
+    def _send(self, rec: Recipient, job: Job, request: PreparedRequest, ticket: Ticket) -> Steps[Write]:
+        """Steps (`_advance`): fax-send or fax-resend, its intent already committed."""
         if self._stop.is_set() or not self.backoff.current(ticket):
             # Stopping, or the API went down since the intent: it never left.
             return partial(self._requeue, rec, "not sent: the request did not start")
         try:
-            ifax_id = self.client.submit(request)
+            ifax_id = yield from self.client.submit_steps(request)
         except Transient as exc:
             delay = self.backoff.failure(ticket, exc.retry_after)
             return partial(self._not_sent, rec, job, str(exc), delay)
@@ -734,7 +827,7 @@ class Dispatcher(Stage):
             if ticket is None:
                 self._polls.appendleft(rec)
                 break
-            self._launch("poll", rec, partial(self._ask, rec, ticket), ticket)
+            self._launch("poll", rec, self._ask(rec, ticket), ticket)
             free -= 1
         return self._free("poll") <= 0
 
@@ -791,8 +884,8 @@ class Dispatcher(Stage):
             job = self._jobs[job_id] = self.store.get_job(job_id)
         return job
 
-    def _ask(self, rec: Recipient, ticket: Ticket) -> Write | None:
-        """A worker: fax-status, and what it means.  Polls share the API's backoff with
+    def _ask(self, rec: Recipient, ticket: Ticket) -> Steps[Write | None]:
+        """Steps (`_advance`): fax-status, and what it means.  Polls share the API's backoff with
         submissions (SPEC 6.1): while it is down they wait, and one may be the probe when
         no submission is due."""
         if self._stop.is_set() or not self.backoff.current(ticket):
@@ -800,7 +893,7 @@ class Dispatcher(Stage):
         assert rec.ifax_job_id is not None
         now = time.time()
         try:
-            st = self.client.status(rec.ifax_job_id)
+            st = yield from self.client.status_steps(rec.ifax_job_id)
         except ApiError as exc:
             if isinstance(exc, Transient):
                 delay = self.backoff.failure(ticket, exc.retry_after)
@@ -844,8 +937,9 @@ class Dispatcher(Stage):
                        "the gateway gave up and canceled it; it may have been sent: check the iFax "
                        "dashboard before sending it again")
             # A request like any other (SPEC 6.1): its token is reserved and waited for here, in
-            # the poll's worker (at most once per fax, after give_up_after).  Stopping meanwhile,
+            # a worker (at most once per fax, after give_up_after).  Stopping meanwhile,
             # nothing is recorded: the fax is still due, given up and canceled after the restart.
+            yield None  # what follows waits: a worker goes on with it
             wait = self.limiter.reserve()
             if wait > 0 and self._stop.wait(wait):
                 return None

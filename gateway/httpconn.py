@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import email.parser
 import http.client
+import io
 import re
 import select
 import socket
@@ -35,9 +36,10 @@ import threading
 import time
 import types
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from email.message import Message
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar, Union, overload
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,6 +47,8 @@ import httpx
 SEND_PIECE = 256 << 10  # bytes of a request body sent under one timeout
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 EARLY_ANSWER_WAIT = 2.0  # seconds to wait for an answer to a request that could not be written
+RECEIVE = 64 << 10  # bytes asked of a socket at once by `Pending.read`
+PENDING_ANSWER = 1 << 20  # bytes of answer `Pending.read` takes whole; a larger one is read blocking
 
 
 class TransportError(Exception):
@@ -77,7 +81,51 @@ class Answer:
 class Poster(Protocol):
     def post(self, path: str, content: bytes) -> Answer: ...
 
+    def start(self, path: str, content: bytes) -> Pending | None: ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request among a caller's steps (`run`): what to post, and through what."""
+    poster: Poster
+    path: str
+    content: bytes = field(repr=False)
+
+
+# What a caller's steps hand out: a request to make, a request under way, or None ("what
+# follows may block": whoever runs the steps without waiting gives them to a thread).
+Step = Union[Call, "Pending", None]  # Pending is defined further down
+T = TypeVar("T")
+Steps = Generator[Step, Any, T]
+
+
+def run(steps: Steps[T], step: Step | object = ...) -> T:
+    """A caller's steps (a generator) run in this thread, each request waited for: the
+    client's blocking calls, and a worker going on from `step`, where whoever ran the
+    steps so far without waiting had to stop.  An answer is sent into the steps; a
+    request that got none is thrown into them (`TransportError`)."""
+    try:
+        current = next(steps) if step is ... else step
+        while True:
+            try:
+                answer = wait(current)  # type: ignore[arg-type]
+            except TransportError as exc:
+                current = steps.throw(exc)
+            else:
+                current = steps.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def wait(step: Step) -> Answer | None:
+    """A step done blocking: the request made, or finished, and its answer read."""
+    if isinstance(step, Pending):
+        return step.complete()
+    if isinstance(step, Call):
+        return step.poster.post(step.path, step.content)
+    return None
 
 
 def proxy_for(base_url: str) -> str | None:
@@ -129,18 +177,54 @@ class Connections:
         except http.client.HTTPException as exc:  # a path http.client refuses (InvalidURL): never sent
             raise SendFailed(_describe(exc)) from None
         conn = self._take()
+        # The headers leave with the first piece of the body, in one send: one packet and
+        # one system call instead of two (issue 12: each system call of a worker is a
+        # chance for the interpreter lock to change hands).
+        view = memoryview(content)
+        first = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), view[:SEND_PIECE]))
+        return self._finish(conn, first, 0, view[SEND_PIECE:], b"")
+
+    def start(self, path: str, content: bytes) -> Pending | None:
+        """The request written without waiting, on an idle connection, for the caller to
+        read its answer as it comes (`Pending`); None if that cannot be done (no idle
+        connection, a body larger than one send): then `post` it.  Nothing of it has
+        left when None comes back."""
+        if len(content) > SEND_PIECE:
+            return None
+        try:
+            head = self._head(path)
+        except http.client.HTTPException:
+            return None  # `post` says why
+        conn = self._take(connect=False)
+        if conn is None:
+            return None
+        assert conn.sock is not None
+        data = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), content))
+        sock = conn.sock
+        sock.setblocking(False)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0  # a TLS write is retried with the same bytes: the blocking part does that
+        except OSError:
+            sent = 0  # the blocking part meets the error again and says what it was, as `post`
+        return Pending(self, conn, data, sent)
+
+    def _finish(self, conn: http.client.HTTPConnection, first: bytes | memoryview, sent: int,
+                rest: memoryview, received: bytes) -> Answer:
+        """Send what is left of a request, then read its answer, blocking: `first` from
+        byte `sent` on, then `rest` in pieces (the socket's timeout bounds each send, so a
+        large fax on a slow uplink is not cut off by api.timeout as a whole), then the
+        answer, of which `received` came already."""
+        assert conn.sock is not None
+        conn.sock.settimeout(self._timeout)
         resp: _Response | None = None
         try:
             try:
-                # The headers leave with the first piece of the body, in one send: one packet
-                # and one system call instead of two (issue 12: each system call of a worker
-                # is a chance for the interpreter lock to change hands).  The rest goes in
-                # pieces: the socket's timeout bounds each send, so a large fax on a slow
-                # uplink is not cut off by api.timeout as a whole (one sendall would be).
-                view = memoryview(content)
-                conn.send(b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), view[:SEND_PIECE])))
-                for start in range(SEND_PIECE, len(view), SEND_PIECE):
-                    conn.send(view[start:start + SEND_PIECE])
+                if sent < len(first):
+                    conn.send(memoryview(first)[sent:])
+                for start in range(0, len(rest), SEND_PIECE):
+                    conn.send(rest[start:start + SEND_PIECE])
             except (OSError, http.client.HTTPException) as exc:
                 early = _early_answer(conn)
                 if early is None:
@@ -148,7 +232,7 @@ class Connections:
                 conn.close()
                 return early
             try:
-                resp = _answer(conn)
+                resp = _answer(conn, received)
                 body = resp.read()
             except TimeoutError as exc:
                 raise AnswerTimeout(_describe(exc)) from None
@@ -190,12 +274,19 @@ class Connections:
         for conn, _ in idle:
             conn.close()
 
-    def _take(self) -> http.client.HTTPConnection:
+    @overload
+    def _take(self) -> http.client.HTTPConnection: ...
+
+    @overload
+    def _take(self, connect: bool) -> http.client.HTTPConnection | None: ...
+
+    def _take(self, connect: bool = True) -> http.client.HTTPConnection | None:
+        """The newest usable idle connection, else a new one (None without `connect`)."""
         while True:
             with self._lock:
                 conn, since = self._idle.pop() if self._idle else (None, 0.0)
             if conn is None:
-                return self._connect()
+                return self._connect() if connect else None
             if time.monotonic() - since <= KEEPALIVE_EXPIRY and _usable(conn):
                 return conn
             conn.close()
@@ -277,13 +368,13 @@ class _Response(http.client.HTTPResponse):
         return version, status, reason
 
 
-def _answer(conn: http.client.HTTPConnection) -> _Response:
+def _answer(conn: http.client.HTTPConnection, received: bytes = b"") -> _Response:
     """The answer to the request just written on `conn`, its status and headers read (the
     request was written by `post`, not through http.client's own request methods, so its
-    `getresponse` would not know of it)."""
+    `getresponse` would not know of it), `received` being its first bytes, read already."""
     if conn.sock is None:
         raise http.client.NotConnected()
-    resp = _Response(conn.sock, method="POST")
+    resp = _Response(_Received(received, conn.sock) if received else conn.sock, method="POST")
     try:
         resp.begin()
     except BaseException:
@@ -323,6 +414,136 @@ def _usable(conn: http.client.HTTPConnection) -> bool:
         return False
 
 
+class Pending:
+    """A request `Connections.start` wrote without waiting, whose answer the caller reads
+    as it comes (`read`, when the socket is readable; `expired` past `deadline`).
+
+    Why: the sending loop makes most requests itself instead of handing each to a worker
+    thread and taking the answer back from it, two hand-overs of the interpreter lock
+    and a thread's work per request (issue 12).  Only the usual answer is read here: a
+    final status with a body framed by Content-Length.  Anything else (an informational
+    answer first, a chunked or close-delimited body, a connection that ends before the
+    answer is whole, a request not written in full, a TLS step that must write) is
+    finished by `complete`, blocking, with the standard library's parser reading what
+    came already: the same answer, or the same error, as `post` would have given."""
+
+    def __init__(self, pool: Connections, conn: http.client.HTTPConnection, data: bytes,
+                 sent: int) -> None:
+        assert conn.sock is not None
+        self._pool, self._conn, self._sock = pool, conn, conn.sock
+        self._data, self.sent = data, sent
+        self._received = bytearray()
+        self._length: int | None = None  # of the whole answer, once its head is read
+        self.deadline = time.monotonic() + pool._timeout  # each read, as a socket's timeout
+
+    @property
+    def written(self) -> bool:
+        """The whole request left: only its answer is awaited."""
+        return self.sent >= len(self._data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> Answer | TransportError | Pending | None:
+        """What the socket holds now, read: the answer once whole, an error, None while
+        it is not whole, or itself if `complete` must finish it."""
+        while True:
+            try:
+                chunk = self._sock.recv(RECEIVE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                return self
+            except OSError as exc:
+                self._conn.close()
+                return AnswerBroken(_describe(exc))
+            if not chunk:
+                return self  # the end of the connection: the parser says what came before it
+            self._received += chunk
+            self.deadline = time.monotonic() + self._pool._timeout
+        if self._length is None:
+            self._length = _framed(self._received)
+            if self._length is None:
+                return self if len(self._received) > PENDING_ANSWER else None
+            if self._length < 0 or self._length > PENDING_ANSWER:
+                return self
+        if len(self._received) < self._length:
+            return None
+        try:
+            resp = _Response(_Received(bytes(self._received[:self._length]), None), method="POST")
+            resp.begin()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            return AnswerBroken(_describe(exc))
+        if resp.will_close or len(self._received) > self._length:  # more than was asked: not reused
+            self._conn.close()
+        else:
+            self._sock.settimeout(self._pool._timeout)
+            self._pool._give_back(self._conn)
+        return Answer(resp.status, resp.headers, body)
+
+    def expired(self) -> AnswerTimeout:
+        """No byte of the answer for the timeout: as `post`'s socket timeout would say."""
+        self._conn.close()
+        return AnswerTimeout("timed out")
+
+    def complete(self) -> Answer:
+        """Blocking, from where `read` stopped: the rest of the request, then the answer."""
+        return self._pool._finish(self._conn, self._data, self.sent, memoryview(b""), bytes(self._received))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _framed(received: bytearray) -> int | None:
+    """The length of the answer that begins `received`, once its head is there: a final
+    status whose body Content-Length frames.  -1 for any other answer (`complete` reads
+    it), None while the head is not whole."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        return -1 if b"\n\n" in received or b"\n\r\n" in received else None
+    head = bytes(received[:end + 2]).lower()
+    # Every line ends in CRLF, so the parser's head ends where this one does.
+    if head.count(b"\n") != head.count(b"\r\n") or b"\r\ntransfer-encoding:" in head:
+        return -1
+    version, _, rest = head.partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"http/") or not code.isdigit() or int(code) < 200 or int(code) in (204, 304):
+        return -1
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1:
+        return -1
+    return end + 4 + int(lengths[0])
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,12})[ \t]*(?=\r\n)")
+
+
+class _Received(io.RawIOBase):
+    """The bytes of an answer read already, then the socket's (None: no more), as the
+    file http.client's parser reads an answer from."""
+
+    def __init__(self, received: bytes, sock: socket.socket | None) -> None:
+        super().__init__()
+        self._left = memoryview(received)
+        self._sock = sock
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left:
+            n = min(len(buffer), len(self._left))
+            buffer[:n] = self._left[:n]
+            self._left = self._left[n:]
+            return n
+        return 0 if self._sock is None else self._sock.recv_into(buffer)
+
+
 class ProxiedPoster:
     """Through the proxy the environment names, by httpx (which reads it)."""
 
@@ -345,6 +566,9 @@ class ProxiedPoster:
         except httpx.HTTPError as exc:
             raise AnswerBroken(_describe(exc)) from None
         return Answer(resp.status_code, resp.headers, resp.content)
+
+    def start(self, path: str, content: bytes) -> Pending | None:
+        return None  # always `post`
 
     def close(self) -> None:
         self._http.close()

@@ -179,7 +179,13 @@ class IFaxClient:
 
     def submit(self, request: PreparedRequest) -> str:
         """fax-send or fax-resend; returns the jobId iFax gave the fax."""
-        return self._job_id(self._call(request.endpoint, request.content))
+        return httpconn.run(self.submit_steps(request))
+
+    def submit_steps(self, request: PreparedRequest) -> httpconn.Steps[str]:
+        """`submit` as steps (httpconn.run): the sending loop makes the request itself
+        while it can go out and be answered without waiting (issue 12)."""
+        body = yield from self._call(request.endpoint, request.content)
+        return self._job_id(body)
 
     def send(self, number: str, attachments: Sequence[Attachment], **options: Any) -> str:
         return self.submit(self.send_request(number, attachments, **options))
@@ -188,17 +194,20 @@ class IFaxClient:
         return self.submit(self.resend_request(job_id, attachments))
 
     def status(self, job_id: str) -> FaxStatus:
-        body = self._call("fax-status", {"jobId": job_id_value(job_id)})
+        return httpconn.run(self.status_steps(job_id))
+
+    def status_steps(self, job_id: str) -> httpconn.Steps[FaxStatus]:
+        body = yield from self._call("fax-status", {"jobId": job_id_value(job_id)})
         data = body.get("data")
         if not isinstance(data, dict):
             raise Uncertain("fax-status answer has no fax object", endpoint="fax-status")
         return parse_status(data)
 
     def cancel(self, job_id: str) -> None:
-        self._call("fax-cancel", {"jobId": job_id_value(job_id)})
+        httpconn.run(self._call("fax-cancel", {"jobId": job_id_value(job_id)}))
 
     def delete(self, job_id: str) -> None:
-        self._call("fax-delete", {"jobId": job_id_value(job_id)})
+        httpconn.run(self._call("fax-delete", {"jobId": job_id_value(job_id)}))
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -209,11 +218,11 @@ class IFaxClient:
             raise Uncertain("iFax answered success without a jobId", endpoint="")
         return str(job_id).strip()
 
-    def _call(self, endpoint: str, body: dict[str, Any] | bytes) -> dict[str, Any]:
+    def _call(self, endpoint: str, body: dict[str, Any] | bytes) -> httpconn.Steps[dict[str, Any]]:
         started = time.monotonic()
         outcome = "transport_error"
         try:
-            resp = self._post(endpoint, body)
+            resp = yield from self._post(endpoint, body)
             outcome = "http_error"
             result = self._read(endpoint, resp)
             outcome = "ok"
@@ -225,10 +234,10 @@ class IFaxClient:
             if self._observer:
                 self._observer(endpoint, outcome, time.monotonic() - started)
 
-    def _post(self, endpoint: str, body: dict[str, Any] | bytes) -> httpconn.Answer:
+    def _post(self, endpoint: str, body: dict[str, Any] | bytes) -> httpconn.Steps[httpconn.Answer]:
         content = body if isinstance(body, bytes) else _prepare(endpoint, body).content
         try:
-            return self._http.post(f"/customer/{endpoint}", content)
+            answer: httpconn.Answer = yield httpconn.Call(self._http, f"/customer/{endpoint}", content)
         except httpconn.ConnectFailed as exc:
             raise Transient(f"cannot connect to {self.base_url}: {exc}", endpoint=endpoint) from None
         except httpconn.SendFailed as exc:
@@ -240,6 +249,7 @@ class IFaxClient:
         except httpconn.AnswerBroken as exc:
             raise Uncertain(f"the connection broke after the request to {endpoint} was sent "
                             f"({exc})", endpoint=endpoint) from None
+        return answer
 
     def _read(self, endpoint: str, resp: httpconn.Answer) -> dict[str, Any]:
         code = resp.status

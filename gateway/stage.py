@@ -89,7 +89,7 @@ class Stage:
                                       type(exc).__name__, self._described(exc), exc=exc)
                 wait = 0.0
             if wait > 0:
-                self._wake.wait(wait)
+                self._idle(wait)
                 self._wake.clear()
                 continue
             try:
@@ -102,8 +102,12 @@ class Stage:
             else:
                 self.problems.clear("turn", "%s: working again", self.name)
             if wait > 0:
-                self._wake.wait(wait)
+                self._idle(wait)
             self._wake.clear()
+
+    def _idle(self, seconds: float) -> None:
+        """Between two turns: wait until woken, at most `seconds`."""
+        self._wake.wait(seconds)
 
     def breathe(self) -> None:
         """Between two items of a turn: let a waiting stage have its turn (turns.py)."""

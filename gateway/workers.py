@@ -36,6 +36,10 @@ class Workers:
         for t in self._threads:
             t.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Runs `fn(*args)` in the next free thread; raises WorkersClosed after `close`."""
         with self._lock:
