@@ -57,6 +57,7 @@ class Awaiting(Generic[Owner]):
                 outcome = AnswerBroken(f"{type(exc).__name__}: {exc}"[:200])
             if outcome is not None:
                 ended.append((self._take(pending), outcome))
+                pending.release()  # unwatched first: a worker may take the connection at once
         now = time.monotonic()
         for pending in [p for p in self._owners if p.deadline <= now]:
             ended.append((self._take(pending), pending.expired()))

@@ -39,7 +39,7 @@ from gateway.errors import (
 from gateway.faults import crash_point
 from gateway.filing import bases
 from gateway.handover import Handover
-from gateway.httpconn import Call, Pending, Step, Steps, TransportError, run
+from gateway.httpconn import AnswerBroken, Call, Pending, Step, Steps, TransportError, run
 from gateway.ifax import Attachment, FaxStatus, IFaxClient, PreparedRequest
 from gateway.judge import Accepted, read_in
 from gateway.metrics import Metrics
@@ -255,6 +255,7 @@ class Dispatcher(Stage):
         so none waits in a queue (one whose intent is committed is sent or undone)."""
         try:
             while self._awaiting:  # each ends within api.timeout
+                self._wake.clear()  # else every wait after the first answer would spin
                 self._pump(1.0)
         finally:
             self._awaiting.close()
@@ -567,7 +568,11 @@ class Dispatcher(Stage):
             if isinstance(step, Call):
                 pending = step.poster.start(step.path, step.content)
                 if pending is not None and pending.written:
-                    self._awaiting.add(pending, flight)
+                    try:
+                        self._awaiting.add(pending, flight)
+                    except Exception as exc:  # written: it may have reached iFax, so uncertain
+                        pending.close()
+                        self._advance(flight, AnswerBroken(f"{type(exc).__name__}: {exc}"[:200]))
                     return
                 step = pending or step  # partly written: a worker sends the rest
         except StopIteration as stop:

@@ -434,6 +434,7 @@ class Pending:
         self._data, self.sent = data, sent
         self._received = bytearray()
         self._length: int | None = None  # of the whole answer, once its head is read
+        self._reusable = False  # answered whole on a connection that stays open (`release`)
         self.deadline = time.monotonic() + pool._timeout  # each read, as a socket's timeout
 
     @property
@@ -446,7 +447,9 @@ class Pending:
 
     def read(self) -> Answer | TransportError | Pending | None:
         """What the socket holds now, read: the answer once whole, an error, None while
-        it is not whole, or itself if `complete` must finish it."""
+        it is not whole, or itself if `complete` must finish it.  A connection kept for
+        reuse goes back to its pool at `release`, once the caller no longer watches it."""
+        broken: OSError | None = None
         while True:
             try:
                 chunk = self._sock.recv(RECEIVE)
@@ -455,8 +458,14 @@ class Pending:
             except ssl.SSLWantWriteError:
                 return self
             except OSError as exc:
-                self._conn.close()
-                return AnswerBroken(_describe(exc))
+                if not self._received:
+                    self._conn.close()
+                    return AnswerBroken(_describe(exc))
+                # A whole answer and then a reset (a server that closed without reading
+                # the whole request, as one refusing it does) is still that answer, as
+                # http.client, which stops at its end, reads it.
+                broken = exc
+                break
             if not chunk:
                 return self  # the end of the connection: the parser says what came before it
             self._received += chunk
@@ -464,24 +473,33 @@ class Pending:
         if self._length is None:
             self._length = _framed(self._received)
             if self._length is None:
-                return self if len(self._received) > PENDING_ANSWER else None
+                return self if broken is not None or len(self._received) > PENDING_ANSWER else None
             if self._length < 0 or self._length > PENDING_ANSWER:
                 return self
         if len(self._received) < self._length:
-            return None
+            return self if broken is not None else None
         try:
             resp = _Response(_Received(bytes(self._received[:self._length]), None), method="POST")
             resp.begin()
+            body_length = self._length - (self._received.find(b"\r\n\r\n") + 4)
+            if resp.chunked or resp.length != body_length:  # the parser framed it otherwise
+                return self
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             self._conn.close()
             return AnswerBroken(_describe(exc))
-        if resp.will_close or len(self._received) > self._length:  # more than was asked: not reused
+        # More than was asked for, or a reset: not reused.
+        self._reusable = not (resp.will_close or len(self._received) > self._length or broken)
+        if not self._reusable:
             self._conn.close()
-        else:
+        return Answer(resp.status, resp.headers, body)
+
+    def release(self) -> None:
+        """The caller no longer watches the connection: a reusable one goes back to its pool."""
+        if self._reusable:
+            self._reusable = False
             self._sock.settimeout(self._pool._timeout)
             self._pool._give_back(self._conn)
-        return Answer(resp.status, resp.headers, body)
 
     def expired(self) -> AnswerTimeout:
         """No byte of the answer for the timeout: as `post`'s socket timeout would say."""

@@ -208,3 +208,46 @@ def test_any_other_answer_is_left_to_the_standard_parser(answer):
 
 def test_a_head_not_yet_whole_is_waited_for():
     assert _framed(bytearray(b"HTTP/1.1 200 OK\r\nContent-Len")) is None
+
+
+def test_a_whole_answer_and_then_a_reset_is_that_answer():
+    """A server that answers (a refusal, say) and resets the connection without reading the
+    rest: the answer read before the reset counts, as http.client, which stops at its end,
+    reads it; calling it a broken connection would make a refusal, or an acceptance,
+    uncertain.  The connection is not reused."""
+    import struct
+
+    from gateway.httpconn import Answer as HttpAnswer
+    from gateway.httpconn import Connections
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        _plain(conn, b"{}")  # the first request, answered on a kept-alive connection
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, not a FIN
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    pool = Connections(f"http://127.0.0.1:{server.getsockname()[1]}/v1", {}, timeout=2,
+                       connect_timeout=2, size=1)
+    try:
+        assert pool.post("/customer/fax-send", b"{}").status == 200
+        pending = pool.start("/customer/fax-send", b"{}")
+        assert pending is not None and pending.written
+        assert done.wait(5)
+        time.sleep(0.2)  # the reset reaches this side's socket
+        answer = pending.read()
+        assert isinstance(answer, HttpAnswer) and (answer.status, answer.body) == (401, b"no")
+        pending.release()
+        assert pool.start("/customer/fax-send", b"{}") is None  # not kept for reuse
+    finally:
+        pool.close()
+        server.close()
