@@ -173,16 +173,10 @@ class Connections:
 
     def post(self, path: str, content: bytes) -> Answer:
         try:
-            head = self._head(path)
+            first = self._first_piece(path, content)
         except http.client.HTTPException as exc:  # a path http.client refuses (InvalidURL): never sent
             raise SendFailed(_describe(exc)) from None
-        conn = self._take()
-        # The headers leave with the first piece of the body, in one send: one packet and
-        # one system call instead of two (issue 12: each system call of a worker is a
-        # chance for the interpreter lock to change hands).
-        view = memoryview(content)
-        first = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), view[:SEND_PIECE]))
-        return self._finish(conn, first, 0, view[SEND_PIECE:], b"")
+        return self._finish(self._take(), first, 0, memoryview(content)[SEND_PIECE:], b"")
 
     def start(self, path: str, content: bytes) -> Pending | None:
         """The request written without waiting, on an idle connection, for the caller to
@@ -192,14 +186,13 @@ class Connections:
         if len(content) > SEND_PIECE:
             return None
         try:
-            head = self._head(path)
+            data = self._first_piece(path, content)  # the whole request: the body fits one piece
         except http.client.HTTPException:
             return None  # `post` says why
         conn = self._take(connect=False)
         if conn is None:
             return None
         assert conn.sock is not None
-        data = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(content), content))
         sock = conn.sock
         sock.setblocking(False)
         try:
@@ -209,6 +202,13 @@ class Connections:
         except OSError:
             sent = 0  # the blocking part meets the error again and says what it was, as `post`
         return Pending(self, conn, data, sent)
+
+    def _first_piece(self, path: str, content: bytes) -> bytes:
+        """The headers with the first piece of the body, sent in one send: one packet and one
+        system call instead of two (issue 12: each system call is a chance for the
+        interpreter lock to change hands)."""
+        return b"".join((self._head(path), b"Content-Length: %d\r\n\r\n" % len(content),
+                         memoryview(content)[:SEND_PIECE]))
 
     def _finish(self, conn: http.client.HTTPConnection, first: bytes | memoryview, sent: int,
                 rest: memoryview, received: bytes) -> Answer:
