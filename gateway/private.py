@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import OutboxConfig
-from gateway.spool import PRIVATE_MODE, job_dir, legacy_private
+from gateway.spool import PRIVATE_MODE, fsync_dir, job_dir, legacy_private
 from gateway.store import Store
 
 log = logging.getLogger("gateway.private")
@@ -48,6 +48,7 @@ class PrivateFolders:
         p = ob.private
         try:
             os.mkdir(p, PRIVATE_MODE)
+            fsync_dir(p.parent)  # claimed documents wait in it: its entry must survive a power cut
             log.info("outbox %s: created its private folder %s", ob.name, p)
         except FileExistsError:
             pass

@@ -69,12 +69,19 @@ def open_dir(root: str | Path, rel_dir: str = "", *, create: bool = False,
         os.close(fd)
 
 
-def _descend(fd: int, where: str, rel_dir: str, *, create: bool, mode: int, keep: int = -1) -> int:
+def _descend(fd: int, where: str, rel_dir: str, *, create: bool, mode: int, keep: int = -1,
+             made: list[str] | None = None) -> int:
     """From the folder open at `fd` (at `where`, named only in errors: a string, since
     Path objects made for every folder of every file were a twentieth of intake's time,
     issue 12) down `rel_dir`, each component opened with O_NOFOLLOW; returns the last
     one's descriptor.  Each descriptor left behind is closed, on failure too, except
-    `keep` (a descriptor its owner goes on using)."""
+    `keep` (a descriptor its owner goes on using).
+
+    A folder made here is an entry in its parent that must reach the disk before what is
+    moved into the folder counts as moved: without it a power cut can leave the folder,
+    and the documents in it, unreachable (SPEC 4.4).  Its parent is synced at once, or,
+    with `made`, named there (its path below `fd`) for the caller's batch to sync."""
+    done: list[str] = []
     try:
         for part in _parts(rel_dir):
             where = os.path.join(where, part)
@@ -87,6 +94,11 @@ def _descend(fd: int, where: str, rel_dir: str, *, create: bool, mode: int, keep
                     os.mkdir(part, mode, dir_fd=fd)
                 except FileExistsError:
                     pass
+                else:
+                    if made is None:
+                        os.fsync(fd)
+                    else:
+                        made.append(os.path.join(*done) if done else "")
                 nfd = _open_made(fd, part, where, mode)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -95,6 +107,7 @@ def _descend(fd: int, where: str, rel_dir: str, *, create: bool, mode: int, keep
             if fd != keep:
                 os.close(fd)
             fd = nfd
+            done.append(part)
         return fd
     except BaseException:
         if fd != keep:
@@ -155,6 +168,7 @@ def make_dirs(path: Path, stop_at: Path) -> None:
             except FileExistsError:
                 continue
             os.close(_open_made(parent, d.name, d, DIR_MODE))
+            os.fsync(parent)  # what is filed into it later must not be lost with it
 
 
 def fsync_dir(path: Path) -> None:
@@ -202,9 +216,13 @@ class DirSyncs:
     @contextmanager
     def opened(self, root: str | Path, rel_dir: str = "", *, create: bool = False,
                mode: int = DIR_MODE) -> Iterator[int]:
-        """As `open_dir`, from the batch's descriptor of `root`."""
+        """As `open_dir`, from the batch's descriptor of `root`; the parent of a folder it
+        makes is synced with the batch."""
         top = self._root(root)
-        fd = _descend(top, os.fspath(root), rel_dir, create=create, mode=mode, keep=top)
+        made: list[str] = []
+        fd = _descend(top, os.fspath(root), rel_dir, create=create, mode=mode, keep=top, made=made)
+        for parent in made:
+            self.add(root, parent)
         try:
             yield fd
         finally:
