@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from gateway.errors import DaemonRunning, StartupError
+from gateway.spool import make_dirs_synced
 
 
 class DatabaseLock:
@@ -41,7 +42,7 @@ class DatabaseLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs_synced(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # SQLite's default mode
         except OSError as exc:
             raise StartupError(f"cannot open database {self.configured}: {exc.strerror or exc}") from exc

@@ -32,6 +32,7 @@ import sqlite_utils
 
 from gateway.errors import InvalidTransition, JobNotFound, StoreError
 from gateway.names import shown
+from gateway.spool import make_dirs_synced
 
 log = logging.getLogger("gateway.store")
 
@@ -363,7 +364,7 @@ class Store:
                     conn.close()
                     raise
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs_synced(self.path.parent)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10)
                 # Takes effect only in a new, empty database; an older one is switched by

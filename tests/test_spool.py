@@ -263,3 +263,31 @@ def test_the_private_folder_made_for_an_outbox_is_synced_in_its_parent(make_conf
     assert not ob.private.exists()
     assert PrivateFolders().problem(ob) is None
     assert ob.private.is_dir() and synced(ob.private.parent)
+
+
+@pytest.mark.parametrize("opener", ["daemon", "store"])
+def test_the_database_folder_made_at_first_start_is_synced_in_its_parent(tmp_path, synced, opener):
+    """SQLite syncs the folder its files are in, never the folders made above them: a
+    power cut could take the new database folder, and every job in it, away."""
+    from gateway.dblock import DatabaseLock
+    from gateway.store import Store
+    db = tmp_path / "state" / "fax-gateway" / "fax.db"
+    if opener == "daemon":  # `fax-gateway run` takes the lock before it opens the store
+        lock = DatabaseLock(db)
+        lock.acquire()
+        lock.release()
+    else:
+        Store(db).close()
+    assert db.exists()
+    assert synced(tmp_path) and synced(tmp_path / "state")
+
+
+def test_the_database_folder_is_made_as_before_and_a_file_in_the_way_says_so(tmp_path):
+    spool.make_dirs_synced(tmp_path / "a" / "b")
+    spool.make_dirs_synced(tmp_path / "a" / "b")  # already there: nothing to do
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError):
+        spool.make_dirs_synced(tmp_path / "f")
+    with pytest.raises(NotADirectoryError):
+        spool.make_dirs_synced(tmp_path / "f" / "g")
