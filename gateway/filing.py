@@ -9,6 +9,7 @@ the ones behind it, however many there are.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -227,7 +228,7 @@ class Filing(Stage):
     def _block(self, job: Job, exc: Exception) -> None:
         item = f"job {job.id}: {Path(job.outbox_path) / job.rel_dir / job.primary}"
         self.blocked.block(("job", job.id), outbox=job.outbox, item=item, job_id=job.id,
-                           reason=_filing_problem(exc))
+                           reason=_filing_problem(exc, _folder_of(job)))
 
     # -- filing -----------------------------------------------------------------------
 
@@ -293,10 +294,27 @@ def result_name(job: Job) -> str:
     return spool.result_name(job.primary, job.id)
 
 
-def _filing_problem(exc: Exception) -> str:
+def _folder_of(job: Job) -> Path | None:
+    """The folder a job is filed into (or taken back from), once that is recorded."""
+    return Path(job.filed_root) / job.rel_dir if job.filed_root else None
+
+
+def _filing_problem(exc: Exception, folder: Path | None = None) -> str:
+    """A sentence saying what to fix: the folder and the remedy, not only the errno."""
     if isinstance(exc, SpoolError):
         return str(exc)
     if isinstance(exc, OSError):
+        code = exc.errno
+        if folder is not None and code in (errno.EACCES, errno.EPERM):
+            return (f"the gateway's user may not write into {shown(folder)}: give the gateway's group "
+                    "write permission on that folder, or on the folder above it if it is missing "
+                    "(see the README, 'Folder layout'); the job is filed then")
+        if folder is not None and code in (errno.ENOSPC, errno.EDQUOT):
+            return f"the filesystem of {shown(folder)} is full: free some space; the job is filed then"
+        if folder is not None and code == errno.EROFS:
+            return (f"the filesystem of {shown(folder)} is read-only: remount it read-write; "
+                    "the job is filed then")
         where = f" ({shown(exc.filename)})" if exc.filename else ""
-        return f"its files could not be moved{where}: {exc.strerror or exc}; fix that and it is filed"
+        into = f" into {shown(folder)}" if folder is not None else ""
+        return f"its files could not be moved{into}{where}: {exc.strerror or exc}; fix that and it is filed"
     return f"filing failed ({type(exc).__name__}: {exc}); it is tried again"

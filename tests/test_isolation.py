@@ -158,6 +158,42 @@ def test_folder_the_gateway_may_not_write_blocks_only_its_files(daemon, two_outb
     assert metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="claim") == 0
 
 
+def test_a_sent_folder_the_gateway_may_not_write_holds_only_that_job_and_sends_it_once(
+        daemon, two_outboxes, spool, other, simulator):
+    """A number folder in sent/ made by someone else (0755): the fax goes out, its filing is
+    blocked with a reason naming the folder, the document waits in the private folder, the
+    others are filed; once the folder is fixed it is filed, never sent again."""
+    config = two_outboxes()
+    d = daemon(config, prefix=without_root_file_access()).start()
+    locked = _locked_folder(spool.sent / "+15551230506")
+    data = _write(spool.folder("+15551230506"), b"held.pdf", make_pdf(1, text="held"))
+    [item] = wait_for(lambda: _blocked(config), 20, "the blocked filing")
+    assert item["stage"] == "filing" and item["outbox"] == "main"
+    assert str(locked) in item["reason"] and "write permission" in item["reason"], item["reason"]
+    held = [p for p in spool.private.rglob("held.pdf")]
+    assert len(held) == 1 and held[0].read_bytes() == data, "not waiting in the private folder"
+    assert spool.outbox_files() == []  # taken: it waits where no writer can touch it
+    _good_files_still_delivered(spool, other, simulator)
+    assert metric_value(d.metrics(), "fax_gateway_blocked", outbox="main", stage="filing") == 1
+    assert d.log.read_text().count("blocked (filing)") == 1
+    os.chown(locked, 0, 0)  # the administrator fixes the folder
+    wait_for(lambda: any(r["files"] == ["held.pdf"] for r in spool.results("sent")), 20, "held.pdf filed")
+    assert (locked / "held.pdf").read_bytes() == data
+    assert [doc for _, doc in sent_documents(simulator)].count(data) == 1, "sent more than once"
+    wait_for(lambda: _blocked(config) == [], 10, "the blocked item to clear")
+    assert not list(spool.private.rglob("held.pdf"))
+    assert "Traceback" not in d.log.read_text()
+
+
+@pytest.mark.parametrize("code, says", [(28, "is full: free some space"), (30, "is read-only: remount it"),
+                                         (1, "write permission on that folder")])
+def test_a_filing_problem_names_the_folder_and_the_fix(code, says):
+    from gateway.filing import _filing_problem
+    folder = Path("/srv/fax/sent/+15551230506")
+    text = _filing_problem(OSError(code, os.strerror(code), "held.pdf"), folder)
+    assert str(folder) in text and says in text and text.endswith("the job is filed then")
+
+
 def test_claim_interrupted_then_locked_starts_and_never_rejects_falsely(daemon, spool, simulator, tmp_path):
     """A claim intent committed before a crash, in a folder that became unwritable: the
     daemon still starts, the claim is undone, and the document is sent once it can be."""
