@@ -228,7 +228,8 @@ class Filing(Stage):
     def _block(self, job: Job, exc: Exception) -> None:
         item = f"job {job.id}: {Path(job.outbox_path) / job.rel_dir / job.primary}"
         self.blocked.block(("job", job.id), outbox=job.outbox, item=item, job_id=job.id,
-                           reason=_filing_problem(exc, _folder_of(job)))
+                           reason=_filing_problem(exc, _folder_of(job),
+                                                  taking_back=job.phase == Phase.UNFILING))
 
     # -- filing -----------------------------------------------------------------------
 
@@ -299,22 +300,46 @@ def _folder_of(job: Job) -> Path | None:
     return Path(job.filed_root) / job.rel_dir if job.filed_root else None
 
 
-def _filing_problem(exc: Exception, folder: Path | None = None) -> str:
-    """A sentence saying what to fix: the folder and the remedy, not only the errno."""
+def _filing_problem(exc: Exception, folder: Path | None = None, *, taking_back: bool = False) -> str:
+    """A sentence saying what to fix.  The folder in `sent/` or `failed/` is named only
+    when it is the culprit, looked at as the gateway's user: the same errors come from
+    the private folder too, and naming the wrong folder would send the operator there."""
     if isinstance(exc, SpoolError):
         return str(exc)
-    if isinstance(exc, OSError):
-        code = exc.errno
-        if folder is not None and code in (errno.EACCES, errno.EPERM):
-            return (f"the gateway's user may not write into {shown(folder)}: give the gateway's group "
-                    "write permission on that folder, or on the folder above it if it is missing "
-                    "(see the README, 'Folder layout'); the job is filed then")
-        if folder is not None and code in (errno.ENOSPC, errno.EDQUOT):
-            return f"the filesystem of {shown(folder)} is full: free some space; the job is filed then"
-        if folder is not None and code == errno.EROFS:
-            return (f"the filesystem of {shown(folder)} is read-only: remount it read-write; "
-                    "the job is filed then")
-        where = f" ({shown(exc.filename)})" if exc.filename else ""
-        into = f" into {shown(folder)}" if folder is not None else ""
-        return f"its files could not be moved{into}{where}: {exc.strerror or exc}; fix that and it is filed"
-    return f"filing failed ({type(exc).__name__}: {exc}); it is tried again"
+    if not isinstance(exc, OSError):
+        return f"filing failed ({type(exc).__name__}: {exc}); it is tried again"
+    code, then = exc.errno, "the job is taken back then" if taking_back else "the job is filed then"
+    where = f" ({shown(exc.filename)})" if exc.filename else ""
+    if folder is not None and code in (errno.EACCES, errno.EPERM) and not _may_write(folder):
+        verb = "move files out of" if taking_back else "write into"
+        return (f"the gateway's user may not {verb} {shown(folder)}{where}: give the gateway's group "
+                "write permission on that folder, or on the folder above it if it is missing "
+                f"(see the README, 'Folder layout'); {then}")
+    if folder is not None and code == errno.EROFS and _read_only(folder):
+        return f"the filesystem of {shown(folder)} is read-only{where}: remount it read-write; {then}"
+    if folder is not None and code == errno.ENOSPC:
+        return (f"no space left on the filesystem of {shown(folder)} or of the private folder{where}: "
+                f"free some space; {then}")
+    if code == errno.EDQUOT:
+        return f"the gateway's user has used up its disk quota{where}: raise or free it; {then}"
+    between = f" between the private folder and {shown(folder)}" if folder is not None else ""
+    end = "it is taken back" if taking_back else "it is filed"
+    return f"its files could not be moved{between}{where}: {exc.strerror or exc}; fix that and {end}"
+
+
+def _may_write(folder: Path) -> bool:
+    """As the daemon runs (its effective user and capabilities): a folder missing is not writable."""
+    try:
+        return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+    except OSError:
+        return False
+
+
+def _read_only(folder: Path) -> bool:
+    p = folder
+    while not p.exists() and p.parent != p:
+        p = p.parent  # a folder still to be made: its filesystem is the nearest existing parent's
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True  # cannot tell: say what the error said

@@ -181,9 +181,13 @@ def make_dirs_synced(path: Path) -> None:
         if path.parent == path:
             raise
         make_dirs_synced(path.parent)
-        make_dirs_synced(path)
-        return
-    except FileExistsError:
+        try:
+            path.mkdir()
+        except OSError:
+            if not path.is_dir():
+                raise
+            return
+    except OSError:  # as Path.mkdir: some systems say EACCES or EROFS for a folder that exists
         if not path.is_dir():
             raise
         return

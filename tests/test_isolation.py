@@ -185,13 +185,34 @@ def test_a_sent_folder_the_gateway_may_not_write_holds_only_that_job_and_sends_i
     assert "Traceback" not in d.log.read_text()
 
 
-@pytest.mark.parametrize("code, says", [(28, "is full: free some space"), (30, "is read-only: remount it"),
-                                         (1, "write permission on that folder")])
+@pytest.mark.parametrize("code, says", [(28, "no space left on the filesystem of"),
+                                         (122, "used up its disk quota"),
+                                         (13, "may not write into")])
 def test_a_filing_problem_names_the_folder_and_the_fix(code, says):
     from gateway.filing import _filing_problem
-    folder = Path("/srv/fax/sent/+15551230506")
+    folder = Path("/srv/fax/sent/+15551230506")  # missing here, so not writable
     text = _filing_problem(OSError(code, os.strerror(code), "held.pdf"), folder)
-    assert str(folder) in text and says in text and text.endswith("the job is filed then")
+    assert says in text and "(held.pdf)" in text and text.endswith("the job is filed then")
+    if code != 122:
+        assert str(folder) in text
+
+
+def test_a_filing_problem_from_the_private_side_does_not_blame_a_writable_folder(tmp_path):
+    """EACCES from the job's folder in the private folder, the destination writable: the
+    operator is not sent to fix the wrong folder."""
+    from gateway.filing import _filing_problem
+    text = _filing_problem(OSError(13, "Permission denied", "held.pdf"), tmp_path)
+    assert "may not write" not in text and "write permission" not in text
+    assert text == (f"its files could not be moved between the private folder and {tmp_path} (held.pdf): "
+                    "Permission denied; fix that and it is filed")
+
+
+def test_a_take_back_blocked_by_a_locked_failed_folder_says_so(tmp_path):
+    from gateway.filing import _filing_problem
+    folder = tmp_path / "failed" / "+15551230506"  # missing: cannot be moved out of
+    text = _filing_problem(OSError(13, "Permission denied", "held.pdf"), folder, taking_back=True)
+    assert text.startswith(f"the gateway's user may not move files out of {folder}")
+    assert text.endswith("the job is taken back then")
 
 
 def test_claim_interrupted_then_locked_starts_and_never_rejects_falsely(daemon, spool, simulator, tmp_path):

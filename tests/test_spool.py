@@ -291,3 +291,16 @@ def test_the_database_folder_is_made_as_before_and_a_file_in_the_way_says_so(tmp
         spool.make_dirs_synced(tmp_path / "f")
     with pytest.raises(NotADirectoryError):
         spool.make_dirs_synced(tmp_path / "f" / "g")
+
+
+def test_an_existing_database_folder_is_fine_whatever_error_mkdir_gives(tmp_path, monkeypatch):
+    """As Path.mkdir(exist_ok=True): some network filesystems answer EACCES or EROFS, not
+    EEXIST, for a folder that exists under one the gateway may not write."""
+    (tmp_path / "db").mkdir()
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    spool.make_dirs_synced(tmp_path / "db")
+    with pytest.raises(PermissionError):
+        spool.make_dirs_synced(tmp_path / "new")
