@@ -159,8 +159,8 @@ class Filing(Stage):
                 try:
                     suffix = spool.choose_suffix(root, job.rel_dir, names, bases(job),
                                                  start=0 if used.get(key) is None else used[key] + 1)
-                except Exception as exc:
-                    self._block(job, exc)
+                except Exception as exc:  # e.g. a folder the gateway's user may not look into
+                    self._block(job, exc, folder=Path(root) / job.rel_dir)
                     continue
                 self.breathe()
                 mine = {(key[0], n) for n in (spool.suffixed(n, suffix, bases(job)) for n in names)}
@@ -225,10 +225,11 @@ class Filing(Stage):
         else:
             self.blocked.clear(("job", job.id), "filed")
 
-    def _block(self, job: Job, exc: Exception) -> None:
+    def _block(self, job: Job, exc: Exception, *, folder: Path | None = None) -> None:
+        """`folder`: where it is bound, before that is recorded with the job."""
         item = f"job {job.id}: {Path(job.outbox_path) / job.rel_dir / job.primary}"
         self.blocked.block(("job", job.id), outbox=job.outbox, item=item, job_id=job.id,
-                           reason=_filing_problem(exc, _folder_of(job),
+                           reason=_filing_problem(exc, folder or _folder_of(job),
                                                   taking_back=job.phase == Phase.UNFILING))
 
     # -- filing -----------------------------------------------------------------------

@@ -185,6 +185,20 @@ def test_a_sent_folder_the_gateway_may_not_write_holds_only_that_job_and_sends_i
     assert "Traceback" not in d.log.read_text()
 
 
+def test_a_sent_folder_the_gateway_may_not_even_look_into_is_named_too(daemon, spool, simulator):
+    """0700 and someone else's: the free name for the job cannot even be chosen there."""
+    d = daemon(prefix=without_root_file_access()).start()
+    locked = _locked_folder(spool.sent / "+15551230507")
+    locked.chmod(0o700)
+    data = _write(spool.folder("+15551230507"), b"shut.pdf", make_pdf(1, text="shut"))
+    [item] = wait_for(lambda: _blocked(d.config), 20, "the blocked filing")
+    assert item["stage"] == "filing" and str(locked) in item["reason"], item["reason"]
+    assert "write permission" in item["reason"]
+    os.chown(locked, 0, 0)
+    wait_for(lambda: any(r["files"] == ["shut.pdf"] for r in spool.results("sent")), 20, "shut.pdf filed")
+    assert [doc for _, doc in sent_documents(simulator)].count(data) == 1
+
+
 @pytest.mark.parametrize("code, says", [(28, "no space left on the filesystem of"),
                                          (122, "used up its disk quota"),
                                          (13, "may not write into")])
