@@ -153,9 +153,13 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def make_dirs(path: Path, stop_at: Path) -> None:
-    """Create a configured folder and its missing parents below `stop_at` (start-up only:
-    these are the administrator's paths, links in them are the administrator's choice)."""
+def make_dirs(path: Path, stop_at: Path | None = None, *, mode: int = DIR_MODE,
+              like_parent: bool = True) -> None:
+    """Create a folder and its missing parents below `stop_at`, each new folder's entry
+    synced in its parent: what is filed into it, or the database made in it, must not be
+    lost with it at a power cut.  Start-up only: these are the administrator's paths, links
+    in them are the administrator's choice.  `like_parent`: the group of its parent, as
+    the gateway gives its folders; without it, as `Path.mkdir` makes them."""
     missing = []
     p = path
     while not p.exists() and p != stop_at and p.parent != p:
@@ -164,34 +168,20 @@ def make_dirs(path: Path, stop_at: Path) -> None:
     for d in reversed(missing):
         with open_dir(d.parent) as parent:
             try:
-                os.mkdir(d.name, DIR_MODE, dir_fd=parent)
+                os.mkdir(d.name, mode, dir_fd=parent)
             except FileExistsError:
                 continue
-            os.close(_open_made(parent, d.name, d, DIR_MODE))
-            os.fsync(parent)  # what is filed into it later must not be lost with it
+            if like_parent:
+                os.close(_open_made(parent, d.name, d, mode))
+            os.fsync(parent)
 
 
 def make_dirs_synced(path: Path) -> None:
-    """`Path.mkdir(parents=True, exist_ok=True)` (same modes, same errors), with the entry
-    of each folder it makes synced in its parent: the database made in a new folder must
-    not vanish with it at a power cut, however carefully SQLite syncs the files in it."""
-    try:
-        path.mkdir()
-    except FileNotFoundError:
-        if path.parent == path:
-            raise
-        make_dirs_synced(path.parent)
-        try:
-            path.mkdir()
-        except OSError:
-            if not path.is_dir():
-                raise
-            return
-    except OSError:  # as Path.mkdir: some systems say EACCES or EROFS for a folder that exists
-        if not path.is_dir():
-            raise
-        return
-    fsync_dir(path.parent)
+    """`Path.mkdir(parents=True, exist_ok=True)` (same modes, same errors) by `make_dirs`:
+    the database's folder, which SQLite does not sync in its parent."""
+    make_dirs(path, mode=0o777, like_parent=False)
+    if not path.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
 def fsync_dir(path: Path) -> None:

@@ -298,9 +298,9 @@ def test_an_existing_database_folder_is_fine_whatever_error_mkdir_gives(tmp_path
     EEXIST, for a folder that exists under one the gateway may not write."""
     (tmp_path / "db").mkdir()
 
-    def refuse(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(Path, "mkdir", refuse)
+    def refuse(name, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", name)
+    monkeypatch.setattr(os, "mkdir", refuse)
     spool.make_dirs_synced(tmp_path / "db")
     with pytest.raises(PermissionError):
         spool.make_dirs_synced(tmp_path / "new")
