@@ -329,17 +329,19 @@ def _filing_problem(exc: Exception, folder: Path | None = None, *, taking_back: 
 
 
 def _may_write(folder: Path) -> bool:
-    """As the daemon runs (its effective user and capabilities): a folder missing is not writable."""
+    """As the daemon runs (its effective user and capabilities): a folder missing is not
+    writable.  A link is not looked through (filing never follows one: it is in the way)."""
     try:
-        return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+        return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids,
+                         follow_symlinks=os.access not in os.supports_follow_symlinks)
     except OSError:
         return False
 
 
 def _read_only(folder: Path) -> bool:
     p = folder
-    while not p.exists() and p.parent != p:
-        p = p.parent  # a folder still to be made: its filesystem is the nearest existing parent's
+    while (os.path.islink(p) or not os.path.lexists(p)) and p.parent != p:
+        p = p.parent  # still to be made, or a link: its filesystem is the nearest real parent's
     try:
         return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
     except OSError:

@@ -221,6 +221,18 @@ def test_a_filing_problem_from_the_private_side_does_not_blame_a_writable_folder
                     "Permission denied; fix that and it is filed")
 
 
+def test_a_filing_problem_does_not_look_through_a_link_in_sent(tmp_path):
+    """A number folder in sent/ that is a link (to a folder missing here, so not writable
+    if followed): the check never follows it, as filing never does."""
+    from gateway.filing import _filing_problem
+    link = tmp_path / "+15551230506"
+    link.symlink_to(tmp_path / "elsewhere")
+    text = _filing_problem(OSError(13, "Permission denied", "held.pdf"), link)
+    assert "may not write" not in text and text.startswith("its files could not be moved")
+    text = _filing_problem(OSError(30, "Read-only file system", "held.pdf"), link)
+    assert "is read-only" not in text  # tmp_path's filesystem is writable; the link's target was never asked
+
+
 def test_a_take_back_blocked_by_a_locked_failed_folder_says_so(tmp_path):
     from gateway.filing import _filing_problem
     folder = tmp_path / "failed" / "+15551230506"  # missing: cannot be moved out of
