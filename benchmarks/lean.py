@@ -1,7 +1,7 @@
 """Where the gateway stands on "lean and fast" (issue 12, item 5): prints figures beside
 the issue's targets; asserts nothing.
 
-    python benchmarks/lean.py [--rounds 5] [--docs 1000] [--no-idle] [--no-profile]
+    python benchmarks/lean.py [--rounds 7] [--docs 1000] [--no-idle] [--no-profile]
 
 Every phase sends to the project's simulator running in a process of its own
 (`python -m gateway simulator`, as shipped: it sets TCP_NODELAY on its connections),
@@ -9,7 +9,7 @@ never inside the daemon, and
 every daemon is a real `python -m gateway run` process, so CPU, RSS, context switches
 and fsyncs are the daemon's own.  Everything stays on 127.0.0.1 and under one temporary folder.
 
-Phases, in this order (the default run takes about 4 minutes on 2 cores):
+Phases, in this order (the default run takes about 6 minutes on 2 cores):
 
 1. bare clients: the same DOCS fax-send bodies the gateway sends (base64 PDF JSON, the
    gateway's headers) posted by one keep-alive `httpx.Client` from 4 threads, then by
@@ -46,7 +46,7 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
    are clean.  Round 2's fsync and fdatasync calls are counted in the kernel with
    `perf stat -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p PID`, which
    stops nothing (skipped where perf or its tracepoints are missing).  RSS (VmRSS) is
-   read after every round (ROUNDS, default 5, at least 3): "flat" means round 5 <=
+   read after every round (ROUNDS, default 7, at least 3): "flat" means round 5 <=
    round 2 + 5 MB; peak RSS is VmHWM.  Each round also counts each thread's CPU
    (/proc/PID/task/TID/stat, named by `py-spy dump` after the last round; the document
    reader child is the rest of the process's CPU) and the simulator's.  From the
@@ -60,11 +60,12 @@ Phases, in this order (the default run takes about 4 minutes on 2 cores):
    simulator on the same cores.  Docs/s to accepted and to filed, the fax-status requests
    in the window, CPU ms per document, and both ratios; the best round is shown.
 2b. fsyncs: a fresh daemon started under `strace -f --seccomp-bpf -c -e
-   trace=fsync,fdatasync`, one burst of FSYNC_DOCS documents (default DOCS), stopped;
-   its fsync and fdatasync calls from start to exit (start-up and stop included), per
-   document.  --seccomp-bpf stops the daemon only at those two calls.  Attached with
-   -p instead, strace stops every thread at every system call, which slowed the burst
-   7 times over and halved its batches, so it counted a pipeline that does not run.
+   trace=fsync,fdatasync`, one burst of FSYNC_DOCS documents (default DOCS) with the
+   burst rounds' settings, stopped; its fsync and fdatasync calls from start to exit
+   (start-up and stop included), per document. --seccomp-bpf stops the daemon only at
+   those two calls. Attached with -p instead, strace stops every thread at every system
+   call, which slowed the burst 7 times over and halved its batches, so it counted a
+   pipeline that does not run.
 3. SQL statements: SQLite's statements cannot be seen from outside the process and
    gateway/store.py has no hook, so this phase runs the gateway's Service in this
    process (SQL_DOCS documents, default 200, same settings as the burst) with
@@ -672,7 +673,7 @@ def statement_shape(sql: str) -> str:
     return text if len(text) <= 150 else text[:147] + "…"
 
 
-def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes) -> dict[str, Any]:
+def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes, poll: str) -> dict[str, Any]:
     statements: list[str] = []
     real_connect = sqlite3.connect
 
@@ -683,7 +684,7 @@ def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes) -> dict[str
 
     from gateway.config import load_config
     from gateway.service import Service
-    cfg = write_config(root, sim)
+    cfg = write_config(root, sim, poll=poll)
     sqlite3.connect = traced_connect  # the benchmark process only; restored below
     try:
         svc = Service(load_config(cfg))
@@ -817,7 +818,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=1000, help="documents per burst round (default 1000)")
-    ap.add_argument("--rounds", type=int, default=5, help="burst rounds, at least 3 (default 5)")
+    ap.add_argument("--rounds", type=int, default=7, help="burst rounds, at least 3 (default 7)")
     ap.add_argument("--fsync-docs", type=int, default=None,
                     help="documents of the fsync phase under strace (default: --docs)")
     ap.add_argument("--sql-docs", type=int, default=200, help="documents of the SQL phase (default 200)")
@@ -977,7 +978,7 @@ def main() -> None:
             froot = tmp / "fsync"
             froot.mkdir()
             out = froot / "strace.txt"
-            traced = Daemon(froot, write_config(froot, sim), prefix=strace_prefix(out))
+            traced = Daemon(froot, write_config(froot, sim, poll=args.burst_poll), prefix=strace_prefix(out))
             try:
                 time.sleep(1.0)
                 times = burst(sim, froot / "box00", n_traced, pdf, "f-", 0)
@@ -991,7 +992,7 @@ def main() -> None:
         # -- 3. SQL statements (in-process)
         sroot = tmp / "sql"
         sroot.mkdir()
-        sql = sql_phase(sroot, sim, args.sql_docs, pdf)
+        sql = sql_phase(sroot, sim, args.sql_docs, pdf, args.burst_poll)
 
         # -- 4. latency-bound
         lroot = tmp / "latency"
