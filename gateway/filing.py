@@ -145,6 +145,7 @@ class Filing(Stage):
                 # not heard (`wake`), so the turn after it looks again.
                 self._gathering_until = time.monotonic() + GATHER
                 wait = min(wait, GATHER)
+                crash_point("gathering")  # faxes that ended meanwhile wait, not yet filed
             return wait
         self._cursor = batch[-1][0]
         return 0.0

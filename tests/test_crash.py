@@ -80,6 +80,30 @@ def test_sigkill_in_the_middle_of_a_batch_loses_nothing_and_sends_once(daemon, s
     _everything_filed_once(spool, datas, "sent")
 
 
+def test_sigkill_while_filing_lets_ended_faxes_gather_files_each_once(daemon, spool, simulator,
+                                                                      tmp_path):
+    """Faxes whose polls answer one by one end one by one; after a small batch filing
+    waits filing.GATHER for more (issue 12).  Killed there, with some faxes filed, some
+    ended and waiting, and some still being polled: after the restart each is filed once
+    and none is sent again."""
+    simulator.set_fault("slow", endpoints=("fax-status",), seconds=0.03)
+    d = daemon()
+    names = tuple(f"g{i:02d}.pdf" for i in range(24))
+    datas = _drop(spool, "+15551230210", names=names)
+    d.start(crash_at="gathering", wait_healthy=False)
+    assert d.wait_exit(timeout=30) == -9, "the daemon did not reach the crash point"
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    held = db.execute("SELECT COUNT(*) FROM jobs WHERE phase = 'held'").fetchone()[0]
+    db.close()
+    assert 0 < held < len(names)  # one small batch went to filing; the rest were left
+    d.start()
+    results = spool.wait_results(len(names), "sent")
+    assert all(r["state"] == "delivered" for r in results)
+    assert sorted(f for r in results for f in r["files"]) == sorted(names)
+    assert sorted(data for _, data in sent_documents(simulator)) == sorted(datas.values())
+    _everything_filed_once(spool, datas, "sent")
+
+
 def test_sigkill_before_the_request_leaves_never_sends_twice(daemon, spool, simulator):
     d = daemon()
     d.start(crash_at="submit")
