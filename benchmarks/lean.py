@@ -9,7 +9,7 @@ never inside the daemon, and
 every daemon is a real `python -m gateway run` process, so CPU, RSS, context switches
 and fsyncs are the daemon's own.  Everything stays on 127.0.0.1 and under one temporary folder.
 
-Phases, in this order (the default run takes about 6 minutes on 2 cores):
+Phases, in this order (the default run takes about 3 minutes on 2 cores):
 
 1. bare clients: the same DOCS fax-send bodies the gateway sends (base64 PDF JSON, the
    gateway's headers) posted by one keep-alive `httpx.Client` from 4 threads, then by
