@@ -125,18 +125,19 @@ class Filing(Stage):
         due = [job_id for job_id, outbox in batch
                if not problems[outbox] and self.blocked.due(("job", job_id))]
         jobs = sorted(self.store.jobs_by_ids(due), key=lambda j: j.id) if due else []
+        filed = 0
         for i in range(0, len(jobs), FILE_BATCH):
             if time.monotonic() > end:
                 return 0.0
             chunk = jobs[i:i + FILE_BATCH]
-            self._file_all(chunk)
+            filed += self._file_all(chunk)
             self._cursor = chunk[-1].id
             self.breathe()
         if len(batch) < BATCH:
             self._cursor = 0
             retry = self.blocked.earliest()
             wait = IDLE if retry is None else max(0.05, min(IDLE, retry - time.monotonic()))
-            if 0 < len(jobs) < FILE_BATCH:
+            if 0 < filed and len(jobs) < FILE_BATCH:
                 # Faxes whose polls answer one by one end one by one (every fax of a burst
                 # is polled poll.interval after it was accepted, a few requests at a time).
                 # Filed as they end, each would be a batch of one or two with its own
@@ -150,11 +151,11 @@ class Filing(Stage):
         self._cursor = batch[-1][0]
         return 0.0
 
-    def _file_all(self, jobs: list[Job]) -> None:
+    def _file_all(self, jobs: list[Job]) -> int:
         """File a batch: every filing intent in one commit, the moves and result files,
         each destination folder synced once, then every job recorded filed in one commit.
         A job that fails is blocked alone; one whose names would meet another's in the
-        same folder waits for the next batch."""
+        same folder waits for the next batch.  Returns how many were filed."""
         firsts, ready, taken = [], [], set()
         for job in jobs:
             if job.phase == Phase.UNFILING:
@@ -202,7 +203,7 @@ class Filing(Stage):
                 self.breathe()
             syncs.run()
         if not moved:
-            return
+            return 0
         self.log.debug("filing %d job(s) in one batch", len(moved))
         notices = {job.id: self.notifier is not None and self.notifier.wants(job.state) for job in moved}
         # With the intent to notify, if any.  Only a notification is a side effect that must
@@ -221,6 +222,7 @@ class Filing(Stage):
             self.log.info("job %s: %s, filed in %s/ (%s)", job.id, job.state, job.filed_to, what)
             if notices[job.id]:
                 self._notify(job)
+        return len(moved)
 
     def _commit_each(self, items: list[_Item], write: Callable[[_Item], None], *,
                      durable: bool = True) -> list[_Item]:
