@@ -346,7 +346,9 @@ class Store:
         self._closing = False
         self._pruned: dict[str, float] = {}  # outbox -> when its old submissions rows go next
         # job id -> how many recipients it has (fixed once accepted): a job with one has
-        # that recipient's state, so changing it needs no read to derive the job's.
+        # that recipient's state, so changing it needs no read to derive the job's.  Only
+        # jobs still going are kept: one that ends is dropped, so the daemon's memory does
+        # not grow with the jobs it has finished (a job sent again is counted again).
         self._recipient_counts: dict[int, int] = {}
         # Events of the write under way (it holds the lock), inserted together at its end.
         self._events: list[tuple[Any, ...]] | None = None
@@ -1616,6 +1618,7 @@ class Store:
             if cur.rowcount == 1:
                 if ended:
                     self._event(c, job_id, new, reason, at=at)
+                    self._recipient_counts.pop(job_id, None)  # only jobs still going are counted
                 return
         self._refresh_job_state(c, job_id)
 
@@ -1632,10 +1635,10 @@ class Store:
         states = [r[1] for r in rows if r[1] is not None]
         if not states or rows[0][0] == "rejected":
             return
-        self._count_recipients(job_id, len(states))
         job = {"state": rows[0][0]}
         active = [s for s in states if s in ACTIVE_ORDER]
         if active:
+            self._count_recipients(job_id, len(states))
             new = min(active, key=ACTIVE_ORDER.index)
             completed = None
         elif all(s == "delivered" for s in states):
@@ -1644,6 +1647,8 @@ class Store:
             new, completed = S.CANCELED, _now()
         else:
             new, completed = S.FAILED, _now()
+        if not active:  # it ended: counts are kept for jobs still going only (bounded memory)
+            self._recipient_counts.pop(job_id, None)
         if new == job["state"]:
             return
         check_transition(JOB_TRANSITIONS, job["state"], new, f"job {job_id}")
