@@ -346,9 +346,9 @@ class Store:
         self._closing = False
         self._pruned: dict[str, float] = {}  # outbox -> when its old submissions rows go next
         # job id -> how many recipients it has (fixed once accepted): a job with one has
-        # that recipient's state, so changing it needs no read to derive the job's.  Only
-        # jobs still going are kept: one that ends is dropped, so the daemon's memory does
-        # not grow with the jobs it has finished (a job sent again is counted again).
+        # that recipient's state, so changing it needs no read to derive the job's.  A job
+        # is dropped when it ends, so the daemon's memory does not grow with the jobs it has
+        # finished (a job sent again is counted again; a missing count only costs a read).
         self._recipient_counts: dict[int, int] = {}
         # Events of the write under way (it holds the lock), inserted together at its end.
         self._events: list[tuple[Any, ...]] | None = None
