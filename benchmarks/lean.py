@@ -404,12 +404,15 @@ def write_config(root: Path, sim: SimulatorProcess, *, outboxes: int = 1, max_in
 
 
 class Daemon:
-    def __init__(self, root: Path, cfg: Path, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, cfg: Path, prefix: Sequence[str] = (), *, code: Path = ROOT) -> None:
+        """`code`: the source tree whose gateway runs (ab.py runs another revision's), for
+        the daemon and, through PYTHONPATH, for its document reader."""
         self.root = root
         self.listen = yaml.safe_load(cfg.read_text())["http"]["listen"]
         self.log = open(root / "daemon.log", "wb")
+        env = None if code == ROOT else {**os.environ, "PYTHONPATH": str(code)}
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=code, env=env)
         self.pid = self.proc.pid
         wait(self._healthy, 30, "the daemon to answer /healthz", every=0.1)
         if prefix:  # a tracer started it: the daemon is the tracer's child
