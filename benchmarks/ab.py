@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--docs", type=int, default=1000)
     args = ap.parse_args()
+    if args.rounds < 2 or args.docs < 1:
+        ap.error("--rounds must be at least 2 (a multiple of 4 turns the order through every daemon)"
+                 " and --docs at least 1")
     pdf = lean.make_pdf()
     names = ("A1", "B1", "B2", "A2")
     rates: dict[str, list[float]] = {n: [] for n in names}
@@ -88,7 +91,10 @@ def main() -> None:
                 for _, _, daemon in running.values():
                     assert daemon is not None
                     for tid in os.listdir(f"/proc/{daemon.pid}/task"):
-                        os.sched_setaffinity(int(tid), {same})
+                        try:
+                            os.sched_setaffinity(int(tid), {same})
+                        except ProcessLookupError:  # a thread that ended meanwhile
+                            pass
             print("daemons' CPUs at start: " + ", ".join(f"{n} {c}" for n, c in cpus_at_start.items())
                   + (f"; all moved to CPU {same}" if same is not None else ""), flush=True)
             for name, (root, sim, _) in running.items():

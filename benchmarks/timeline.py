@@ -12,8 +12,9 @@ threads, of its document reader and of the simulator.  Each round prints:
 - start: from the first file written to the first job row (the settle time, 0.05 s
   here, and the first claim intent);
 - intake: documents claimed and judged per second, from the first job row to the moment
-  every document of the round is judged (its phase past `claiming`), counting only those
-  that were not yet in the first sample;
+  every document of the round is past its claim (phase past `claiming`: judged, or, for
+  one whose reading ran out of its turn's budget, left for the next turn; not seen with
+  one-page PDFs), counting only those that were not yet in the first sample;
 - sending meanwhile: jobs whose fax-send was accepted (state past `queued` and
   `submitting`) per second over the same time; and sending after it, from that moment to
   the last fax-send the simulator accepted: only the sending loop is left then;
@@ -124,7 +125,11 @@ def round_phases(root: Path, sim: lean.SimulatorProcess, daemon: lean.Daemon, pd
 
     first = _first(samples, lambda s: recorded(s) >= 1)
     done = _first(samples, lambda s: recorded(s) >= n and s.claiming == 0)
-    end = max((s for s in samples if s.at <= t_acc), key=lambda s: s.at)
+    before_end = [s for s in samples if done.at < s.at <= t_acc]
+    if not before_end:  # intake ended within 5 ms of the last acceptance: no phase to measure
+        raise SystemExit(f"round {prefix}: no sample between the end of intake and the last acceptance "
+                         "(too few documents?)")
+    end = before_end[-1]
     intake_s = max(done.at - first.at, 1e-3)
     after_s = max(t_acc - done.at, 1e-3)
     cpu_after_s = max(end.at - done.at, 1e-3)
