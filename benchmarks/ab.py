@@ -75,21 +75,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fgw-ab-") as tmp:
         base = Path(tmp)
         code = {"A": extract(args.rev_a, base / "code-a"), "B": extract(args.rev_b, base / "code-b")}
-        running: dict[str, tuple[Path, lean.SimulatorProcess, lean.Daemon | None]] = {}
+        sims: dict[str, lean.SimulatorProcess] = {}
+        daemons: dict[str, lean.Daemon] = {}
         done = dict.fromkeys(names, 0)
         try:
             for name in names:  # started in this order: A, B, B, A
                 root = base / name
                 root.mkdir()
-                sim = lean.SimulatorProcess(root, 0.05)
-                running[name] = (root, sim, None)
-                running[name] = (root, sim, lean.Daemon(root, lean.write_config(root, sim, poll="5s"),
-                                                        code=code[name[0]]))
-            cpus_at_start = {n: lean.pinned_cpu(d.pid) for n, (_, _, d) in running.items() if d}
+                sims[name] = lean.SimulatorProcess(root, 0.05)
+                daemons[name] = lean.Daemon(root, lean.write_config(root, sims[name], poll="5s"),
+                                            code=code[name[0]])
+            cpus_at_start = {n: lean.pinned_cpu(d.pid) for n, d in daemons.items()}
             same = cpus_at_start["A1"]
             if same is not None:  # every daemon on the same CPU: which one it picked weighs too
-                for _, _, daemon in running.values():
-                    assert daemon is not None
+                for daemon in daemons.values():
                     for tid in os.listdir(f"/proc/{daemon.pid}/task"):
                         try:
                             os.sched_setaffinity(int(tid), {same})
@@ -97,25 +96,24 @@ def main() -> None:
                             pass
             print("daemons' CPUs at start: " + ", ".join(f"{n} {c}" for n, c in cpus_at_start.items())
                   + (f"; all moved to CPU {same}" if same is not None else ""), flush=True)
-            for name, (root, sim, _) in running.items():
-                lean.burst(sim, root / "box00", args.docs, pdf, "warm", 0)
+            for name in names:
+                lean.burst(sims[name], base / name / "box00", args.docs, pdf, "warm", 0)
                 done[name] = args.docs
             for rnd in range(args.rounds):
                 order = names[rnd % 4:] + names[:rnd % 4]
                 for name in order:
-                    root, sim, daemon = running[name]
-                    assert daemon is not None
-                    before = lean.cpu_ticks(daemon.pid)
-                    r = lean.burst(sim, root / "box00", args.docs, pdf, f"r{rnd}", done[name])
+                    before = lean.cpu_ticks(daemons[name].pid)
+                    r = lean.burst(sims[name], base / name / "box00", args.docs, pdf, f"r{rnd}", done[name])
                     done[name] += args.docs
                     rates[name].append(args.docs / r["accepted"])
-                    cpus[name].append((lean.cpu_ticks(daemon.pid) - before) / lean.CLK_TCK * 1000 / args.docs)
+                    cpus[name].append((lean.cpu_ticks(daemons[name].pid) - before) / lean.CLK_TCK * 1000
+                                      / args.docs)
                 print(f"round {rnd + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f}/s {cpus[n][-1]:.2f} ms"
                                                       for n in names), flush=True)
         finally:
-            for _, sim, daemon in running.values():
-                if daemon is not None:
-                    daemon.stop()
+            for daemon in daemons.values():
+                daemon.stop()
+            for sim in sims.values():
                 sim.stop()
 
     def pair(series: dict[str, list[float]], i: int) -> float:

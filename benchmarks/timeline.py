@@ -131,8 +131,8 @@ def round_phases(root: Path, sim: lean.SimulatorProcess, daemon: lean.Daemon, pd
                          "(too few documents?)")
     end = before_end[-1]
     intake_s = max(done.at - first.at, 1e-3)
-    after_s = max(t_acc - done.at, 1e-3)
-    cpu_after_s = max(end.at - done.at, 1e-3)
+    after_s = t_acc - done.at  # both positive: `end` lies between them
+    cpu_after_s = end.at - done.at
     return {
         "accepted": r["accepted"], "start": first.at - t0, "intake_rate": (n - recorded(first)) / intake_s,
         "send_during": (accepted(done) - accepted(first)) / intake_s,
