@@ -404,13 +404,17 @@ def write_config(root: Path, sim: SimulatorProcess, *, outboxes: int = 1, max_in
 
 
 class Daemon:
-    def __init__(self, root: Path, cfg: Path, prefix: Sequence[str] = (), *, code: Path = ROOT) -> None:
+    def __init__(self, root: Path, cfg: Path, prefix: Sequence[str] = (), *, code: Path = ROOT,
+                 env: dict[str, str] | None = None, log: str = "daemon.log") -> None:
         """`code`: the source tree whose gateway runs (ab.py runs another revision's), for
-        the daemon and, through PYTHONPATH, for its document reader."""
+        the daemon and, through PYTHONPATH, for its document reader; `env`: variables added
+        to its environment."""
         self.root = root
         self.listen = yaml.safe_load(cfg.read_text())["http"]["listen"]
-        self.log = open(root / "daemon.log", "wb")
-        env = None if code == ROOT else {**os.environ, "PYTHONPATH": str(code)}
+        self.log = open(root / log, "wb")
+        self.log_name = log
+        if code != ROOT or env:
+            env = {**os.environ, **(env or {}), **({"PYTHONPATH": str(code)} if code != ROOT else {})}
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=code, env=env)
         self.pid = self.proc.pid
@@ -421,7 +425,7 @@ class Daemon:
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
-            raise SystemExit("the daemon exited:\n" + (self.root / "daemon.log").read_text()[-3000:])
+            raise SystemExit("the daemon exited:\n" + (self.root / self.log_name).read_text()[-3000:])
         try:
             return httpx.get(f"http://{self.listen}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
