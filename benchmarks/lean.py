@@ -335,7 +335,11 @@ class SimulatorProcess:
                                       "--port", str(self.port), "--delay", str(delay)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.http = httpx.Client(base_url=self.base, timeout=30)
-        wait(self._up, 20, "the simulator")
+        try:
+            wait(self._up, 20, "the simulator")
+        except BaseException:  # not left running behind a benchmark that gives up
+            self.stop()
+            raise
         self.next_id = 1000  # FIRST_JOB_ID
 
     def _up(self) -> bool:
@@ -418,7 +422,13 @@ class Daemon:
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=code, env=env)
         self.pid = self.proc.pid
-        wait(self._healthy, 30, "the daemon to answer /healthz", every=0.1)
+        try:
+            wait(self._healthy, 30, "the daemon to answer /healthz", every=0.1)
+        except BaseException:  # not left running behind a benchmark that gives up
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+            raise
         if prefix:  # a tracer started it: the daemon is the tracer's child
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
             self.pid = int(children.split()[0])

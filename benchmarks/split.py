@@ -49,36 +49,62 @@ from ab import extract, geo
 PATCH = Path(__file__).with_name("split-prototype.diff")
 
 
+def _threads(pid: int) -> set[int]:
+    return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+
+
 def move(daemon: lean.Daemon, cpu: int) -> None:
-    """All of the daemon's threads to `cpu` (its document reader keeps every CPU)."""
-    for tid in os.listdir(f"/proc/{daemon.pid}/task"):
+    """All of the daemon's threads to `cpu`, once its document reader (if it has one) has
+    started: the thread that starts it puts its own CPU back afterwards.  Again until no
+    new thread turned up meanwhile."""
+    moved: set[int] = set()
+    while (tids := _threads(daemon.pid)) != moved:
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+        moved = tids
+
+
+def _has_reader(daemon: lean.Daemon) -> bool:
+    for proc in Path("/proc").iterdir():
         try:
-            os.sched_setaffinity(int(tid), {cpu})
-        except ProcessLookupError:  # a thread that ended meanwhile
+            if proc.name.isdigit() and b"gateway.docreader" in (proc / "cmdline").read_bytes() \
+                    and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(daemon.pid):
+                return True
+        except OSError:
             pass
+    return False
 
 
-def start(root: Path, code: Path, name: str) -> tuple[lean.SimulatorProcess, list[lean.Daemon]]:
-    """O1 and O2 on the first and the second CPU, each split pair on both."""
-    sim = lean.SimulatorProcess(root, 0.05)
+def start(root: Path, code: Path, name: str, sims: dict[str, lean.SimulatorProcess],
+          daemons: dict[str, list[lean.Daemon]]) -> None:
+    """One set-up, each process recorded as soon as it runs (so that a failed start stops
+    what did start).  O1 on the first CPU allowed, O2 on the second; S1's intake on the
+    first and its sending on the second, S2's the other way round."""
+    sims[name] = sim = lean.SimulatorProcess(root, 0.05)
+    group = daemons[name] = []
     cfg = lean.write_config(root, sim, poll="5s")
     cpus = sorted(os.sched_getaffinity(0))
+    first, second = (cpus[0], cpus[1]) if name in ("O1", "S1") else (cpus[1], cpus[0]) if len(cpus) > 1 \
+        else (None, None)
     if name.startswith("O"):
-        one = lean.Daemon(root, cfg, code=code)
-        if len(cpus) > 1:
-            move(one, cpus[0] if name == "O1" else cpus[1])
-        return sim, [one]
-    doc = yaml.safe_load(cfg.read_text())
-    doc["http"]["listen"] = f"127.0.0.1:{lean.free_port()}"
-    cfg_send = root / "config-send.yaml"
-    cfg_send.write_text(yaml.safe_dump(doc))
-    cfg_send.chmod(0o600)
-    intake = lean.Daemon(root, cfg, code=code, env={"FGW_ROLE": "intake"}, log="daemon-intake.log")
-    send = lean.Daemon(root, cfg_send, code=code, env={"FGW_ROLE": "send"}, log="daemon-send.log")
-    if len(cpus) > 1:  # each would keep to the CPU it started on (cpu.py): never both on one
-        move(intake, cpus[0])
-        move(send, cpus[1])
-    return sim, [intake, send]
+        group.append(lean.Daemon(root, cfg, code=code))
+        placed = [(group[0], first)]
+    else:
+        doc = yaml.safe_load(cfg.read_text())
+        doc["http"]["listen"] = f"127.0.0.1:{lean.free_port()}"
+        cfg_send = root / "config-send.yaml"
+        cfg_send.write_text(yaml.safe_dump(doc))
+        cfg_send.chmod(0o600)
+        group.append(lean.Daemon(root, cfg, code=code, env={"FGW_ROLE": "intake"}, log="daemon-intake.log"))
+        group.append(lean.Daemon(root, cfg_send, code=code, env={"FGW_ROLE": "send"}, log="daemon-send.log"))
+        placed = [(group[0], first), (group[1], second)]
+    lean.wait(lambda: _has_reader(group[0]), 30, "the document reader")
+    for daemon, cpu in placed:
+        if cpu is not None:
+            move(daemon, cpu)
 
 
 def main() -> None:
@@ -95,6 +121,8 @@ def main() -> None:
         base = Path(tmp)
         code = extract("HEAD", base / "code")
         subprocess.run(["git", "apply", str(PATCH)], cwd=code, check=True)
+        if "FGW_ROLE" not in (code / "gateway" / "service.py").read_text():
+            raise SystemExit(f"{PATCH.name} did not apply to HEAD's gateway/service.py")
         sims: dict[str, lean.SimulatorProcess] = {}
         daemons: dict[str, list[lean.Daemon]] = {}
         done = dict.fromkeys(names, 0)
@@ -102,7 +130,7 @@ def main() -> None:
             for name in names:
                 root = base / name
                 root.mkdir()
-                sims[name], daemons[name] = start(root, code, name)
+                start(root, code, name, sims, daemons)
             for name in names:
                 lean.burst(sims[name], base / name / "box00", args.docs, pdf, "warm", 0)
                 done[name] = args.docs
@@ -114,11 +142,12 @@ def main() -> None:
                 print(f"round {rnd + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f}/s" for n in names),
                       flush=True)
         finally:
-            for group in daemons.values():
-                for daemon in reversed(group):
-                    daemon.stop()
-            for sim in sims.values():
-                sim.stop()
+            for stop in [d.stop for group in daemons.values() for d in reversed(group)] \
+                    + [sim.stop for sim in sims.values()]:
+                try:
+                    stop()
+                except Exception as exc:  # the others are stopped all the same
+                    print(f"stopping: {exc!r}")
     n = len(rates["O1"])
     print(f"\none = HEAD's daemon, split = intake and sending in two processes; {n} rounds of {args.docs} "
           "documents on each of 4 set-ups")
