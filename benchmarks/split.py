@@ -12,14 +12,15 @@ measures what it would give.
 The prototype is `split-prototype.diff`, applied to a `git archive` of HEAD in a temporary
 folder (the repository is untouched).  With FGW_ROLE=intake, `fax-gateway run` starts only
 the intake stage; with FGW_ROLE=send, only sending, filing and retention, without the
-database lock or its guard, and with a thread that reads the job counts every 2 ms and
-wakes the sending loop when they change (intake's hand-over, through the database).  So
+database lock or its guard, and with a thread that reads the job counts (every 2 ms while
+they change, every 20 ms while they do not) and wakes the sending loop when they change
+(intake's hand-over, through the database).  So
 the two processes are the real stages, sharing the real database (SQLite's own locking,
 WAL, busy timeout 10 s).  It is a prototype, not a design: the send process takes no lock,
 and nothing of the service's crash or reload handling is split.
 
-Four set-ups run at once, started in the order one, split, split, one (as in ab.py, the
-order they start in weighs by itself), each with a simulator of its own: "one" is the
+Four set-ups run at once, started in the order one, split, split, one (as in ab.py: the
+order of starting alone changes the figures), each with a simulator of its own: "one" is the
 patched tree without FGW_ROLE, which is HEAD's daemon; "split" is the two processes.
 lean.py's burst rounds (one outbox, max_in_flight 4, settle 0.05 s, poll.interval 5 s,
 1,000 one-page PDFs, docs/s from the first file written to the last fax-send accepted)
@@ -27,9 +28,9 @@ take turns, the order turned by one each round.  Printed: each set-up's docs/s p
 and split ÷ one as the geometric mean of sqrt(S1 * S2 / (O1 * O2)) over the rounds, with a
 rough 95% interval.  A daemon keeps its threads on the CPU it started on (gateway/cpu.py),
 and the two CPUs of a virtual machine need not be equally fast, so where each runs is
-chosen: O1 on the first CPU allowed, O2 on the second, and in each split set-up intake
-on the first and sending on the second (both on one CPU, the split read 0.78 of one
-process; benchmarks/RESULTS.md).
+chosen: O1 on the first CPU allowed, O2 on the second; S1's intake on the first and its
+sending on the second, S2's the other way round (left where they started, the two
+processes of a split read 0.78 of one; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
