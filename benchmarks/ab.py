@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import subprocess
 import tarfile
@@ -89,11 +88,7 @@ def main() -> None:
             same = cpus_at_start["A1"]
             if same is not None:  # every daemon on the same CPU: which one it picked weighs too
                 for daemon in daemons.values():
-                    for tid in os.listdir(f"/proc/{daemon.pid}/task"):
-                        try:
-                            os.sched_setaffinity(int(tid), {same})
-                        except ProcessLookupError:  # a thread that ended meanwhile
-                            pass
+                    lean.move_threads(daemon.pid, same)
             print("daemons' CPUs at start: " + ", ".join(f"{n} {c}" for n, c in cpus_at_start.items())
                   + (f"; all moved to CPU {same}" if same is not None else ""), flush=True)
             for name in names:

@@ -184,18 +184,25 @@ def cpu_split(pid: int) -> tuple[int, int]:
     ended ones from cutime/cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for child in child_pids(pid):
         try:
-            children = (task / "children").read_text().split()
+            cu, cs = cpu_split(child)
         except OSError:
             continue
-        for child in children:
-            try:
-                cu, cs = cpu_split(int(child))
-            except OSError:
-                continue
-            user, system = user + cu, system + cs
+        user, system = user + cu, system + cs
     return user, system
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of every thread of the process (the daemon's: its document
+    reader, started by the intake's thread)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return out
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -242,6 +249,19 @@ def each_cpu_ticks() -> dict[int, list[int]]:
             name, *values = line.split()
             out[int(name[3:])] = [int(x) for x in values]
     return out
+
+
+def move_threads(pid: int, cpu: int) -> None:
+    """Every thread of the process to `cpu`, again until no new thread turned up meanwhile
+    (its child processes keep their CPUs)."""
+    moved: set[int] = set()
+    while (tids := {int(t) for t in os.listdir(f"/proc/{pid}/task")}) != moved:
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+        moved = tids
 
 
 def pinned_cpu(pid: int) -> int | None:
@@ -415,12 +435,12 @@ class Daemon:
         to its environment."""
         self.root = root
         self.listen = yaml.safe_load(cfg.read_text())["http"]["listen"]
-        self.log = open(root / log, "wb")
-        self.log_name = log
-        if code != ROOT or env:
-            env = {**os.environ, **(env or {}), **({"PYTHONPATH": str(code)} if code != ROOT else {})}
+        self.log_path = root / log
+        self.log = open(self.log_path, "wb")
+        added = {**(env or {}), **({"PYTHONPATH": str(code)} if code != ROOT else {})}
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=code, env=env)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=code,
+                                     env={**os.environ, **added} if added else None)
         self.pid = self.proc.pid
         try:
             wait(self._healthy, 30, "the daemon to answer /healthz", every=0.1)
@@ -435,7 +455,7 @@ class Daemon:
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
-            raise SystemExit("the daemon exited:\n" + (self.root / self.log_name).read_text()[-3000:])
+            raise SystemExit("the daemon exited:\n" + self.log_path.read_text()[-3000:])
         try:
             return httpx.get(f"http://{self.listen}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:

@@ -50,35 +50,6 @@ from ab import extract, geo
 PATCH = Path(__file__).with_name("split-prototype.diff")
 
 
-def _threads(pid: int) -> set[int]:
-    return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
-
-
-def move(daemon: lean.Daemon, cpu: int) -> None:
-    """All of the daemon's threads to `cpu`, once its document reader (if it has one) has
-    started: the thread that starts it puts its own CPU back afterwards.  Again until no
-    new thread turned up meanwhile."""
-    moved: set[int] = set()
-    while (tids := _threads(daemon.pid)) != moved:
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, {cpu})
-            except ProcessLookupError:  # a thread that ended meanwhile
-                pass
-        moved = tids
-
-
-def _has_reader(daemon: lean.Daemon) -> bool:
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"gateway.docreader" in (proc / "cmdline").read_bytes() \
-                    and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(daemon.pid):
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def start(root: Path, code: Path, name: str, sims: dict[str, lean.SimulatorProcess],
           daemons: dict[str, list[lean.Daemon]]) -> None:
     """One set-up, each process recorded as soon as it runs (so that a failed start stops
@@ -88,8 +59,9 @@ def start(root: Path, code: Path, name: str, sims: dict[str, lean.SimulatorProce
     group = daemons[name] = []
     cfg = lean.write_config(root, sim, poll="5s")
     cpus = sorted(os.sched_getaffinity(0))
-    first, second = (cpus[0], cpus[1]) if name in ("O1", "S1") else (cpus[1], cpus[0]) if len(cpus) > 1 \
-        else (None, None)
+    first = second = None
+    if len(cpus) > 1:
+        first, second = (cpus[0], cpus[1]) if name in ("O1", "S1") else (cpus[1], cpus[0])
     if name.startswith("O"):
         group.append(lean.Daemon(root, cfg, code=code))
         placed = [(group[0], first)]
@@ -102,10 +74,12 @@ def start(root: Path, code: Path, name: str, sims: dict[str, lean.SimulatorProce
         group.append(lean.Daemon(root, cfg, code=code, env={"FGW_ROLE": "intake"}, log="daemon-intake.log"))
         group.append(lean.Daemon(root, cfg_send, code=code, env={"FGW_ROLE": "send"}, log="daemon-send.log"))
         placed = [(group[0], first), (group[1], second)]
-    lean.wait(lambda: _has_reader(group[0]), 30, "the document reader")
+    # Moved once the document reader has started: the thread that starts it puts its own
+    # CPU back afterwards (gateway/cpu.py).
+    lean.wait(lambda: lean.child_pids(group[0].pid), 30, "the document reader")
     for daemon, cpu in placed:
         if cpu is not None:
-            move(daemon, cpu)
+            lean.move_threads(daemon.pid, cpu)
 
 
 def main() -> None:
