@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import subprocess
 import tarfile
@@ -87,10 +88,14 @@ def main() -> None:
             cpus_at_start = {n: lean.pinned_cpu(d.pid) for n, d in daemons.items()}
             same = cpus_at_start["A1"]
             if same is not None:  # every daemon on the same CPU: which one it picked weighs too
+                other = min(os.sched_getaffinity(0) - {same}, default=same)
                 for daemon in daemons.values():
                     lean.move_threads(daemon.pid, same)
+                    for intake in lean.intake_processes(daemon.pid):  # its own CPU (intakeproc.py)
+                        lean.move_threads(intake, other)
             print("daemons' CPUs at start: " + ", ".join(f"{n} {c}" for n, c in cpus_at_start.items())
-                  + (f"; all moved to CPU {same}" if same is not None else ""), flush=True)
+                  + (f"; all moved to CPU {same}, intake processes to the other" if same is not None else ""),
+                  flush=True)
             for name in names:
                 lean.burst(sims[name], base / name / "box00", args.docs, pdf, "warm", 0)
                 done[name] = args.docs

@@ -70,13 +70,15 @@ Phases, in this order (the default run takes about 3 minutes on 2 cores):
    call, which slowed the burst 7 times over and halved its batches, so it counted a
    pipeline that does not run.
 3. SQL statements: SQLite's statements cannot be seen from outside the process and
-   gateway/store.py has no hook, so this phase runs the gateway's Service in this
-   process (SQL_DOCS documents, default 200, same settings as the burst) with
-   sqlite3.connect wrapped here, in the benchmark only, to set a trace callback on
-   every connection.  Statements are grouped by kind and table and by shape (values as
-   ?); write transactions (each an fsynced commit with synchronous=FULL) are counted
-   too.  Python reports a statement again each time it runs a trigger (the job_counts
-   triggers on jobs): those repeats are counted apart, as trigger runs.
+   gateway/store.py has no hook, so this phase runs a real `fax-gateway run` (SQL_DOCS
+   documents, default 200, same settings as the burst) with a sitecustomize.py on its
+   PYTHONPATH, in the benchmark only, that wraps sqlite3.connect to set a trace
+   callback on every connection of each of its processes (the daemon's and its intake
+   process's), each writing a file.  Statements are grouped by kind and table and by
+   shape (values as ?); write transactions (each an fsynced commit with
+   synchronous=FULL) are counted too.  Python reports a statement again each time it
+   runs a trigger (the job_counts triggers on jobs): those repeats are counted apart,
+   as trigger runs.
 4. latency-bound: a second daemon, max_in_flight 8, the simulator answering every
    request after 100 ms (its `slow` fault on all endpoints), polls on (poll interval
    LATENCY_POLL, default 5 s), LATENCY_DOCS documents (default 400): achieved
@@ -86,8 +88,8 @@ Phases, in this order (the default run takes about 3 minutes on 2 cores):
    with nothing to do; after a 5 s warm-up, voluntary context switches of all its
    threads over IDLE_SECONDS (default 60) per second, and its CPU %.
 
-It also prints both durability settings: the daemon's PRAGMA synchronous (read from its
-own connection in phase 3, and with a separate sqlite3 connection, which shows only
+It also prints both durability settings: the daemon's PRAGMA synchronous (as its own
+connection set it, from phase 3's trace, and with a separate sqlite3 connection, which shows only
 that connection's default because the pragma is per connection) and whether folder
 fsyncs are on (read from gateway/spool.py: there is no setting).
 
@@ -205,18 +207,60 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def family(pid: int) -> list[int]:
+    """The daemon and every process below it: its intake process (gateway/intakeproc.py)
+    and the document readers."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += child_pids(p)
+        except OSError:  # ended meanwhile
+            pass
+    return out
+
+
+def intake_processes(pid: int) -> list[int]:
+    """The daemon's intake process, if it has one (gateway/intakeproc.py)."""
+    out = []
+    for child in child_pids(pid):
+        try:
+            if b"gateway.intakeproc" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(child)
+        except OSError:
+            pass
+    return out
+
+
 def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+    """`key` of /proc/PID/status, summed over the daemon's processes (`family`)."""
+    total = 0
+    for p in family(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith(key + ":")), 0)
+    return total
+
+
+def tasks(pid: int) -> list[Path]:
+    """Every thread of the daemon's processes (`family`)."""
+    out = []
+    for p in family(pid):
+        try:
+            out += list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            pass
+    return out
 
 
 def thread_totals(pid: int) -> tuple[int, int, int]:
     """(voluntary context switches, nonvoluntary ones, run time in ns) summed over the
-    process's threads now alive."""
+    threads now alive of the daemon's processes."""
     vol = nonvol = run_ns = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in tasks(pid):
         try:
             for line in (task / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
@@ -286,7 +330,7 @@ def cpu_split_note(pid: int, before: dict[int, list[int]], after: dict[int, list
 def task_switches(pid: int) -> dict[int, int]:
     """Voluntary context switches of each thread now alive."""
     out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in tasks(pid):
         try:
             for line in (task / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
@@ -297,9 +341,9 @@ def task_switches(pid: int) -> dict[int, int]:
 
 
 def task_cpu(pid: int) -> dict[int, int]:
-    """utime + stime, in ticks, of each thread now alive."""
+    """utime + stime, in ticks, of each thread now alive (of the daemon's processes)."""
     out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in tasks(pid):
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             out[int(task.name)] = int(fields[11]) + int(fields[12])
@@ -318,9 +362,22 @@ def by_thread_name(ticks: dict[int, int], names: dict[int, tuple[str, str]], n: 
 
 
 def thread_names(pyspy: str | None, pid: int) -> dict[int, tuple[str, str]]:
-    """Thread id -> (its Python name, the frame it is in), from `py-spy dump`."""
+    """Thread id -> (its Python name, the frame it is in), from `py-spy dump` of each of
+    the daemon's processes; the intake process's threads are named `intake: NAME`."""
     if not pyspy:
         return {}
+    out: dict[int, tuple[str, str]] = {}
+    for p in family(pid):
+        try:
+            intake = b"gateway.intakeproc" in Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        for tid, (name, frame) in _dumped_threads(pyspy, p).items():
+            out[tid] = (f"intake: {name}" if intake else name, frame)
+    return out
+
+
+def _dumped_threads(pyspy: str, pid: int) -> dict[int, tuple[str, str]]:
     text = subprocess.run([pyspy, "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
     out: dict[int, tuple[str, str]] = {}
     current = None
@@ -603,7 +660,8 @@ class PerfFsyncs:
         self.out = out
         events = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
         self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out), "-e", events,
-                                      "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "-p", ",".join(map(str, family(pid)))],  # its intake process too
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
 
     def stop(self) -> dict[str, int]:
@@ -642,6 +700,7 @@ class PySpy:
         self.out = out
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw",
                                       "--output", str(out), "--rate", str(self.RATE), "--threads",
+                                      "--subprocesses",  # the intake process (gateway/intakeproc.py)
                                       "--function", *(["--gil"] if gil else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
@@ -675,9 +734,16 @@ def profile_summary(stacks: list[tuple[list[str], int]], top: int = 15) -> dict[
     ours: collections.Counter[str] = collections.Counter()  # the innermost frame in gateway/
     threads: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
+        prefix = ""
+        if frames and frames[0].startswith("process "):  # --subprocesses: which process
+            if "gateway.docreader" in frames[0]:
+                prefix = "reader: "
+            elif "gateway.intakeproc" in frames[0]:
+                prefix = "intake: "
+            frames = frames[1:]
         if frames and frames[0].startswith("thread ("):
             name = frames[0].split(": ", 1)[1] if ": " in frames[0] else frames[0]
-            threads[re.sub(r"[_-]?\d+$", "", name)] += count
+            threads[prefix + re.sub(r"[_-]?\d+$", "", name)] += count
             frames = frames[1:]
         if not frames:
             continue
@@ -725,41 +791,62 @@ def statement_shape(sql: str) -> str:
     return text if len(text) <= 150 else text[:147] + "…"
 
 
+# Loaded by every Python process of the daemon (PYTHONPATH): each SQLite connection traces
+# its statements, one JSON string a line, into a file per process.
+_TRACE = """
+import json, os, sqlite3
+_connect = sqlite3.connect
+def _traced(*args, **kwargs):
+    conn = _connect(*args, **kwargs)
+    path = os.path.join(os.environ["FGW_TRACE_DIR"], "statements-%d.jsonl" % os.getpid())
+    out = open(path, "a", buffering=1)
+    conn.set_trace_callback(lambda sql: out.write(json.dumps(sql) + "\\n"))
+    return conn
+sqlite3.connect = _traced
+"""
+
+
 def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes, poll: str) -> dict[str, Any]:
-    statements: list[str] = []
-    real_connect = sqlite3.connect
-
-    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    from gateway.config import load_config
-    from gateway.service import Service
+    """Statements of a real `fax-gateway run`, its intake process's too (each process
+    traces its own connection, `_TRACE`), over one burst."""
     cfg = write_config(root, sim, poll=poll)
-    sqlite3.connect = traced_connect  # the benchmark process only; restored below
+    traces = root / "trace"
+    traces.mkdir()
+    (traces / "sitecustomize.py").write_text(_TRACE)
+    daemon = Daemon(root, cfg, env={"PYTHONPATH": str(traces), "FGW_TRACE_DIR": str(traces)})
     try:
-        svc = Service(load_config(cfg))
-        svc.start()
-        try:
-            # Under the store's lock, as the daemon's own threads use this connection: a call
-            # beside theirs waited in sqlite3_column_name for the connection's mutex while
-            # holding the interpreter lock (Python 3.11), and the thread in SQLite waited for
-            # that lock to run this benchmark's trace callback: the phase hung for good.
-            with svc.store._lock:
-                synchronous = svc.store.conn.execute("PRAGMA synchronous").fetchone()[0]
-            time.sleep(1.0)  # start-up work done
-            statements.clear()
-            burst(sim, root / "box00", n, pdf, "sql", 0)
-            time.sleep(0.3)  # the last filing transaction ends
-            raw = list(statements)
-        finally:
-            svc.stop()
+        time.sleep(1.0)  # start-up work done
+        before = {f: f.stat().st_size for f in traces.glob("statements-*.jsonl")}
+        burst(sim, root / "box00", n, pdf, "sql", 0)
+        time.sleep(0.3)  # the last filing transaction ends
     finally:
-        sqlite3.connect = real_connect
-    # Python's trace callback reports a statement again each time it starts a trigger's
-    # subprogram (the job_counts triggers on jobs), as the same expanded text right after
-    # it: such repeats of a write are trigger runs, not statements the gateway issued.
+        daemon.stop()
+    per_process, settings = [], []
+    for f in sorted(traces.glob("statements-*.jsonl")):
+        whole = f.read_bytes()
+        settings += [json.loads(line) for line in whole.decode().splitlines() if "synchronous" in line]
+        per_process.append([json.loads(line) for line in whole[before.get(f, 0):].decode().splitlines()
+                            if line])
+    traced: list[str] = []
+    trigger_runs = commits = 0
+    for raw in per_process:
+        mine, runs = _issued(raw)
+        traced += mine
+        trigger_runs += runs
+        commits += _write_commits(mine)
+    kinds = collections.Counter(statement_kind(s) for s in traced)
+    shapes = collections.Counter(statement_shape(s) for s in traced)
+    synchronous = settings[0].split("=", 1)[1].strip().upper() if settings else "?"
+    return {"n": n, "statements": len(traced), "kinds": kinds.most_common(), "write_commits": commits,
+            "shapes": shapes.most_common(15), "trigger_runs": trigger_runs,
+            "synchronous": {"FULL": 2, "NORMAL": 1, "OFF": 0}.get(synchronous, synchronous),
+            "processes": len([p for p in per_process if p])}
+
+
+def _issued(raw: list[str]) -> tuple[list[str], int]:
+    """One process's statements, and how many trigger runs were left out: Python's trace
+    callback reports a statement again each time it starts a trigger's subprogram (the
+    job_counts triggers on jobs), as the same expanded text right after it."""
     traced: list[str] = []
     trigger_runs = 0
     for s in raw:
@@ -767,9 +854,11 @@ def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes, poll: str) 
             trigger_runs += 1
         else:
             traced.append(s)
-    kinds = collections.Counter(statement_kind(s) for s in traced)
-    shapes = collections.Counter(statement_shape(s) for s in traced)
-    # Write transactions: each is one fsynced WAL commit with synchronous=FULL.
+    return traced, trigger_runs
+
+
+def _write_commits(traced: list[str]) -> int:
+    """Write transactions of one process: each is one fsynced WAL commit with synchronous=FULL."""
     commits = 0
     in_tx = wrote = False
     for s in traced:
@@ -786,9 +875,7 @@ def sql_phase(root: Path, sim: SimulatorProcess, n: int, pdf: bytes, poll: str) 
                 wrote = True
             else:
                 commits += 1  # autocommit
-    return {"n": n, "statements": len(traced), "kinds": kinds.most_common(), "write_commits": commits,
-            "shapes": shapes.most_common(15), "trigger_runs": trigger_runs,
-            "synchronous": synchronous}
+    return commits
 
 
 # -- phase 5: idle -----------------------------------------------------------------------------

@@ -58,6 +58,29 @@ def keep_on_one_cpu() -> int | None:
     return cpu
 
 
+def other_cpu() -> tuple[int, set[int]] | None:
+    """For the intake process (intakeproc.py): a CPU the daemon was allowed other than
+    its threads' own, and all it was allowed; None while the threads spread."""
+    if _allowed is None:
+        return None
+    try:
+        rest = sorted(_allowed - os.sched_getaffinity(0))
+    except OSError:
+        return None
+    return (rest[0], set(_allowed)) if rest else None
+
+
+def keep_on(cpu: int, allowed: set[int]) -> None:
+    """In the intake process: its threads on `cpu`, the document reader on `allowed`."""
+    global _allowed
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:
+        log.debug("intake's threads left where they were: %s", exc)
+        return
+    _allowed = allowed or None
+
+
 def spread() -> None:
     """This thread may use every CPU the daemon was allowed again (a thread that only
     starts a process: the process inherits it)."""

@@ -253,6 +253,26 @@ class DatabaseGuard:
         return f"{head}; the open database is being saved to {self.copy} ({README_SECTION})"
 
 
+def halted_when_moved(path: Path, opened: os.stat_result) -> Callable[[], str | None]:
+    """For the intake process (intakeproc.py): why it takes nothing more, once the path
+    no longer names the open database.  The daemon's own `DatabaseGuard` saves the copy
+    and says what to do."""
+    identity = (opened.st_dev, opened.st_ino)
+    reason: list[str] = []
+
+    def halted() -> str | None:
+        if not reason:
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+            if st is None or (st.st_dev, st.st_ino) != identity:
+                reason.append(f"the database file {path} was deleted or replaced: intake takes nothing more "
+                              "(see /healthz)")
+        return reason[0] if reason else None
+    return halted
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = os.lstat(path)

@@ -30,8 +30,10 @@ from gateway.dispatcher import Dispatcher
 from gateway.errors import GatewayError, StartupError, UsageError
 from gateway.faults import crash_point
 from gateway.filing import Filing
+from gateway.folders import FolderGuard
 from gateway.ifax import IFaxClient
 from gateway.intake import Intake
+from gateway.intakeproc import IntakeProcess, without_secrets
 from gateway.logs import set_level
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
@@ -56,10 +58,16 @@ WRITABLE_EVERY = 5.0  # /healthz, /metrics and the status page prove the databas
 
 
 class Service:
+    """`intake_apart`: intake runs in a process of its own (intakeproc.py), as `fax-gateway
+    run` starts it; else in a thread, as the tests and library use start it.  `cpus`: the
+    intake process's CPU and every CPU the daemon may use (cpu.other_cpu)."""
+
     def __init__(self, config: Config, *, simulate: bool = False, api_key: str | None = None,
-                 base_url: str | None = None) -> None:
+                 base_url: str | None = None, intake_apart: bool = False,
+                 cpus: tuple[int, set[int]] | None = None, debug: bool = False) -> None:
         self.config = config
         self.simulate = simulate
+        self.intake_apart, self._cpus, self._debug = intake_apart, cpus, debug
         self.outboxes: dict[str, OutboxConfig] = {o.name: _resolved(o) for o in config.outboxes}
         self.retired: dict[str, OutboxConfig] = {}  # removed by a reload; their jobs still finish
         self.metrics = Metrics(list(self.outboxes))
@@ -68,7 +76,9 @@ class Service:
         self._api_key = api_key
         self.simulator: Any = None
         self.store: Store | None = None
-        self.intake: Intake | None = None
+        self.intake: Intake | None = None  # intake in a thread; or:
+        self.intake_process: IntakeProcess | None = None  # intake in a process of its own
+        self._folders: FolderGuard | None = None  # with intake apart: the folder checks of filing and sending
         self.dispatcher: Dispatcher | None = None
         self.filing: Filing | None = None
         self.retention: Retention | None = None
@@ -121,11 +131,21 @@ class Service:
         self._start_web(cfg)
         self._endpoint = base_url, key = self._api_endpoint()
         client = self._client(base_url, key, cfg)
-        self.intake = Intake(store, self.outboxes, self.metrics, simulate=self.simulate,
-                             file_names=cfg.log.file_names, paused=self.paused,
-                             on_judged=self._wake_all)
+        if self.intake_apart:
+            # The intake process has its own guard; this one, for filing and sending, learns
+            # now which folders are mount points (asked first after an unmount, it would
+            # take the empty mount point for the folder).
+            self._folders = FolderGuard()
+            folder_problem = self._folder_problem
+            for ob in self.outboxes.values():
+                self._folders.problem(ob)
+        else:
+            self.intake = Intake(store, self.outboxes, self.metrics, simulate=self.simulate,
+                                 file_names=cfg.log.file_names, paused=self.paused,
+                                 on_judged=self._wake_all)
+            folder_problem = self.intake.folder_problem
         self.filing = Filing(store, self.outboxes, self.metrics, file_names=cfg.log.file_names,
-                             paused=self.paused, folder_problem=self.intake.folder_problem,
+                             paused=self.paused, folder_problem=folder_problem,
                              notifier=(Notifier(cfg.notify.command, file_names=cfg.log.file_names)
                                        if cfg.notify.command else None),
                              on_reopened=lambda: self.dispatcher.wake() if self.dispatcher else None)
@@ -136,13 +156,14 @@ class Service:
                                      give_up_after=cfg.poll.give_up_after, file_names=cfg.log.file_names,
                                      on_unfile=self.filing.wake, on_final=self.filing.wake)
         self.dispatcher.paused_outboxes = self.paused
-        self.filing.defer = lambda: self.intake.busy or self.dispatcher.sends_waiting
-        self.intake.on_idle = self.filing.wake
-        self.dispatcher.folder_problem = self.intake.folder_problem
-        self.intake.on_accepted = self.dispatcher.remember
+        self.filing.defer = lambda: self._intake_busy() or self.dispatcher.sends_waiting
+        self.dispatcher.folder_problem = folder_problem
+        if self.intake is not None:
+            self.intake.on_idle = self.filing.wake
+            self.intake.on_accepted = self.dispatcher.remember  # (the intake process reads from the folder)
         self.retention = Retention(store, self.metrics, sent=cfg.retention.sent, failed=cfg.retention.failed,
                                    jobs=cfg.retention.jobs, paused=self.paused,
-                                   folder_problem=self.intake.folder_problem)
+                                   folder_problem=folder_problem)
         for stage in self.stages:  # intake looks before each claim batch; the others at most every RECENT
             stage.halted = self.guard.check if stage is self.intake else self.guard.recent
             stage.file_names = cfg.log.file_names
@@ -150,16 +171,24 @@ class Service:
         # with long turns of its own, runs beside them as before.
         self.turns = Turns()
         for stage in (self.intake, self.dispatcher, self.filing):
-            stage.turns = self.turns
-        self.intake.start_watching()
-        for ob in self.outboxes.values():  # job folders of an older version move into the private folder
-            if ob.name not in self.paused:
-                try:
-                    move_legacy_jobs(store, ob, crash_point)
-                except Exception as exc:
-                    log.error("outbox %s: moving old job folders failed (%s); they are tried again at the "
-                              "next start", ob.name, exc)
+            if stage is not None:
+                stage.turns = self.turns
+        if self.intake is not None:
+            self.intake.start_watching()
+            for ob in self.outboxes.values():  # job folders of an older version move into the private folder
+                if ob.name not in self.paused:
+                    try:
+                        move_legacy_jobs(store, ob, crash_point)
+                    except Exception as exc:
+                        log.error("outbox %s: moving old job folders failed (%s); they are tried again at "
+                                  "the next start", ob.name, exc)
         _check_inotify_limits(len(cfg.outboxes))
+        if self.intake_apart:  # it watches the outboxes and moves old job folders, then reports
+            self.intake_process = IntakeProcess(
+                setup=self._intake_setup, lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused,
+                known=lambda: self.outboxes, on_judged=self._wake_all, on_idle=self.filing.wake,
+                cpus=self._cpus)
+            self.intake_process.start()
         for stage in self.stages:
             stage.start()
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
@@ -186,6 +215,19 @@ class Service:
         `OUTBOX/.fax-gateway/`: writers can reach that one, and a folder planted there must
         never keep the daemon from starting (its known jobs are moved out at start)."""
         return [ob.private for ob in self.outboxes.values()]
+
+    def _folder_problem(self, outbox: str) -> str | None:
+        ob = self.outboxes.get(outbox)
+        return self._folders.problem(ob) if ob is not None and self._folders is not None else None
+
+    def _intake_setup(self) -> dict[str, Any]:
+        """What a new intake process starts with: the configuration in use."""
+        return {"config": without_secrets(self.config), "outboxes": self.outboxes, "retired": self.retired,
+                "simulate": self.simulate, "debug": self._debug}
+
+    def _intake_busy(self) -> bool:
+        intake = self.intake or self.intake_process
+        return intake.busy if intake is not None else False
 
     def _wake_all(self) -> None:
         for stage in (self.dispatcher, self.filing):
@@ -245,9 +287,14 @@ class Service:
 
     def _stage_problems(self) -> list[str]:
         problems = []
-        if self.intake is None or not self.intake.watcher.alive():
+        if self.intake_process is not None:
+            problems.extend(self.intake_process.problems(STUCK_AFTER))
+        elif self.intake is None or not self.intake.watcher.alive():
             problems.append("the folder watchers are not running")
-        for stage in (self.intake, self.dispatcher, self.filing, self.retention):
+        loops = [self.dispatcher, self.filing, self.retention]
+        if self.intake_process is None:
+            loops.insert(0, self.intake)
+        for stage in loops:
             if stage is None or not stage.alive():
                 problems.append(f"the {stage.name if stage else 'pipeline'} loop is not running")
             elif stage.stuck_for() > STUCK_AFTER:
@@ -383,10 +430,15 @@ class Service:
                     self._ensure_folder(name, path)
                 except OSError as exc:  # the outbox pauses, saying why (intake's folder check)
                     log.error("outbox %s: %s could not be created: %s", name, path, exc.strerror)
+            if self._folders is not None:  # which of its folders are mount points, as at start
+                self._folders.problem(ob)
         if client is not None and self.dispatcher is not None:
             self.dispatcher.replace_client(client, new.api.max_in_flight)
             self._endpoint = endpoint
-        applied = [(stage, stage.reconfigure(change)) for stage in self.stages]
+        applied: list[tuple[Stage | IntakeProcess, threading.Event]] = [
+            (stage, stage.reconfigure(change)) for stage in self.stages]
+        if self.intake_process is not None:
+            applied.append((self.intake_process, self.intake_process.reconfigure(change)))
         late = [stage.name for stage, done in applied if not done.wait(RELOAD_WAIT)]
         for name in change.removed:
             self.metrics.remove_outbox(name)
@@ -415,7 +467,9 @@ class Service:
         in max(10 s, api.timeout + 2 s), the unit's TimeoutStopSec."""
         self._stop.set()
         start = time.monotonic()
-        stages = [s for s in (self.dispatcher, self.intake, self.filing, self.retention) if s is not None]
+        stages: list[Stage | IntakeProcess] = [
+            s for s in (self.dispatcher, self.intake, self.intake_process, self.filing, self.retention)
+            if s is not None]
         for stage in stages:
             stage.request_stop()
         for stage in stages:  # the dispatcher's requests may take api.timeout; the others a turn

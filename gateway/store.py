@@ -322,9 +322,11 @@ class Store:
     """SQLite job store.  One connection, serialised by a lock: SQLite allows one writer
     at a time anyway, and a single connection keeps every transaction's view simple."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False, immutable: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, immutable: bool = False,
+                 migrate: bool = True) -> None:
         """`readonly` opens with `mode=ro`; `immutable` (read-only too) tells SQLite that
-        nobody changes the file, so it needs no lock and no -shm: see `open_for_reading`."""
+        nobody changes the file, so it needs no lock and no -shm: see `open_for_reading`.
+        `migrate=False`: the daemon already brought the schema up to date (intakeproc.py)."""
         self.path = Path(path)
         self.readonly = readonly or immutable
         self._lock = threading.RLock()
@@ -385,7 +387,7 @@ class Store:
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
-        if not self.readonly:
+        if not self.readonly and migrate:
             self._migrate()
 
     @classmethod
@@ -1360,10 +1362,14 @@ class Store:
             c.execute("DELETE FROM blocked WHERE outbox=? AND stage=? AND item=?",
                       (outbox, stage, shown(item)))
 
-    def clear_all_blocked(self) -> None:
-        """At start-up: each stage finds its blocked items again on its first try."""
+    def clear_all_blocked(self, stages: Sequence[str] | None = None) -> None:
+        """At start-up (of the daemon, or of its intake process: its `stages`): each stage
+        finds its blocked items again on its first try."""
         with self.transaction() as c:
-            c.execute("DELETE FROM blocked")
+            if stages is None:
+                c.execute("DELETE FROM blocked")
+            else:
+                c.executemany("DELETE FROM blocked WHERE stage = ?", [(s,) for s in stages])
 
     def list_blocked(self, limit: int | None = None) -> list[Blocked]:
         sql = "SELECT * FROM blocked ORDER BY since, id" + (" LIMIT ?" if limit else "")

@@ -1,4 +1,5 @@
-"""`fax-gateway run` keeps its threads on one CPU; what it starts gets every CPU (cpu.py)."""
+"""`fax-gateway run` keeps its threads on one CPU, its intake process's on another; what
+it starts gets every CPU (cpu.py)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ def _threads(pid: int) -> dict[str, str]:
     return out
 
 
-def _reader(pid: int) -> int | None:
+def _child(pid: int, module: bytes) -> int | None:
+    """The process running `python -m <module>` whose parent is `pid`."""
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"gateway.docreader" in (proc / "cmdline").read_bytes() \
+            if proc.name.isdigit() and module in (proc / "cmdline").read_bytes() \
                     and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
                 return int(proc.name)
         except OSError:
@@ -62,10 +64,26 @@ def test_the_daemons_threads_share_one_cpu_and_what_it_starts_gets_every_cpu(dae
     assert len(threads) > 5 and len(set(threads.values())) == 1  # HTTP workers, stages, watchers alike
     [one] = set(threads.values())
     assert one.isdigit() and int(one) in os.sched_getaffinity(0)
-    reader = wait_for(lambda: _reader(d.proc.pid), 10, "the document reader")
-    assert _cpus(Path(f"/proc/{reader}/status")) == everything  # it reads beside the daemon's CPU
+    # Intake runs in a process of its own (intakeproc.py), its threads on another CPU...
+    intake = wait_for(lambda: _child(d.proc.pid, b"gateway.intakeproc"), 10, "the intake process")
+    intake_threads = _threads(intake)
+    assert len(intake_threads) > 2 and len(set(intake_threads.values())) == 1
+    [its] = set(intake_threads.values())
+    assert its.isdigit() and its != one and int(its) in os.sched_getaffinity(0)
+    # ...and the document reader it starts reads beside both, on every CPU.
+    reader = wait_for(lambda: _child(intake, b"gateway.docreader"), 10, "the document reader")
+    assert _cpus(Path(f"/proc/{reader}/status")) == everything
     assert notified == everything
     assert f"threads kept on CPU {one} of {len(os.sched_getaffinity(0))}" in d.log.read_text()
+
+
+def test_with_FAX_GATEWAY_INTAKE_PROCESS_no_intake_is_a_thread_of_the_daemon(daemon, spool, tmp_path):
+    everything = _cpus(Path("/proc/self/status"))
+    d, notified = _start(daemon, spool, tmp_path, env={"FAX_GATEWAY_INTAKE_PROCESS": "no"})
+    assert _child(d.proc.pid, b"gateway.intakeproc") is None
+    reader = wait_for(lambda: _child(d.proc.pid, b"gateway.docreader"), 10, "the document reader")
+    assert _cpus(Path(f"/proc/{reader}/status")) == everything
+    assert notified == everything
 
 
 def test_FAX_GATEWAY_ONE_CPU_no_lets_them_spread(daemon, spool, tmp_path):

@@ -1,0 +1,452 @@
+"""Intake in a process of its own, beside the sending loop (issue 12).
+
+Why: a process's threads share one interpreter lock, so intake (claim, judge, record)
+and sending took turns with it, and a burst's rate followed the CPU both spent per
+document.  With intake in a process of its own, on a CPU of its own, the two overlap:
+measured with benchmarks/split.py, a burst is taken about a fifth faster (RESULTS.md).
+`fax-gateway run` starts it (FAX_GATEWAY_INTAKE_PROCESS=no keeps intake in a thread, as
+the in-process `Service` of the tests and of library use always does).
+
+The two processes share the database (SQLite's locks take their writes in turn; every
+commit is as durable as before), the outboxes' private folders, and a socket:
+
+- daemon to intake: the configuration at start and at each reload, without secrets
+  (intake needs none);
+- intake to daemon: reports of its loop (that it turns, its watchers, paused outboxes,
+  whether it has more to take at once, intake's metrics), and "judged", which wakes the
+  sending and filing loops as the in-process intake does.
+
+Nothing is lost or sent twice when either dies: each claim is committed before its
+rename, as in one process, and a restarted intake finishes what was half done.  The
+intake process never outlives the daemon: it dies with it (PR_SET_PDEATHSIG), leaves
+when its socket closes, and holds the descriptor that carries the database lock, so no
+new daemon starts while it still runs.  A crash point (faults.py) in it kills the daemon
+too, as a power cut would.  One that dies is started again, with a backoff, and
+/healthz says so meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gateway import cpu, faults
+from gateway.config import Config, OutboxConfig
+from gateway.dbguard import halted_when_moved
+from gateway.faults import crash_point
+from gateway.intake import Intake
+from gateway.logs import set_level, setup_logging
+from gateway.metrics import Metrics
+from gateway.private import move_legacy_jobs
+from gateway.reload import Reload
+from gateway.store import Store
+
+log = logging.getLogger("gateway.intake")
+
+START_WAIT = 15.0     # start-up waits this long for intake's first report before READY
+REPORT_EVERY = 5.0    # an idle intake reports this often (its loop turns at least every 5 s)
+METRICS_EVERY = 0.2   # in a burst, intake's metrics go to the daemon at most this often
+RESTART_FIRST = 1.0   # a process that died is started again after this, doubling...
+RESTART_MAX = 30.0    # ...up to this
+STABLE_AFTER = 60.0   # one that ran this long starts again after RESTART_FIRST
+STOP_WAIT = 8.0       # at a stop, how long its last turn may take before it is killed
+APPLY_WAIT = 10.0     # how long the intake process waits for its loop to take a reload
+SECRETS = ("IFAX_API_KEY", "CREDENTIALS_DIRECTORY")  # never in its environment
+SYSTEMD = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # the daemon alone talks to systemd
+
+COUNTERS = ("files_detected", "files_rejected")
+GAUGES = ("files_waiting", "files_waiting_long", "outbox_paused")
+
+
+# -- the daemon's side --------------------------------------------------------------------
+
+
+class IntakeProcess:
+    """Starts the intake process, serves its reports, starts it again when it dies, and
+    stops it.  `setup()` gives what a new process starts with (the configuration in use);
+    `paused` and `metrics` are the daemon's, kept as intake reports them."""
+
+    name = "intake"
+
+    def __init__(self, *, setup: Callable[[], dict[str, Any]], lock_fd: int, metrics: Metrics,
+                 paused: dict[str, str], known: Callable[[], Collection[str]],
+                 on_judged: Callable[[], None], on_idle: Callable[[], None],
+                 cpus: tuple[int, Collection[int]] | None = None) -> None:
+        self._setup, self._lock_fd, self._metrics = setup, lock_fd, metrics
+        self._paused, self._known = paused, known
+        self._on_judged, self._on_idle = on_judged, on_idle
+        self._cpus = cpus  # (its CPU, every CPU the daemon may use), as cpu.py keeps them
+        self.busy = False  # its last turn left work for the next at once (filing gives way meanwhile)
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._reported_at = 0.0
+        self._watching = False
+        self._down: str | None = "it is starting"  # why it does not run, or None
+        self._counted: dict[tuple[str, tuple[str, ...]], float] = {}  # its counters, as already added
+        self._reloads: dict[int, threading.Event] = {}
+        self._generation = 0
+
+    def start(self, wait: float = START_WAIT) -> None:
+        """Returns once intake watches the outboxes (its first report), or after `wait`."""
+        self._thread = threading.Thread(target=self._run, name="intake-process", daemon=True)
+        self._thread.start()
+        if not self._first.wait(wait):
+            log.error("the intake process did not report within %.0f s; the daemon goes on, and "
+                      "/healthz says what is wrong", wait)
+
+    def _run(self) -> None:
+        delay = RESTART_FIRST
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                proc, conn = self._spawn()
+            except Exception as exc:
+                self._down = f"it could not be started: {exc}"
+            else:
+                self._serve(conn)
+                code = proc.wait()
+                conn.close()
+                self._conn, self.busy, self.pid = None, False, None
+                if self._stop.is_set():
+                    break
+                self._down = f"it {_ended(code)}"
+            if time.monotonic() - started >= STABLE_AFTER:
+                delay = RESTART_FIRST
+            log.error("the intake process is not running (%s); it is started again in %.0f s",
+                      self._down, delay)
+            self._down += f"; it is started again within {delay:.0f} s"
+            self._stop.wait(delay)
+            delay = min(RESTART_MAX, delay * 2)
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], Connection]:
+        ours, theirs = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if k not in SECRETS + SYSTEMD}
+        cmd = [sys.executable, "-P", "-m", "gateway.intakeproc", "--parent", str(os.getpid()),
+               "--socket", str(theirs.fileno()), "--lock", str(self._lock_fd)]
+        if self._cpus is not None:
+            cmd += ["--cpu", str(self._cpus[0]), "--cpus", ",".join(map(str, sorted(self._cpus[1])))]
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                    pass_fds=(theirs.fileno(), self._lock_fd))
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        self._counted.clear()  # a new process counts from 0
+        self._proc, self._conn, self.pid = proc, conn, proc.pid
+        try:
+            self._send(("start", self._setup()))
+        except (OSError, ValueError):
+            pass  # it died at once: _serve sees the end
+        if self._stop.is_set():  # stopped while it was being started
+            proc.terminate()
+        return proc, conn
+
+    def _serve(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            except Exception as exc:  # a message that cannot be read: the process is not ours to trust
+                log.error("the intake process sent what cannot be read (%s); it is stopped", exc)
+                if self._proc is not None:
+                    self._proc.kill()
+                return
+            try:
+                self._take(message[1])
+            except Exception as exc:
+                log.error("a report of the intake process could not be used: %s: %s", type(exc).__name__, exc)
+
+    def _take(self, report: dict[str, Any]) -> None:
+        self._reported_at, self._down = time.monotonic(), None
+        self._watching = report["watching"]
+        paused: dict[str, str] = report["paused"]
+        changed = paused != self._paused
+        if changed:
+            for name in [n for n in self._paused if n not in paused]:
+                self._paused.pop(name, None)
+            self._paused.update(paused)
+        metrics = report.get("metrics")
+        if metrics is not None:
+            self._apply_metrics(metrics)
+        was, self.busy = self.busy, report["busy"]
+        for generation in report.get("applied", ()):
+            done = self._reloads.pop(generation, None)
+            if done is not None:
+                done.set()
+        self._first.set()
+        if report.get("judged") or changed:
+            self._on_judged()
+        if was and not self.busy:
+            self._on_idle()
+
+    def _apply_metrics(self, metrics: Mapping[str, Mapping[tuple[str, ...], float]]) -> None:
+        known = self._known()
+        for family in GAUGES:
+            gauge = getattr(self._metrics, family)
+            for labels, value in metrics.get(family, {}).items():
+                if labels and labels[0] in known:  # (a gauge of an outbox a reload removed stays away)
+                    gauge.labels(*labels).set(value)
+        for family in COUNTERS:
+            counter = getattr(self._metrics, family)
+            for labels, value in metrics.get(family, {}).items():
+                added = self._counted.get((family, labels), 0.0)
+                if value > added:
+                    self._metrics.count(counter, *labels, amount=value - added)
+                    self._counted[(family, labels)] = value
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            if self._conn is None:
+                raise OSError("the intake process is not running")
+            self._conn.send(message)
+
+    # -- what the service asks --------------------------------------------------------
+
+    def problems(self, stuck_after: float) -> list[str]:
+        """As the in-process stage's (service.py): its loop, its watchers."""
+        down = self._down
+        if down is not None:
+            return [f"the intake loop is not running ({down})"]
+        problems = []
+        if not self._watching:
+            problems.append("the folder watchers are not running")
+        quiet = time.monotonic() - self._reported_at
+        if quiet > stuck_after:
+            problems.append(f"the intake loop is stuck (no progress for {quiet:.0f}s)")
+        return problems
+
+    def reconfigure(self, change: Reload) -> threading.Event:
+        """A reload for the intake process; the event is set once its loop applied it.  A
+        process started later gets the configuration then in use."""
+        done = threading.Event()
+        self._generation += 1
+        self._reloads[self._generation] = done
+        try:
+            self._send(("reload", self._generation, without_secrets(change)))
+        except (OSError, ValueError):
+            self._reloads.pop(self._generation, None)
+            done.set()
+        return done
+
+    def request_stop(self) -> None:
+        """Take nothing more: its turn under way ends, then the process."""
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.terminate()
+            except OSError:
+                pass
+
+    def join(self, timeout: float) -> None:
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(max(0.0, timeout))
+            except subprocess.TimeoutExpired:
+                log.error("the intake process did not stop within %.0f s; it is killed", timeout)
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def alive(self) -> bool:
+        return self._down is None
+
+
+def without_secrets(value: Any) -> Any:
+    """A configuration (or a reload's) for the intake process: it needs no key."""
+    if isinstance(value, Reload):
+        return dataclasses.replace(value, config=without_secrets(value.config))
+    assert isinstance(value, Config)
+    return dataclasses.replace(value, api=dataclasses.replace(value.api, key=None),
+                               webhook=dataclasses.replace(value.webhook, secret=None))
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# -- the intake process -------------------------------------------------------------------
+
+
+class _Reporting(Intake):
+    """Intake whose every turn (and every judged batch) may report to the daemon."""
+
+    report: Callable[..., None] = staticmethod(lambda **kw: None)  # type: ignore[assignment]
+
+    def turn(self) -> float:
+        try:
+            return super().turn()
+        finally:
+            self.report()
+
+
+class _Child:
+    def __init__(self, conn: Connection, lock_fd: int, setup: dict[str, Any]) -> None:
+        self.conn, self.setup = conn, setup
+        self.stopped = threading.Event()
+        self._send_lock = threading.Lock()
+        self._sent_at = float("-inf")
+        self._metrics_at = float("-inf")
+        self._last: tuple[Any, ...] | None = None
+        self._sent_metrics: dict[str, dict[tuple[str, ...], float]] | None = None
+        config: Config = setup["config"]
+        self.outboxes: dict[str, OutboxConfig] = setup["outboxes"]
+        self.store = Store(config.database, migrate=False)
+        self.store.clear_all_blocked(stages=("claim", "intake"))  # found again at their first try
+        self.metrics = Metrics(list(self.outboxes))
+        self.paused: dict[str, str] = {}
+        self.intake = _Reporting(self.store, self.outboxes, self.metrics, simulate=setup["simulate"],
+                                 file_names=config.log.file_names, paused=self.paused,
+                                 on_judged=lambda: self.report(judged=True))
+        self.intake.retired = dict(setup["retired"])
+        self.intake.report = self.report
+        self.intake.file_names = config.log.file_names
+        self.intake.halted = halted_when_moved(config.database, os.fstat(lock_fd))
+
+    def run(self) -> int:
+        intake = self.intake
+        try:
+            intake.start_watching()
+            for ob in self.outboxes.values():  # job folders of an older version move into the private folder
+                if ob.name not in self.paused:
+                    try:
+                        move_legacy_jobs(self.store, ob, crash_point)
+                    except Exception as exc:
+                        log.error("outbox %s: moving old job folders failed (%s); they are tried again at "
+                                  "the next start", ob.name, exc)
+            self.report(force=True)
+            intake.start()
+            threading.Thread(target=self._listen, name="intake-socket", daemon=True).start()
+            self.stopped.wait()
+        finally:
+            intake.request_stop()
+            intake.join(STOP_WAIT)
+            self.store.close()
+        return 0
+
+    def _listen(self) -> None:
+        """Reloads from the daemon; the end of the socket (the daemon is gone) stops it."""
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self.stopped.set()
+                return
+            if message[0] == "reload":
+                _, generation, change = message
+                self._reload(change)
+                self.report(applied=(generation,))
+
+    def _reload(self, change: Reload) -> None:
+        for name in (*change.added, *change.changed):
+            self.metrics.add_outbox(name)
+        done = self.intake.reconfigure(change)
+        done.wait(APPLY_WAIT)
+        for name in change.removed:
+            self.metrics.remove_outbox(name)
+        self.outboxes = change.outboxes
+        set_level(change.config.log.level, change.config.log.format)
+
+    def report(self, *, judged: bool = False, applied: tuple[int, ...] = (), force: bool = False) -> None:
+        """To the daemon: at once when something it acts on changed (a batch judged, an
+        outbox paused, busy or idle), its metrics at most every METRICS_EVERY, and at least
+        every REPORT_EVERY, which tells it the loop turns."""
+        intake = self.intake
+        now = time.monotonic()
+        state = (intake.watcher.alive(), intake.busy, dict(self.paused))
+        urgent = force or judged or bool(applied) or state != self._last
+        if not urgent and now - self._metrics_at < METRICS_EVERY:
+            return
+        with self._send_lock:
+            metrics = _snapshot(self.metrics)
+            self._metrics_at = now
+            if not urgent and metrics == self._sent_metrics and now - self._sent_at < REPORT_EVERY:
+                return
+            self._last, self._sent_at, self._sent_metrics = state, now, metrics
+            report = {"watching": state[0], "busy": state[1], "paused": state[2], "metrics": metrics,
+                      "judged": judged, "applied": applied}
+            try:
+                self.conn.send(("report", report))
+            except (OSError, ValueError):
+                self.stopped.set()  # the daemon is gone
+
+
+def _snapshot(metrics: Metrics) -> dict[str, dict[tuple[str, ...], float]]:
+    """Intake's counters and gauges, by family and labels."""
+    out: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in COUNTERS + GAUGES:
+        values = out[family] = {}
+        for collected in getattr(metrics, family).collect():
+            for sample in collected.samples:
+                if family in COUNTERS and not sample.name.endswith("_total"):
+                    continue
+                values[tuple(sample.labels.values())] = sample.value
+    return out
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the daemon ends, however it ends; and never run on if it already did."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the socket's end stops it
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway.intakeproc", description="fax-gateway's intake process "
+                                     "(started by `fax-gateway run`, not by hand)")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--socket", type=int, required=True)
+    parser.add_argument("--lock", type=int, required=True)
+    parser.add_argument("--cpu", type=int)
+    parser.add_argument("--cpus", default="")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    faults.kill_also(args.parent)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGIO):  # a Ctrl-C or SIGHUP is the daemon's to act on
+        signal.signal(sig, signal.SIG_IGN)
+    for fd in (args.socket, args.lock):  # not for the document reader it starts
+        os.set_inheritable(fd, False)
+    conn = Connection(args.socket)
+    kind, setup = conn.recv()
+    if kind != "start":
+        return 2
+    config: Config = setup["config"]
+    setup_logging(config.log.level, config.log.format, forced_debug=setup.get("debug", False))
+    if args.cpu is not None:
+        cpu.keep_on(args.cpu, {int(c) for c in args.cpus.split(",") if c})
+    child = _Child(conn, args.lock, setup)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.stopped.set())
+    return child.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
