@@ -158,16 +158,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from gateway.cpu import OFF, keep_on_one_cpu, other_cpu
+    from gateway.cpu import OFF, YES, keep_on_one_cpu, other_cpu
     from gateway.service import Service
     setup_logging(config.log.level, config.log.format, forced_debug=args.debug)
     for w in config.warnings:
         log.warning(w)
     keep_on_one_cpu()  # before any thread starts: they inherit it
-    # Intake in a process of its own (intakeproc.py), on a CPU of its own when there is one.
-    apart = os.environ.get("FAX_GATEWAY_INTAKE_PROCESS", "").lower() not in OFF
-    service = Service(config, simulate=args.simulate, intake_apart=apart, cpus=other_cpu(),
-                      debug=args.debug)
+    # Intake in a process of its own (intakeproc.py) when it can have a CPU of its own:
+    # sharing one, the two processes were slower than one (README, Decisions).
+    cpus = other_cpu()
+    wanted = os.environ.get("FAX_GATEWAY_INTAKE_PROCESS", "").lower()
+    apart = wanted in YES or (wanted not in OFF and cpus is not None)
+    service = Service(config, simulate=args.simulate, intake_apart=apart, cpus=cpus, debug=args.debug)
     service.start()
     return service.run_forever()
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 log = logging.getLogger("gateway.cpu")
 
 OFF = ("0", "no", "false", "off")
+YES = ("1", "yes", "true", "on")
 _allowed: set[int] | None = None  # what the process was allowed before it kept to one CPU
 
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from gateway.errors import DaemonRunning, StartupError
 from gateway.spool import make_dirs_synced
+
+LOCK_WAIT = 3.0  # seconds a start waits for a daemon that is ending to let go of the database
 
 
 class DatabaseLock:
@@ -47,7 +50,7 @@ class DatabaseLock:
         except OSError as exc:
             raise StartupError(f"cannot open database {self.configured}: {exc.strerror or exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock(fd)
         except BlockingIOError:
             os.close(fd)  # SQLite has not opened the file in this process yet: no lock of its to drop
             name = str(self.configured) + (f" (that is {self.path})" if self.path != self.configured else "")
@@ -55,6 +58,21 @@ class DatabaseLock:
                                 f"(process {self._holder()}); stop it first") from None
         self._fd = fd
         self._write_pid()
+
+    @staticmethod
+    def _lock(fd: int) -> None:
+        """A daemon that was just killed may hold it a moment longer: its intake process
+        (intakeproc.py), which holds the same lock, dies with it but may first have to
+        finish a system call (an fsync)."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def release(self) -> None:
         """Only after the store is closed: closing this descriptor drops SQLite's locks too."""

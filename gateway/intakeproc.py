@@ -10,11 +10,13 @@ the in-process `Service` of the tests and of library use always does).
 The two processes share the database (SQLite's locks take their writes in turn; every
 commit is as durable as before), the outboxes' private folders, and a socket:
 
-- daemon to intake: the configuration at start and at each reload, without secrets
-  (intake needs none);
-- intake to daemon: reports of its loop (that it turns, its watchers, paused outboxes,
-  whether it has more to take at once, intake's metrics), and "judged", which wakes the
-  sending and filing loops as the in-process intake does.
+- daemon to intake (pickled: the daemon is the trusted side): the configuration at
+  start and at each reload, without secrets (intake needs none), and the private folders
+  the daemon prepared;
+- intake to daemon (JSON: the side that reads what anyone may write sends only data):
+  reports of its loop (that it turns, its watchers, paused outboxes, whether it has more
+  to take at once, intake's metrics), and "judged", which wakes the sending and filing
+  loops as the in-process intake does.
 
 Nothing is lost or sent twice when either dies: each claim is committed before its
 rename, as in one process, and a restarted intake finishes what was half done.  The
@@ -30,8 +32,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -45,17 +49,15 @@ from typing import Any
 from gateway import cpu, faults
 from gateway.config import Config, OutboxConfig
 from gateway.dbguard import halted_when_moved
-from gateway.faults import crash_point
 from gateway.intake import Intake
 from gateway.logs import set_level, setup_logging
 from gateway.metrics import Metrics
-from gateway.private import move_legacy_jobs
 from gateway.reload import Reload
 from gateway.store import Store
 
 log = logging.getLogger("gateway.intake")
 
-START_WAIT = 15.0     # start-up waits this long for intake's first report before READY
+START_WAIT = 60.0     # start-up waits this long for intake to watch the outboxes before READY
 REPORT_EVERY = 5.0    # an idle intake reports this often (its loop turns at least every 5 s)
 METRICS_EVERY = 0.2   # in a burst, intake's metrics go to the daemon at most this often
 RESTART_FIRST = 1.0   # a process that died is started again after this, doubling...
@@ -75,16 +77,19 @@ GAUGES = ("files_waiting", "files_waiting_long", "outbox_paused")
 
 class IntakeProcess:
     """Starts the intake process, serves its reports, starts it again when it dies, and
-    stops it.  `setup()` gives what a new process starts with (the configuration in use);
-    `paused` and `metrics` are the daemon's, kept as intake reports them."""
+    stops it.  `setup`: what it starts with (config, outboxes, retired, simulate, debug,
+    private); `paused` and `metrics` are the daemon's, kept as intake reports them."""
 
     name = "intake"
 
-    def __init__(self, *, setup: Callable[[], dict[str, Any]], lock_fd: int, metrics: Metrics,
+    def __init__(self, *, setup: dict[str, Any], lock_fd: int, metrics: Metrics,
                  paused: dict[str, str], known: Callable[[], Collection[str]],
                  on_judged: Callable[[], None], on_idle: Callable[[], None],
                  cpus: tuple[int, Collection[int]] | None = None) -> None:
-        self._setup, self._lock_fd, self._metrics = setup, lock_fd, metrics
+        # What a new process starts with: the configuration in use (a reload changes it,
+        # under `_send_lock`, so a process started meanwhile gets the new one).
+        self._setup = {**setup, "config": without_secrets(setup["config"])}
+        self._lock_fd, self._metrics = lock_fd, metrics
         self._paused, self._known = paused, known
         self._on_judged, self._on_idle = on_judged, on_idle
         self._cpus = cpus  # (its CPU, every CPU the daemon may use), as cpu.py keeps them
@@ -104,7 +109,8 @@ class IntakeProcess:
         self._generation = 0
 
     def start(self, wait: float = START_WAIT) -> None:
-        """Returns once intake watches the outboxes (its first report), or after `wait`."""
+        """Returns once intake watches the outboxes (its "started" report), or once its
+        first process ended without it, or after `wait`."""
         self._thread = threading.Thread(target=self._run, name="intake-process", daemon=True)
         self._thread.start()
         if not self._first.wait(wait):
@@ -122,8 +128,13 @@ class IntakeProcess:
             else:
                 self._serve(conn)
                 code = proc.wait()
-                conn.close()
-                self._conn, self.busy, self.pid = None, False, None
+                with self._send_lock:
+                    conn.close()
+                    self._conn, self.busy, self.pid = None, False, None
+                    for done in self._reloads.values():  # the next process starts with them
+                        done.set()
+                    self._reloads.clear()
+                self._first.set()
                 if self._stop.is_set():
                     break
                 self._down = f"it {_ended(code)}"
@@ -149,11 +160,12 @@ class IntakeProcess:
             theirs.close()
         conn = Connection(ours.detach())
         self._counted.clear()  # a new process counts from 0
-        self._proc, self._conn, self.pid = proc, conn, proc.pid
-        try:
-            self._send(("start", self._setup()))
-        except (OSError, ValueError):
-            pass  # it died at once: _serve sees the end
+        with self._send_lock:  # no reload between: the first message is "start", with the latest
+            self._proc, self._conn, self.pid = proc, conn, proc.pid
+            try:
+                conn.send(("start", self._setup))
+            except (OSError, ValueError):
+                pass  # it died at once: _serve sees the end
         if self._stop.is_set():  # stopped while it was being started
             proc.terminate()
         return proc, conn
@@ -161,21 +173,17 @@ class IntakeProcess:
     def _serve(self, conn: Connection) -> None:
         while True:
             try:
-                message = conn.recv()
+                message = conn.recv_bytes()
             except (EOFError, OSError):
                 return
-            except Exception as exc:  # a message that cannot be read: the process is not ours to trust
-                log.error("the intake process sent what cannot be read (%s); it is stopped", exc)
-                if self._proc is not None:
-                    self._proc.kill()
-                return
             try:
-                self._take(message[1])
-            except Exception as exc:
+                self._take(json.loads(message))
+            except Exception as exc:  # never a reason to stop serving it: its next report may do
                 log.error("a report of the intake process could not be used: %s: %s", type(exc).__name__, exc)
 
     def _take(self, report: dict[str, Any]) -> None:
-        self._reported_at, self._down = time.monotonic(), None
+        if not report["applied"]:  # (an answer to a reload says nothing of the loop)
+            self._reported_at, self._down = time.monotonic(), None
         self._watching = report["watching"]
         paused: dict[str, str] = report["paused"]
         changed = paused != self._paused
@@ -187,36 +195,33 @@ class IntakeProcess:
         if metrics is not None:
             self._apply_metrics(metrics)
         was, self.busy = self.busy, report["busy"]
-        for generation in report.get("applied", ()):
+        for generation in report["applied"]:
             done = self._reloads.pop(generation, None)
             if done is not None:
                 done.set()
-        self._first.set()
-        if report.get("judged") or changed:
+        if report["started"]:
+            self._first.set()
+        if report["judged"] or changed:
             self._on_judged()
         if was and not self.busy:
             self._on_idle()
 
-    def _apply_metrics(self, metrics: Mapping[str, Mapping[tuple[str, ...], float]]) -> None:
+    def _apply_metrics(self, metrics: Mapping[str, list[tuple[list[str], float]]]) -> None:
         known = self._known()
         for family in GAUGES:
             gauge = getattr(self._metrics, family)
-            for labels, value in metrics.get(family, {}).items():
+            for labels, value in metrics.get(family, ()):
                 if labels and labels[0] in known:  # (a gauge of an outbox a reload removed stays away)
-                    gauge.labels(*labels).set(value)
+                    gauge.labels(*labels).set(float(value))
         for family in COUNTERS:
             counter = getattr(self._metrics, family)
-            for labels, value in metrics.get(family, {}).items():
+            for names, value in metrics.get(family, ()):
+                labels = tuple(str(n) for n in names)
+                value = float(value)
                 added = self._counted.get((family, labels), 0.0)
                 if value > added:
                     self._metrics.count(counter, *labels, amount=value - added)
                     self._counted[(family, labels)] = value
-
-    def _send(self, message: tuple[Any, ...]) -> None:
-        with self._send_lock:
-            if self._conn is None:
-                raise OSError("the intake process is not running")
-            self._conn.send(message)
 
     # -- what the service asks --------------------------------------------------------
 
@@ -234,16 +239,22 @@ class IntakeProcess:
         return problems
 
     def reconfigure(self, change: Reload) -> threading.Event:
-        """A reload for the intake process; the event is set once its loop applied it.  A
-        process started later gets the configuration then in use."""
+        """A reload for the intake process; the event is set once its loop applied it, or
+        once the process ended (the next one starts with this configuration)."""
         done = threading.Event()
-        self._generation += 1
-        self._reloads[self._generation] = done
-        try:
-            self._send(("reload", self._generation, without_secrets(change)))
-        except (OSError, ValueError):
-            self._reloads.pop(self._generation, None)
-            done.set()
+        change = without_secrets(change)
+        with self._send_lock:
+            self._setup = {**self._setup, "config": change.config, "outboxes": change.outboxes,
+                           "retired": change.retired}
+            self._generation += 1
+            try:
+                if self._conn is None:
+                    raise OSError("the intake process is not running")
+                self._conn.send(("reload", self._generation, change))
+            except (OSError, ValueError):
+                done.set()
+            else:
+                self._reloads[self._generation] = done
         return done
 
     def request_stop(self) -> None:
@@ -306,14 +317,13 @@ class _Reporting(Intake):
 
 
 class _Child:
-    def __init__(self, conn: Connection, lock_fd: int, setup: dict[str, Any]) -> None:
-        self.conn, self.setup = conn, setup
-        self.stopped = threading.Event()
+    def __init__(self, conn: Connection, lock_fd: int, setup: dict[str, Any], wake_fd: int) -> None:
+        self.conn, self.setup, self.wake_fd = conn, setup, wake_fd
         self._send_lock = threading.Lock()
         self._sent_at = float("-inf")
         self._metrics_at = float("-inf")
         self._last: tuple[Any, ...] | None = None
-        self._sent_metrics: dict[str, dict[tuple[str, ...], float]] | None = None
+        self._sent_metrics: dict[str, list[tuple[list[str], float]]] | None = None
         config: Config = setup["config"]
         self.outboxes: dict[str, OutboxConfig] = setup["outboxes"]
         self.store = Store(config.database, migrate=False)
@@ -327,27 +337,29 @@ class _Child:
         self.intake.report = self.report
         self.intake.file_names = config.log.file_names
         self.intake.halted = halted_when_moved(config.database, os.fstat(lock_fd))
+        self.intake.guard.private.assume(setup["private"])
 
-    def run(self) -> int:
+    def run(self, wake_r: int) -> int:
+        """Until SIGTERM (the signal's wake-up byte) or the end of the socket."""
         intake = self.intake
         try:
             intake.start_watching()
-            for ob in self.outboxes.values():  # job folders of an older version move into the private folder
-                if ob.name not in self.paused:
-                    try:
-                        move_legacy_jobs(self.store, ob, crash_point)
-                    except Exception as exc:
-                        log.error("outbox %s: moving old job folders failed (%s); they are tried again at "
-                                  "the next start", ob.name, exc)
-            self.report(force=True)
+            self.report(started=True)
             intake.start()
             threading.Thread(target=self._listen, name="intake-socket", daemon=True).start()
-            self.stopped.wait()
+            select.select([wake_r], [], [])
         finally:
             intake.request_stop()
             intake.join(STOP_WAIT)
             self.store.close()
         return 0
+
+    def stop(self) -> None:
+        """From any thread (a signal handler must not take a lock: the wake-up byte)."""
+        try:
+            os.write(self.wake_fd, b"\0")
+        except OSError:
+            pass
 
     def _listen(self) -> None:
         """Reloads from the daemon; the end of the socket (the daemon is gone) stops it."""
@@ -355,12 +367,15 @@ class _Child:
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):
-                self.stopped.set()
+                self.stop()
                 return
-            if message[0] == "reload":
-                _, generation, change = message
-                self._reload(change)
-                self.report(applied=(generation,))
+            try:
+                if message[0] == "reload":
+                    _, generation, change = message
+                    self._reload(change)
+                    self.report(applied=(generation,))
+            except Exception as exc:  # the daemon's message; its next reload may do
+                log.error("intake: a reload could not be applied: %s: %s", type(exc).__name__, exc)
 
     def _reload(self, change: Reload) -> None:
         for name in (*change.added, *change.changed):
@@ -372,14 +387,14 @@ class _Child:
         self.outboxes = change.outboxes
         set_level(change.config.log.level, change.config.log.format)
 
-    def report(self, *, judged: bool = False, applied: tuple[int, ...] = (), force: bool = False) -> None:
+    def report(self, *, judged: bool = False, applied: tuple[int, ...] = (), started: bool = False) -> None:
         """To the daemon: at once when something it acts on changed (a batch judged, an
         outbox paused, busy or idle), its metrics at most every METRICS_EVERY, and at least
         every REPORT_EVERY, which tells it the loop turns."""
         intake = self.intake
         now = time.monotonic()
         state = (intake.watcher.alive(), intake.busy, dict(self.paused))
-        urgent = force or judged or bool(applied) or state != self._last
+        urgent = started or judged or bool(applied) or state != self._last
         if not urgent and now - self._metrics_at < METRICS_EVERY:
             return
         with self._send_lock:
@@ -389,23 +404,23 @@ class _Child:
                 return
             self._last, self._sent_at, self._sent_metrics = state, now, metrics
             report = {"watching": state[0], "busy": state[1], "paused": state[2], "metrics": metrics,
-                      "judged": judged, "applied": applied}
+                      "judged": judged, "applied": list(applied), "started": started}
             try:
-                self.conn.send(("report", report))
+                self.conn.send_bytes(json.dumps(report).encode())
             except (OSError, ValueError):
-                self.stopped.set()  # the daemon is gone
+                self.stop()  # the daemon is gone
 
 
-def _snapshot(metrics: Metrics) -> dict[str, dict[tuple[str, ...], float]]:
-    """Intake's counters and gauges, by family and labels."""
-    out: dict[str, dict[tuple[str, ...], float]] = {}
+def _snapshot(metrics: Metrics) -> dict[str, list[tuple[list[str], float]]]:
+    """Intake's counters and gauges: by family, (labels, value) pairs."""
+    out: dict[str, list[tuple[list[str], float]]] = {}
     for family in COUNTERS + GAUGES:
-        values = out[family] = {}
+        values = out[family] = []
         for collected in getattr(metrics, family).collect():
             for sample in collected.samples:
                 if family in COUNTERS and not sample.name.endswith("_total"):
                     continue
-                values[tuple(sample.labels.values())] = sample.value
+                values.append((list(sample.labels.values()), sample.value))
     return out
 
 
@@ -433,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     faults.kill_also(args.parent)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGIO):  # a Ctrl-C or SIGHUP is the daemon's to act on
         signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)  # SIGTERM: its byte wakes the main thread, no lock taken
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     for fd in (args.socket, args.lock):  # not for the document reader it starts
         os.set_inheritable(fd, False)
     conn = Connection(args.socket)
@@ -443,9 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format, forced_debug=setup.get("debug", False))
     if args.cpu is not None:
         cpu.keep_on(args.cpu, {int(c) for c in args.cpus.split(",") if c})
-    child = _Child(conn, args.lock, setup)
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.stopped.set())
-    return child.run()
+    return _Child(conn, args.lock, setup, wake_w).run(wake_r)
 
 
 if __name__ == "__main__":

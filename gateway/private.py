@@ -36,6 +36,18 @@ class PrivateFolders:
         self._identity: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()  # asked by the intake, sending and filing threads
 
+    def known(self) -> dict[Path, tuple[int, int]]:
+        """The folders prepared so far, as `assume` takes them."""
+        with self._lock:
+            return dict(self._identity)
+
+    def assume(self, known: dict[Path, tuple[int, int]]) -> None:
+        """Folders the daemon prepared at its start (intakeproc.py): an intake process
+        started again checks them against those, as if it had prepared them itself, so a
+        folder that disappeared or was replaced stays a problem until the daemon restarts."""
+        with self._lock:
+            self._identity.update(known)
+
     def problem(self, ob: OutboxConfig) -> str | None:
         """None while the outbox's private folder can be used, else what to fix.  The
         first call (and every call until one succeeds) prepares it."""

@@ -33,7 +33,7 @@ from gateway.filing import Filing
 from gateway.folders import FolderGuard
 from gateway.ifax import IFaxClient
 from gateway.intake import Intake
-from gateway.intakeproc import IntakeProcess, without_secrets
+from gateway.intakeproc import IntakeProcess
 from gateway.logs import set_level
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
@@ -175,17 +175,20 @@ class Service:
                 stage.turns = self.turns
         if self.intake is not None:
             self.intake.start_watching()
-            for ob in self.outboxes.values():  # job folders of an older version move into the private folder
-                if ob.name not in self.paused:
-                    try:
-                        move_legacy_jobs(store, ob, crash_point)
-                    except Exception as exc:
-                        log.error("outbox %s: moving old job folders failed (%s); they are tried again at "
-                                  "the next start", ob.name, exc)
+        for ob in self.outboxes.values():  # job folders of an older version move into the private folder
+            if ob.name not in self.paused and (self._folders is None or self._folders.problem(ob) is None):
+                try:
+                    move_legacy_jobs(store, ob, crash_point)
+                except Exception as exc:
+                    log.error("outbox %s: moving old job folders failed (%s); they are tried again at the "
+                              "next start", ob.name, exc)
         _check_inotify_limits(len(cfg.outboxes))
-        if self.intake_apart:  # it watches the outboxes and moves old job folders, then reports
+        if self.intake_apart:  # it watches the outboxes, then reports: READY waits for that
             self.intake_process = IntakeProcess(
-                setup=self._intake_setup, lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused,
+                setup={"config": cfg, "outboxes": self.outboxes, "retired": self.retired,
+                       "simulate": self.simulate, "debug": self._debug,
+                       "private": self._folders.private.known()},
+                lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused,
                 known=lambda: self.outboxes, on_judged=self._wake_all, on_idle=self.filing.wake,
                 cpus=self._cpus)
             self.intake_process.start()
@@ -219,11 +222,6 @@ class Service:
     def _folder_problem(self, outbox: str) -> str | None:
         ob = self.outboxes.get(outbox)
         return self._folders.problem(ob) if ob is not None and self._folders is not None else None
-
-    def _intake_setup(self) -> dict[str, Any]:
-        """What a new intake process starts with: the configuration in use."""
-        return {"config": without_secrets(self.config), "outboxes": self.outboxes, "retired": self.retired,
-                "simulate": self.simulate, "debug": self._debug}
 
     def _intake_busy(self) -> bool:
         intake = self.intake or self.intake_process
@@ -440,9 +438,9 @@ class Service:
         if self.intake_process is not None:
             applied.append((self.intake_process, self.intake_process.reconfigure(change)))
         late = [stage.name for stage, done in applied if not done.wait(RELOAD_WAIT)]
-        for name in change.removed:
-            self.metrics.remove_outbox(name)
         self.config, self.outboxes, self.retired = new, change.outboxes, change.retired
+        for name in change.removed:  # (after: the intake process's reports skip them from now on)
+            self.metrics.remove_outbox(name)
         set_level(new.log.level, new.log.format)
         log.info("configuration reloaded from %s: %s%s", new.path, change.summary(),
                  f" (still being applied by: {', '.join(late)})" if late else "")
