@@ -77,18 +77,17 @@ GAUGES = ("files_waiting", "files_waiting_long", "outbox_paused")
 
 class IntakeProcess:
     """Starts the intake process, serves its reports, starts it again when it dies, and
-    stops it.  `setup`: what it starts with (config, outboxes, retired, simulate, debug,
-    private); `paused` and `metrics` are the daemon's, kept as intake reports them."""
+    stops it.  `paused` and `metrics` are the daemon's, kept as intake reports them."""
 
     name = "intake"
 
-    def __init__(self, *, setup: dict[str, Any], lock_fd: int, metrics: Metrics,
-                 paused: dict[str, str], known: Callable[[], Collection[str]],
-                 on_judged: Callable[[], None], on_idle: Callable[[], None],
-                 cpus: tuple[int, Collection[int]] | None = None) -> None:
-        # What a new process starts with: the configuration in use (a reload changes it,
-        # under `_send_lock`, so a process started meanwhile gets the new one).
-        self._setup = {**setup, "config": without_secrets(setup["config"])}
+    def __init__(self, *, lock_fd: int, metrics: Metrics, paused: dict[str, str],
+                 known: Callable[[], Collection[str]], on_judged: Callable[[], None],
+                 on_idle: Callable[[], None], cpus: tuple[int, Collection[int]] | None = None) -> None:
+        # What a new process starts with (`start`): the configuration in use (a reload
+        # changes it, under `_send_lock`, so a process started meanwhile gets the new one).
+        self._setup: dict[str, Any] = {}
+        self._launched: tuple[subprocess.Popen[bytes], Connection] | None = None
         self._lock_fd, self._metrics = lock_fd, metrics
         self._paused, self._known = paused, known
         self._on_judged, self._on_idle = on_judged, on_idle
@@ -108,9 +107,17 @@ class IntakeProcess:
         self._reloads: dict[int, threading.Event] = {}
         self._generation = 0
 
-    def start(self, wait: float = START_WAIT) -> None:
-        """Returns once intake watches the outboxes (its "started" report), or once its
-        first process ended without it, or after `wait`."""
+    def launch(self) -> None:
+        """The first process, early in the daemon's start: it loads Python and the gateway
+        (half a second) while the daemon sets up the rest, and waits for `start`."""
+        self._launched = self._launch()
+
+    def start(self, setup: dict[str, Any], wait: float = START_WAIT) -> None:
+        """`setup`: what it starts with (config, outboxes, retired, simulate, debug,
+        private).  Returns once intake watches the outboxes (its "started" report), or
+        once its first process ended without it, or after `wait`."""
+        with self._send_lock:
+            self._setup = {**setup, "config": without_secrets(setup["config"])}
         self._thread = threading.Thread(target=self._run, name="intake-process", daemon=True)
         self._thread.start()
         if not self._first.wait(wait):
@@ -122,7 +129,9 @@ class IntakeProcess:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                proc, conn = self._spawn()
+                proc, conn = self._launched or self._launch()
+                self._launched = None
+                self._begin(proc, conn)
             except Exception as exc:
                 self._down = f"it could not be started: {exc}"
             else:
@@ -146,7 +155,7 @@ class IntakeProcess:
             self._stop.wait(delay)
             delay = min(RESTART_MAX, delay * 2)
 
-    def _spawn(self) -> tuple[subprocess.Popen[bytes], Connection]:
+    def _launch(self) -> tuple[subprocess.Popen[bytes], Connection]:
         ours, theirs = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if k not in SECRETS + SYSTEMD}
         cmd = [sys.executable, "-P", "-m", "gateway.intakeproc", "--parent", str(os.getpid()),
@@ -158,17 +167,19 @@ class IntakeProcess:
                                     pass_fds=(theirs.fileno(), self._lock_fd))
         finally:
             theirs.close()
-        conn = Connection(ours.detach())
+        self._proc, self.pid = proc, proc.pid  # (`request_stop` ends it, even before `start`)
+        return proc, Connection(ours.detach())
+
+    def _begin(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         self._counted.clear()  # a new process counts from 0
         with self._send_lock:  # no reload between: the first message is "start", with the latest
-            self._proc, self._conn, self.pid = proc, conn, proc.pid
+            self._conn = conn
             try:
                 conn.send(("start", self._setup))
             except (OSError, ValueError):
                 pass  # it died at once: _serve sees the end
         if self._stop.is_set():  # stopped while it was being started
             proc.terminate()
-        return proc, conn
 
     def _serve(self, conn: Connection) -> None:
         while True:
@@ -448,15 +459,18 @@ def main(argv: list[str] | None = None) -> int:
     faults.kill_also(args.parent)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGIO):  # a Ctrl-C or SIGHUP is the daemon's to act on
         signal.signal(sig, signal.SIG_IGN)
-    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    signal.set_wakeup_fd(wake_w)  # SIGTERM: its byte wakes the main thread, no lock taken
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     for fd in (args.socket, args.lock):  # not for the document reader it starts
         os.set_inheritable(fd, False)
     conn = Connection(args.socket)
-    kind, setup = conn.recv()
+    try:
+        kind, setup = conn.recv()  # (until it comes, SIGTERM ends it: nothing is under way)
+    except (EOFError, OSError):
+        return 0
     if kind != "start":
         return 2
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)  # SIGTERM: its byte wakes the main thread, no lock taken
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     config: Config = setup["config"]
     setup_logging(config.log.level, config.log.format, forced_debug=setup.get("debug", False))
     if args.cpu is not None:

@@ -124,6 +124,12 @@ class Service:
         self.guard = DatabaseGuard(cfg.database, os.fstat(self._lock.fd), store.backup,
                                    beside=self._lock.path)
         store.clear_all_blocked()
+        if self.intake_apart:  # loading while the rest is set up; it starts at `start`
+            self.intake_process = IntakeProcess(
+                lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused, known=lambda: self.outboxes,
+                on_judged=self._wake_all, on_idle=lambda: self.filing.wake() if self.filing else None,
+                cpus=self._cpus)
+            self.intake_process.launch()
         self.metrics.watch_store(store.count_by_state, store.oldest_active_created_at, store.count_blocked)
         for ob in self.outboxes.values():
             for path in (ob.path, ob.sent, ob.failed):
@@ -183,15 +189,11 @@ class Service:
                     log.error("outbox %s: moving old job folders failed (%s); they are tried again at the "
                               "next start", ob.name, exc)
         _check_inotify_limits(len(cfg.outboxes))
-        if self.intake_apart:  # it watches the outboxes, then reports: READY waits for that
-            self.intake_process = IntakeProcess(
-                setup={"config": cfg, "outboxes": self.outboxes, "retired": self.retired,
-                       "simulate": self.simulate, "debug": self._debug,
-                       "private": self._folders.private.known()},
-                lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused,
-                known=lambda: self.outboxes, on_judged=self._wake_all, on_idle=self.filing.wake,
-                cpus=self._cpus)
-            self.intake_process.start()
+        if self.intake_process is not None and self._folders is not None:
+            # It watches the outboxes, then reports: READY waits for that.
+            self.intake_process.start({"config": cfg, "outboxes": self.outboxes, "retired": self.retired,
+                                       "simulate": self.simulate, "debug": self._debug,
+                                       "private": self._folders.private.known()})
         for stage in self.stages:
             stage.start()
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),
