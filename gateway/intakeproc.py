@@ -103,7 +103,6 @@ class IntakeProcess:
         self._reported_at = 0.0
         self._watching = False
         self._down: str | None = "it is starting"  # why it does not run, or None
-        self._counted: dict[tuple[str, tuple[str, ...]], float] = {}  # its counters, as already added
         self._reloads: dict[int, threading.Event] = {}
         self._generation = 0
 
@@ -171,7 +170,6 @@ class IntakeProcess:
         return proc, Connection(ours.detach())
 
     def _begin(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
-        self._counted.clear()  # a new process counts from 0
         with self._send_lock:  # no reload between: the first message is "start", with the latest
             self._conn = conn
             try:
@@ -202,9 +200,7 @@ class IntakeProcess:
             for name in [n for n in self._paused if n not in paused]:
                 self._paused.pop(name, None)
             self._paused.update(paused)
-        metrics = report.get("metrics")
-        if metrics is not None:
-            self._apply_metrics(metrics)
+        self._apply_metrics(report["metrics"])
         was, self.busy = self.busy, report["busy"]
         for generation in report["applied"]:
             done = self._reloads.pop(generation, None)
@@ -217,22 +213,15 @@ class IntakeProcess:
         if was and not self.busy:
             self._on_idle()
 
-    def _apply_metrics(self, metrics: Mapping[str, list[tuple[list[str], float]]]) -> None:
+    def _apply_metrics(self, changes: Mapping[str, list[list[Any]]]) -> None:
+        """What changed in the intake process since its last report (`_Relay.take`)."""
+        for family, labels, amount in changes["counters"]:
+            if family in COUNTERS:
+                self._metrics.count(getattr(self._metrics, family), *map(str, labels), amount=float(amount))
         known = self._known()
-        for family in GAUGES:
-            gauge = getattr(self._metrics, family)
-            for labels, value in metrics.get(family, ()):
-                if labels and labels[0] in known:  # (a gauge of an outbox a reload removed stays away)
-                    gauge.labels(*labels).set(float(value))
-        for family in COUNTERS:
-            counter = getattr(self._metrics, family)
-            for names, value in metrics.get(family, ()):
-                labels = tuple(str(n) for n in names)
-                value = float(value)
-                added = self._counted.get((family, labels), 0.0)
-                if value > added:
-                    self._metrics.count(counter, *labels, amount=value - added)
-                    self._counted[(family, labels)] = value
+        for family, labels, value in changes["gauges"]:
+            if family in GAUGES and labels and labels[0] in known:  # (not an outbox a reload removed)
+                getattr(self._metrics, family).labels(*map(str, labels)).set(float(value))
 
     # -- what the service asks --------------------------------------------------------
 
@@ -332,14 +321,12 @@ class _Child:
         self.conn, self.setup, self.wake_fd = conn, setup, wake_fd
         self._send_lock = threading.Lock()
         self._sent_at = float("-inf")
-        self._metrics_at = float("-inf")
         self._last: tuple[Any, ...] | None = None
-        self._sent_metrics: dict[str, list[tuple[list[str], float]]] | None = None
         config: Config = setup["config"]
         self.outboxes: dict[str, OutboxConfig] = setup["outboxes"]
         self.store = Store(config.database, migrate=False)
         self.store.clear_all_blocked(stages=("claim", "intake"))  # found again at their first try
-        self.metrics = Metrics(list(self.outboxes))
+        self.metrics = _Relay()
         self.paused: dict[str, str] = {}
         self.intake = _Reporting(self.store, self.outboxes, self.metrics, simulate=setup["simulate"],
                                  file_names=config.log.file_names, paused=self.paused,
@@ -389,50 +376,96 @@ class _Child:
                 log.error("intake: a reload could not be applied: %s: %s", type(exc).__name__, exc)
 
     def _reload(self, change: Reload) -> None:
-        for name in (*change.added, *change.changed):
-            self.metrics.add_outbox(name)
         done = self.intake.reconfigure(change)
         done.wait(APPLY_WAIT)
-        for name in change.removed:
-            self.metrics.remove_outbox(name)
         self.outboxes = change.outboxes
         set_level(change.config.log.level, change.config.log.format)
 
     def report(self, *, judged: bool = False, applied: tuple[int, ...] = (), started: bool = False) -> None:
         """To the daemon: at once when something it acts on changed (a batch judged, an
-        outbox paused, busy or idle), its metrics at most every METRICS_EVERY, and at least
-        every REPORT_EVERY, which tells it the loop turns."""
+        outbox paused, busy or idle), changed metrics at most every METRICS_EVERY, and
+        at least every REPORT_EVERY, which tells it the loop turns."""
         intake = self.intake
         now = time.monotonic()
         state = (intake.watcher.alive(), intake.busy, dict(self.paused))
-        urgent = started or judged or bool(applied) or state != self._last
-        if not urgent and now - self._metrics_at < METRICS_EVERY:
-            return
         with self._send_lock:
-            metrics = _snapshot(self.metrics)
-            self._metrics_at = now
-            if not urgent and metrics == self._sent_metrics and now - self._sent_at < REPORT_EVERY:
+            since = now - self._sent_at
+            if not (started or judged or applied or state != self._last or since >= REPORT_EVERY
+                    or (since >= METRICS_EVERY and self.metrics.changed)):
                 return
-            self._last, self._sent_at, self._sent_metrics = state, now, metrics
-            report = {"watching": state[0], "busy": state[1], "paused": state[2], "metrics": metrics,
-                      "judged": judged, "applied": list(applied), "started": started}
+            self._last, self._sent_at = state, now
+            report = {"watching": state[0], "busy": state[1], "paused": state[2],
+                      "metrics": self.metrics.take(), "judged": judged, "applied": list(applied),
+                      "started": started}
             try:
                 self.conn.send_bytes(json.dumps(report).encode())
             except (OSError, ValueError):
                 self.stop()  # the daemon is gone
 
 
-def _snapshot(metrics: Metrics) -> dict[str, list[tuple[list[str], float]]]:
-    """Intake's counters and gauges: by family, (labels, value) pairs."""
-    out: dict[str, list[tuple[list[str], float]]] = {}
-    for family in COUNTERS + GAUGES:
-        values = out[family] = []
-        for collected in getattr(metrics, family).collect():
-            for sample in collected.samples:
-                if family in COUNTERS and not sample.name.endswith("_total"):
-                    continue
-                values.append((list(sample.labels.values()), sample.value))
-    return out
+class _Relay:
+    """Intake's metrics in the intake process, as `Metrics` offers them to it: what
+    changed since the last report goes with the next one, and the daemon's `Metrics`
+    serves them.  Why not a registry of its own, read at each report: an idle turn sets
+    two gauges per outbox to what they were (a dict look-up here), and reading and
+    sending a registry of 50 outboxes took more CPU than the rest of an idle daemon."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}  # set since the last report
+        self._sent: dict[tuple[str, tuple[str, ...]], float] = {}    # gauges as last reported
+        for family in COUNTERS + GAUGES:
+            setattr(self, family, _Family(self, family))
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._counts or self._gauges)
+
+    def count(self, family: _Family, *labels: str, amount: float = 1.0) -> None:
+        self.add(family.name, labels, amount)
+
+    def add(self, family: str, labels: tuple[str, ...], amount: float) -> None:
+        key = (family, labels)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0.0) + amount
+
+    def set(self, family: str, labels: tuple[str, ...], value: float) -> None:
+        key = (family, labels)
+        with self._lock:
+            if self._sent.get(key) != value:
+                self._gauges[key] = value
+            else:
+                self._gauges.pop(key, None)
+
+    def take(self) -> dict[str, list[list[Any]]]:
+        with self._lock:
+            counts, gauges = self._counts, self._gauges
+            self._counts, self._gauges = {}, {}
+            self._sent.update(gauges)
+        return {"counters": [[f, list(labels), n] for (f, labels), n in counts.items()],
+                "gauges": [[f, list(labels), v] for (f, labels), v in gauges.items()]}
+
+
+class _Family:
+    def __init__(self, relay: _Relay, name: str) -> None:
+        self.relay, self.name = relay, name
+
+    def labels(self, *labels: str) -> _Series:
+        return _Series(self.relay, self.name, labels)
+
+
+class _Series:
+    __slots__ = ("relay", "family", "labels")
+
+    def __init__(self, relay: _Relay, family: str, labels: tuple[str, ...]) -> None:
+        self.relay, self.family, self.labels = relay, family, labels
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.relay.add(self.family, self.labels, amount)
+
+    def set(self, value: float) -> None:
+        self.relay.set(self.family, self.labels, value)
 
 
 def _die_with_parent(parent: int) -> None:

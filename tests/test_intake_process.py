@@ -279,3 +279,29 @@ def test_a_reload_while_the_intake_process_is_down_reaches_the_next_one(daemon, 
     (folder / "a.pdf").write_bytes(data)
     wait_for(lambda: list((second / "sent").rglob("*.result.json")), 20, "the new outbox's document sent")
     assert sent_documents(simulator) == [("+15551230412", data)]
+
+
+def test_intakes_metrics_travel_as_changes_and_add_up_in_the_daemon():
+    """The intake process sends what changed since its last report (intakeproc._Relay);
+    the daemon's Metrics adds counters up and sets gauges, not those of unknown outboxes."""
+    from gateway.intakeproc import IntakeProcess, _Relay
+    from gateway.metrics import Metrics
+    metrics = Metrics(["main"])
+    daemon_side = IntakeProcess(lock_fd=-1, metrics=metrics, paused={}, known=lambda: {"main"},
+                                on_judged=lambda: None, on_idle=lambda: None)
+    relay = _Relay()
+    relay.count(relay.files_detected, "main", amount=3)
+    relay.files_rejected.labels("main", "unreadable").inc()
+    relay.files_waiting.labels("main").set(5)
+    relay.files_waiting.labels("gone").set(7)
+    daemon_side._apply_metrics(relay.take())
+    relay.files_waiting.labels("main").set(5)  # as reported: nothing to send
+    relay.count(relay.files_detected, "main", amount=2)
+    second = relay.take()
+    assert second["gauges"] == [] and not relay.changed
+    daemon_side._apply_metrics(second)
+    text = metrics.render().decode()
+    assert metric_value(text, "fax_gateway_files_detected_total", outbox="main") == 5
+    assert metric_value(text, "fax_gateway_files_rejected_total", outbox="main", reason="unreadable") == 1
+    assert metric_value(text, "fax_gateway_files_waiting", outbox="main") == 5
+    assert metric_value(text, "fax_gateway_files_waiting", outbox="gone") is None
