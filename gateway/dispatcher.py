@@ -422,6 +422,14 @@ class Dispatcher(Stage):
         taken = taken | {rec.id for rec, _, _ in self._prepared}
         self._due = collections.deque(r for r in rows if r.id not in self._inflight and r.id not in taken)
         self._due_until = time.monotonic() + DUE_FRESH
+        # Their jobs, in two statements, not two each: jobs intake did not hand over (one
+        # in a process of its own, intakeproc.py; any after a restart).
+        missing = {r.job_id for r in self._due if r.job_id not in self._jobs}
+        if len(missing) > 1:
+            if len(self._jobs) + len(missing) > JOB_CACHE:
+                self._jobs.clear()
+            for job in self.store.jobs_by_ids(missing):
+                self._jobs[job.id] = job
 
     def _token(self) -> bool:
         """A request may start now (requests_per_minute); if not, the loop sleeps until it may."""

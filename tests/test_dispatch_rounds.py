@@ -127,3 +127,29 @@ def _within_two_a_second(simulator) -> None:
     worst = max(j - i + 1 - 2 * (times[j] - times[i])
                 for i in range(len(times)) for j in range(i, len(times)))
     assert worst <= 2 + 1, f"{len(times)} requests; {worst:.1f} in excess of the rate at the worst"
+
+
+def test_jobs_not_handed_over_are_read_a_batch_at_a_time(service, spool, simulator):
+    """Where intake hands the sending loop nothing in memory (its own process,
+    intakeproc.py; jobs left by a restart), the loop reads the jobs of a batch of due
+    submissions together, not one `get_job` (two statements) each (issue 12)."""
+    simulator.delay = 0.0
+    svc = service()
+    svc.intake.on_accepted = lambda accepted: None  # as with intake in a process of its own
+    one_by_one: list[str] = []
+    with svc.store._lock:
+        svc.store.conn.set_trace_callback(lambda sql: one_by_one.append(sql)
+                                          if sql.startswith("SELECT * FROM jobs WHERE id=") else None)
+    n = 100
+    folder = spool.folder("+15551230960")
+    datas = [make_pdf(1, text=f"batched {i}") for i in range(n)]
+    for i, data in enumerate(datas):
+        (folder / f"b{i:03d}.pdf").write_bytes(data)
+    spool.wait_results(n, "sent", timeout=90)
+    with svc.store._lock:
+        svc.store.conn.set_trace_callback(None)
+    sent = collections.Counter(doc for _, doc in sent_documents(simulator))
+    assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
+    # One by one it was 100 (and 100 more for the recipients); a batch read leaves the
+    # jobs read alone for the odd batch of one, and the final polls' own reads.
+    assert len(one_by_one) < n / 2, f"{len(one_by_one)} jobs read one at a time for {n} documents"
