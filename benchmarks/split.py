@@ -9,8 +9,11 @@ to the issue's owner in the seventeenth session was to claim and judge in a proc
 their own, handing jobs over through the database.  Before anyone builds that, this
 measures what it would give.
 
-The prototype is `split-prototype.diff`, applied to a `git archive` of HEAD in a temporary
-folder (the repository is untouched).  With FGW_ROLE=intake, `fax-gateway run` starts only
+The prototype is `split-prototype.diff`, applied to a `git archive` of BASE (default
+547c088, the last commit with intake in the daemon's process: the prototype's diff is for
+that `service.py`; since then `fax-gateway run` has the real thing, gateway/intakeproc.py,
+which ab.py compares with BASE) in a temporary folder (the repository is untouched).
+With FGW_ROLE=intake, `fax-gateway run` starts only
 the intake stage; with FGW_ROLE=send, only sending, filing and retention, without the
 database lock or its guard, and with a thread that reads the job counts (every 2 ms while
 they change, every 20 ms while they do not) and wakes the sending loop when they change
@@ -21,7 +24,7 @@ and nothing of the service's crash or reload handling is split.
 
 Four set-ups run at once, started in the order one, split, split, one (as in ab.py: the
 order of starting alone changes the figures), each with a simulator of its own: "one" is the
-patched tree without FGW_ROLE, which is HEAD's daemon; "split" is the two processes.
+patched tree without FGW_ROLE, which is BASE's daemon; "split" is the two processes.
 lean.py's burst rounds (one outbox, max_in_flight 4, settle 0.05 s, poll.interval 5 s,
 1,000 one-page PDFs, docs/s from the first file written to the last fax-send accepted)
 take turns, the order turned by one each round.  Printed: each set-up's docs/s per round,
@@ -48,6 +51,7 @@ import yaml
 from ab import extract, geo
 
 PATCH = Path(__file__).with_name("split-prototype.diff")
+BASE = "547c088"  # the last commit whose daemon ran intake in a thread
 
 
 def start(root: Path, code: Path, name: str, sims: dict[str, lean.SimulatorProcess],
@@ -86,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--docs", type=int, default=1000)
+    ap.add_argument("--base", default=BASE, help=f"the revision the prototype applies to (default {BASE})")
     args = ap.parse_args()
     if args.rounds < 2 or args.docs < 1:
         ap.error("--rounds must be at least 2 and --docs at least 1")
@@ -94,10 +99,10 @@ def main() -> None:
     rates: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="fgw-split-") as tmp:
         base = Path(tmp)
-        code = extract("HEAD", base / "code")
+        code = extract(args.base, base / "code")
         subprocess.run(["git", "apply", str(PATCH)], cwd=code, check=True)
         if "FGW_ROLE" not in (code / "gateway" / "service.py").read_text():
-            raise SystemExit(f"{PATCH.name} did not apply to HEAD's gateway/service.py")
+            raise SystemExit(f"{PATCH.name} did not apply to {args.base}'s gateway/service.py")
         sims: dict[str, lean.SimulatorProcess] = {}
         daemons: dict[str, list[lean.Daemon]] = {}
         done = dict.fromkeys(names, 0)
@@ -124,8 +129,8 @@ def main() -> None:
                 except Exception as exc:  # the others are stopped all the same
                     print(f"stopping: {exc!r}")
     n = len(rates["O1"])
-    print(f"\none = HEAD's daemon, split = intake and sending in two processes; {n} rounds of {args.docs} "
-          "documents on each of 4 set-ups")
+    print(f"\none = {args.base}'s daemon, split = intake and sending in two processes; "
+          f"{n} rounds of {args.docs} documents on each of 4 set-ups")
     for name in names:
         print(f"  {name}: docs/s to accepted, median {statistics.median(rates[name]):.0f}")
     pairs = [math.sqrt(rates["S1"][i] * rates["S2"][i] / (rates["O1"][i] * rates["O2"][i])) for i in range(n)]
