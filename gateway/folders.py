@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from gateway.config import OutboxConfig
 from gateway.private import PrivateFolders
@@ -38,6 +39,18 @@ class FolderGuard:
                         "share?); nothing is written there until it is back")
             self._inode.setdefault(path, st.st_ino)
         return self.private.problem(ob)
+
+    def known(self) -> dict[str, Any]:
+        """What it learned (which folders are mount points, the private folders prepared),
+        for `assume`."""
+        return {"mounted": dict(self._mounted), "private": self.private.known()}
+
+    def assume(self, known: dict[str, Any]) -> None:
+        """What the daemon's guard learned at its start (intakeproc.py): an intake process
+        started again while a share is unmounted still knows the empty folder for what it
+        is, and a private folder replaced meanwhile for an impostor."""
+        self._mounted.update(known["mounted"])
+        self.private.assume(known["private"])
 
     def replaced(self, path: Path) -> bool:
         """True once if the folder is another one than last time (deleted and recreated):

@@ -82,14 +82,15 @@ class IntakeProcess:
     name = "intake"
 
     def __init__(self, *, lock_fd: int, metrics: Metrics, paused: dict[str, str],
-                 known: Callable[[], Collection[str]], on_judged: Callable[[], None],
+                 folders: Callable[[], dict[str, Any]], on_judged: Callable[[], None],
                  on_idle: Callable[[], None], cpus: tuple[int, Collection[int]] | None = None) -> None:
         # What a new process starts with (`start`): the configuration in use (a reload
         # changes it, under `_send_lock`, so a process started meanwhile gets the new one).
         self._setup: dict[str, Any] = {}
         self._launched: tuple[subprocess.Popen[bytes], Connection] | None = None
         self._lock_fd, self._metrics = lock_fd, metrics
-        self._paused, self._known = paused, known
+        self._paused = paused
+        self._folders = folders  # what the daemon's folder guard knows (FolderGuard.known), at each start
         self._on_judged, self._on_idle = on_judged, on_idle
         self._cpus = cpus  # (its CPU, every CPU the daemon may use), as cpu.py keeps them
         self.busy = False  # its last turn left work for the next at once (filing gives way meanwhile)
@@ -108,8 +109,13 @@ class IntakeProcess:
 
     def launch(self) -> None:
         """The first process, early in the daemon's start: it loads Python and the gateway
-        (half a second) while the daemon sets up the rest, and waits for `start`."""
-        self._launched = self._launch()
+        (half a second) on its own CPU while the daemon sets up the rest, and waits for
+        `start`.  Called from the thread that lives as long as the daemon (the main
+        thread): PR_SET_PDEATHSIG follows the thread that started the process."""
+        try:
+            self._launched = self._launch()
+        except Exception as exc:  # tried again by `start`'s loop, with its backoff
+            log.error("the intake process could not be started: %s", exc)
 
     def start(self, setup: dict[str, Any], wait: float = START_WAIT) -> None:
         """`setup`: what it starts with (config, outboxes, retired, simulate, debug,
@@ -130,10 +136,16 @@ class IntakeProcess:
             try:
                 proc, conn = self._launched or self._launch()
                 self._launched = None
-                self._begin(proc, conn)
             except Exception as exc:
                 self._down = f"it could not be started: {exc}"
+                self._first.set()  # start-up waits no longer: /healthz says it
             else:
+                try:
+                    self._begin(proc, conn)
+                except Exception as exc:  # (not its death: _serve sees that) its start could not be sent
+                    log.error("the intake process could not be given its configuration: %s: %s",
+                              type(exc).__name__, exc)
+                    proc.kill()
                 self._serve(conn)
                 code = proc.wait()
                 with self._send_lock:
@@ -167,13 +179,18 @@ class IntakeProcess:
         finally:
             theirs.close()
         self._proc, self.pid = proc, proc.pid  # (`request_stop` ends it, even before `start`)
+        if self._cpus is not None:  # its own CPU from the start: it loads beside the daemon
+            try:
+                os.sched_setaffinity(proc.pid, {self._cpus[0]})
+            except OSError:
+                pass  # it keeps to its CPU itself once started (cpu.keep_on)
         return proc, Connection(ours.detach())
 
     def _begin(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         with self._send_lock:  # no reload between: the first message is "start", with the latest
             self._conn = conn
             try:
-                conn.send(("start", self._setup))
+                conn.send(("start", {**self._setup, "folders": self._folders()}))
             except (OSError, ValueError):
                 pass  # it died at once: _serve sees the end
         if self._stop.is_set():  # stopped while it was being started
@@ -218,7 +235,7 @@ class IntakeProcess:
         for family, labels, amount in changes["counters"]:
             if family in COUNTERS:
                 self._metrics.count(getattr(self._metrics, family), *map(str, labels), amount=float(amount))
-        known = self._known()
+        known = self._metrics.outboxes  # (a reload adds before it reaches intake, removes after)
         for family, labels, value in changes["gauges"]:
             if family in GAUGES and labels and labels[0] in known:  # (not an outbox a reload removed)
                 getattr(self._metrics, family).labels(*map(str, labels)).set(float(value))
@@ -247,14 +264,14 @@ class IntakeProcess:
             self._setup = {**self._setup, "config": change.config, "outboxes": change.outboxes,
                            "retired": change.retired}
             self._generation += 1
+            self._reloads[self._generation] = done  # (before: its answer may come at once)
             try:
                 if self._conn is None:
                     raise OSError("the intake process is not running")
                 self._conn.send(("reload", self._generation, change))
             except (OSError, ValueError):
+                self._reloads.pop(self._generation, None)
                 done.set()
-            else:
-                self._reloads[self._generation] = done
         return done
 
     def request_stop(self) -> None:
@@ -335,7 +352,7 @@ class _Child:
         self.intake.report = self.report
         self.intake.file_names = config.log.file_names
         self.intake.halted = halted_when_moved(config.database, os.fstat(lock_fd))
-        self.intake.guard.private.assume(setup["private"])
+        self.intake.guard.assume(setup["folders"])
 
     def run(self, wake_r: int) -> int:
         """Until SIGTERM (the signal's wake-up byte) or the end of the socket."""
@@ -367,15 +384,19 @@ class _Child:
             except (EOFError, OSError):
                 self.stop()
                 return
+            if message[0] != "reload":
+                continue
+            _, generation, change = message
             try:
-                if message[0] == "reload":
-                    _, generation, change = message
-                    self._reload(change)
-                    self.report(applied=(generation,))
+                self._reload(change)
             except Exception as exc:  # the daemon's message; its next reload may do
                 log.error("intake: a reload could not be applied: %s: %s", type(exc).__name__, exc)
+            finally:
+                self.report(applied=(generation,))  # answered either way: the daemon stops waiting
 
     def _reload(self, change: Reload) -> None:
+        # Their gauges are made afresh (at 0) in the daemon: what was reported counts no more.
+        self.metrics.forget({*change.added, *change.removed, *change.changed})
         done = self.intake.reconfigure(change)
         done.wait(APPLY_WAIT)
         self.outboxes = change.outboxes
@@ -437,6 +458,11 @@ class _Relay:
                 self._gauges[key] = value
             else:
                 self._gauges.pop(key, None)
+
+    def forget(self, outboxes: Collection[str]) -> None:
+        """Gauges of these outboxes are sent again, whatever was sent before."""
+        with self._lock:
+            self._sent = {k: v for k, v in self._sent.items() if not (k[1] and k[1][0] in outboxes)}
 
     def take(self) -> dict[str, list[list[Any]]]:
         with self._lock:

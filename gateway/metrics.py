@@ -115,6 +115,11 @@ class Metrics:
         for result in ("delivered", "failed", "canceled"):
             self.jobs_completed.labels(name, result)
 
+    @property
+    def outboxes(self) -> tuple[str, ...]:
+        """The outboxes whose series exist (added before a reload is applied, removed after)."""
+        return tuple(self._outboxes)
+
     def remove_outbox(self, name: str) -> None:
         """An outbox removed by a reload: its gauges go; its counters stay (its jobs may
         still finish, and a counter that vanished would read as a reset)."""

@@ -126,7 +126,8 @@ class Service:
         store.clear_all_blocked()
         if self.intake_apart:  # loading while the rest is set up; it starts at `start`
             self.intake_process = IntakeProcess(
-                lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused, known=lambda: self.outboxes,
+                lock_fd=self._lock.fd, metrics=self.metrics, paused=self.paused,
+                folders=lambda: self._folders.known() if self._folders else {"mounted": {}, "private": {}},
                 on_judged=self._wake_all, on_idle=lambda: self.filing.wake() if self.filing else None,
                 cpus=self._cpus)
             self.intake_process.launch()
@@ -192,8 +193,7 @@ class Service:
         if self.intake_process is not None and self._folders is not None:
             # It watches the outboxes, then reports: READY waits for that.
             self.intake_process.start({"config": cfg, "outboxes": self.outboxes, "retired": self.retired,
-                                       "simulate": self.simulate, "debug": self._debug,
-                                       "private": self._folders.private.known()})
+                                       "simulate": self.simulate, "debug": self._debug})
         for stage in self.stages:
             stage.start()
         log.info("fax-gateway running: %d outbox(es), API %s%s, http://%s/", len(cfg.outboxes),

@@ -15,6 +15,12 @@ import yaml
 from conftest import make_pdf, metric_value, sent_documents, wait_for, without_root_file_access
 
 
+@pytest.fixture(autouse=True)
+def _apart(monkeypatch):
+    """Two processes here even where `run` would not make them (one CPU allowed)."""
+    monkeypatch.setenv("FAX_GATEWAY_INTAKE_PROCESS", "yes")
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -287,7 +293,7 @@ def test_intakes_metrics_travel_as_changes_and_add_up_in_the_daemon():
     from gateway.intakeproc import IntakeProcess, _Relay
     from gateway.metrics import Metrics
     metrics = Metrics(["main"])
-    daemon_side = IntakeProcess(lock_fd=-1, metrics=metrics, paused={}, known=lambda: {"main"},
+    daemon_side = IntakeProcess(lock_fd=-1, metrics=metrics, paused={}, folders=dict,
                                 on_judged=lambda: None, on_idle=lambda: None)
     relay = _Relay()
     relay.count(relay.files_detected, "main", amount=3)
@@ -305,3 +311,19 @@ def test_intakes_metrics_travel_as_changes_and_add_up_in_the_daemon():
     assert metric_value(text, "fax_gateway_files_rejected_total", outbox="main", reason="unreadable") == 1
     assert metric_value(text, "fax_gateway_files_waiting", outbox="main") == 5
     assert metric_value(text, "fax_gateway_files_waiting", outbox="gone") is None
+
+
+def test_gauges_of_an_outbox_a_reload_adds_reach_the_daemon(daemon, spool, simulator, tmp_path):
+    """The intake process sets the new outbox's gauges once the daemon has made them:
+    an outbox added with a missing folder is paused in /metrics as in /healthz."""
+    d = daemon().start()
+    _intake_of(d)
+    cfg = yaml.safe_load(d.config.read_text())
+    late = tmp_path / "late"
+    cfg["outboxes"].append({"name": "late", "path": str(late / "outbox"), "sent": str(late / "sent"),
+                            "failed": str(late / "failed")})
+    d.config.write_text(yaml.safe_dump(cfg))  # its folders' parent does not exist: it pauses
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any("late" in r for r in _health(d)[1].get("reasons", ())), 15, "the new outbox paused")
+    wait_for(lambda: metric_value(d.metrics(), "fax_gateway_outbox_paused", outbox="late") == 1, 15,
+             "the paused gauge of the new outbox")
