@@ -117,6 +117,9 @@ class Intake(Stage):
         self.blocked_claims = BlockedItems(store, "claim", self.log, cap, file_names=file_names)
         self.blocked_jobs = BlockedItems(store, "intake", self.log, cap, file_names=file_names)
         self._unfinished: dict[int, str] = {}  # job -> outbox: claims or judging to try again
+        # (outbox, path in it) -> job: files of claims a crash interrupted, still in the outbox
+        # until the claim is finished: never planned as a job of their own meanwhile.
+        self._claiming: dict[tuple[str, str], int] = {}
         self._stuck: dict[tuple[str, str, str], int] = {}  # a group whose failed claim is not undone yet
 
     def _rescan_of(self, outbox: str) -> float:
@@ -135,6 +138,9 @@ class Intake(Stage):
         were never judged are judged: each on its own, so one bad job never stops the rest."""
         for job_id in self.store.job_ids_in_phase(Phase.CLAIMING):
             self._unfinished[job_id] = ""
+            job = self.store.get_job(job_id)
+            for name in job.names:
+                self._claiming[(job.outbox, _in_outbox(job.rel_dir, name))] = job_id
         for job_id in self.store.held_job_ids_without_recipients():
             self._unfinished[job_id] = ""
         try:
@@ -300,6 +306,10 @@ class Intake(Stage):
             key = (ob.name, folder, plan.primary)
             if key in self._stuck:
                 continue  # its one job row is tried again by _retry_unfinished, never a second
+            if self._claiming and any((ob.name, _in_outbox(plan.rel_dir, n)) in self._claiming
+                                      for n in plan.names):
+                wake = _earliest(wake, now + UNFINISHED_RETRY)  # its claim is finished first
+                continue
             if not self.blocked_claims.due(key):
                 wake = _earliest(wake, self.blocked_claims.next_try(key))
                 continue
@@ -432,6 +442,7 @@ class Intake(Stage):
                     continue
                 if job.phase == Phase.CLAIMING:
                     self._finish_claim(job)
+                    self._claimed_after_restart(job)
                 elif job.phase == Phase.HELD and job.state == "queued" and not job.recipients:
                     if ob is None:
                         raise _Unconfigured(job.outbox)
@@ -443,6 +454,15 @@ class Intake(Stage):
                 self.blocked_jobs.block(key, outbox=self._outbox_of(job_id), item=f"job {job_id}",
                                         job_id=job_id, reason=_job_problem(exc))
         return False
+
+    def _claimed_after_restart(self, job: Job) -> None:
+        """Its files were moved (or put back): the watcher forgets what it saw of them, so
+        that no plan of this turn takes the moved ones for new files, and they may be
+        planned again once they are back."""
+        for name in job.names:
+            rel = _in_outbox(job.rel_dir, name)
+            if self._claiming.pop((job.outbox, rel), None) is not None:
+                self.watcher.forget(job.outbox, rel)
 
     def _outbox_of(self, job_id: int) -> str:
         try:
@@ -656,6 +676,11 @@ def _keep_within(room: int, verdicts: list[Accepted | Rejected | Exception | Non
             else:
                 room -= size
     return room
+
+
+def _in_outbox(rel_dir: str, name: str) -> str:
+    """A file's path in its outbox, as the watcher names it."""
+    return os.path.join(rel_dir, name) if rel_dir else name
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

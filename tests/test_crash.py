@@ -261,3 +261,20 @@ def test_sigkill_between_filing_and_notify_command_still_notifies(daemon, spool,
     d.start()  # a notification that ran is not repeated at the next start
     d.terminate()
     assert log.read_text().splitlines() == [str(result["_path"])]
+
+
+def test_many_claims_cut_short_are_finished_before_their_files_are_planned_again(daemon, spool, simulator):
+    """A kill between a batch's intents and its renames leaves dozens of claims to finish
+    at the restart, over several turns: meanwhile their files, still in the outbox, are
+    never planned as new jobs (which found them gone and filed empty rejections beside
+    the documents that were sent)."""
+    d = daemon(defaults={"settle": "0.05s"})  # ready again at once after the restart
+    datas = _drop(spool, "+15551230230", [f"c{i:02d}.pdf" for i in range(32)])  # one claim batch
+    d.start(crash_at="claim", wait_healthy=False)
+    assert d.wait_exit() == -9
+    d.start()
+    results = spool.wait_results(32, timeout=60)
+    assert all(r["state"] == "delivered" for r in results), [r["reason"] for r in results if r["reason"]]
+    assert sorted(f for r in results for f in r["files"]) == sorted(datas)
+    assert sorted(data for _, data in sent_documents(simulator)) == sorted(datas.values())
+    _everything_filed_once(spool, datas, "sent")
