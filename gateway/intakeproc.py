@@ -118,9 +118,10 @@ class IntakeProcess:
             log.error("the intake process could not be started: %s", exc)
 
     def start(self, setup: dict[str, Any], wait: float = START_WAIT) -> None:
-        """`setup`: what it starts with (config, outboxes, retired, simulate, debug,
-        private).  Returns once intake watches the outboxes (its "started" report), or
-        once its first process ended without it, or after `wait`."""
+        """`setup`: what it starts with (config, outboxes, retired, simulate, debug; what
+        the daemon's folder guard knows is added at each start).  Returns once intake
+        watches the outboxes (its "started" report), or once its first process ended
+        without it, or after `wait`."""
         with self._send_lock:
             self._setup = {**setup, "config": without_secrets(setup["config"])}
         self._thread = threading.Thread(target=self._run, name="intake-process", daemon=True)
