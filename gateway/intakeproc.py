@@ -94,7 +94,6 @@ class IntakeProcess:
         self._on_judged, self._on_idle = on_judged, on_idle
         self._cpus = cpus  # (its CPU, every CPU the daemon may use), as cpu.py keeps them
         self.busy = False  # its last turn left work for the next at once (filing gives way meanwhile)
-        self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
@@ -151,7 +150,7 @@ class IntakeProcess:
                 code = proc.wait()
                 with self._send_lock:
                     conn.close()
-                    self._conn, self.busy, self.pid = None, False, None
+                    self._conn, self.busy = None, False
                     for done in self._reloads.values():  # the next process starts with them
                         done.set()
                     self._reloads.clear()
@@ -179,7 +178,7 @@ class IntakeProcess:
                                     pass_fds=(theirs.fileno(), self._lock_fd))
         finally:
             theirs.close()
-        self._proc, self.pid = proc, proc.pid  # (`request_stop` ends it, even before `start`)
+        self._proc = proc  # (`request_stop` ends it, even before `start`)
         if self._cpus is not None:  # its own CPU from the start: it loads beside the daemon
             try:
                 os.sched_setaffinity(proc.pid, {self._cpus[0]})
@@ -296,9 +295,6 @@ class IntakeProcess:
                 proc.wait()
         if self._thread is not None:
             self._thread.join(2.0)
-
-    def alive(self) -> bool:
-        return self._down is None
 
 
 def without_secrets(value: Any) -> Any:

@@ -5,6 +5,7 @@ once (SPEC: nothing is sent twice)."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 from conftest import make_pdf, run_cli, sent_documents, wait_for
 
@@ -46,23 +47,10 @@ def test_a_burst_asks_the_store_what_is_due_once_per_batch_not_once_per_turn(ser
     still found: every document is sent exactly once and every poll answered."""
     simulator.delay = 0.0
     svc = service()
-    reads: list[str] = []
     shapes = ("next_action_at<=", "MIN(next_action_at)")
-    # Set and unset under the store's lock: a thread in SQLite may be running the callback
-    # (it needs the interpreter lock), and setting one waits for the connection's mutex.
-    with svc.store._lock:
-        svc.store.conn.set_trace_callback(lambda sql: reads.append(sql) if any(s in sql for s in shapes)
-                                          else None)
     n = 120
-    folder = spool.folder("+15551230950")
-    datas = [make_pdf(1, text=f"asked {i}") for i in range(n)]
-    for i, data in enumerate(datas):
-        (folder / f"q{i:03d}.pdf").write_bytes(data)
-    spool.wait_results(n, "sent", timeout=90)
-    with svc.store._lock:
-        svc.store.conn.set_trace_callback(None)
-    sent = collections.Counter(doc for _, doc in sent_documents(simulator))
-    assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
+    reads = _burst_traced(svc, spool, simulator, "+15551230950", "q", n,
+                          lambda sql: any(s in sql for s in shapes))
     # Once per turn was 813 reads for these 120 documents; once per batch, 26-78 here, and
     # up to 122 when the answers' rounds and the polls' due times interleave badly (the
     # count includes the reads of due polls, one per round of answers at most).
@@ -136,20 +124,30 @@ def test_jobs_not_handed_over_are_read_a_batch_at_a_time(service, spool, simulat
     simulator.delay = 0.0
     svc = service()
     svc.intake.on_accepted = lambda accepted: None  # as with intake in a process of its own
-    one_by_one: list[str] = []
-    with svc.store._lock:
-        svc.store.conn.set_trace_callback(lambda sql: one_by_one.append(sql)
-                                          if sql.startswith("SELECT * FROM jobs WHERE id=") else None)
     n = 100
-    folder = spool.folder("+15551230960")
-    datas = [make_pdf(1, text=f"batched {i}") for i in range(n)]
+    one_by_one = _burst_traced(svc, spool, simulator, "+15551230960", "b", n,
+                               lambda sql: sql.startswith("SELECT * FROM jobs WHERE id="))
+    # One by one it was 100 (and 100 more for the recipients); a batch read leaves the
+    # jobs read alone for the odd batch of one, and the final polls' own reads.
+    assert len(one_by_one) < n / 2, f"{len(one_by_one)} jobs read one at a time for {n} documents"
+
+
+def _burst_traced(svc, spool, simulator, number: str, prefix: str, n: int,
+                  wanted: Callable[[str], bool]) -> list[str]:
+    """The statements `wanted` of the in-process service's store while a burst of n
+    documents is sent; each document was sent exactly once."""
+    traced: list[str] = []
+    # Set and unset under the store's lock: a thread in SQLite may be running the callback
+    # (it needs the interpreter lock), and setting one waits for the connection's mutex.
+    with svc.store._lock:
+        svc.store.conn.set_trace_callback(lambda sql: traced.append(sql) if wanted(sql) else None)
+    folder = spool.folder(number)
+    datas = [make_pdf(1, text=f"{prefix} {i}") for i in range(n)]
     for i, data in enumerate(datas):
-        (folder / f"b{i:03d}.pdf").write_bytes(data)
+        (folder / f"{prefix}{i:03d}.pdf").write_bytes(data)
     spool.wait_results(n, "sent", timeout=90)
     with svc.store._lock:
         svc.store.conn.set_trace_callback(None)
     sent = collections.Counter(doc for _, doc in sent_documents(simulator))
     assert sorted(sent) == sorted(datas) and set(sent.values()) == {1}
-    # One by one it was 100 (and 100 more for the recipients); a batch read leaves the
-    # jobs read alone for the odd batch of one, and the final polls' own reads.
-    assert len(one_by_one) < n / 2, f"{len(one_by_one)} jobs read one at a time for {n} documents"
+    return traced

@@ -37,6 +37,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _with_outbox(d, root: Path, name: str, *, made: bool = True) -> Path:
+    """The daemon's configuration file with one more outbox, in root/outbox, sent, failed
+    (folders `made`), for the next reload."""
+    if made:
+        for sub in ("outbox", "sent", "failed"):
+            (root / sub).mkdir(parents=True)
+    cfg = yaml.safe_load(d.config.read_text())
+    cfg["outboxes"].append({"name": name, "path": str(root / "outbox"), "sent": str(root / "sent"),
+                            "failed": str(root / "failed")})
+    d.config.write_text(yaml.safe_dump(cfg))
+    return root
+
+
 def _intake_of(d) -> int:
     return wait_for(lambda: (_children(d.proc.pid) or [None])[0], 15, "the intake process")
 
@@ -151,13 +164,7 @@ def test_the_intake_process_gets_no_secret(daemon, spool, simulator, tmp_path):
 def test_sigterm_stops_the_intake_process_first_and_a_reload_reaches_it(daemon, spool, simulator, tmp_path):
     d = daemon().start()
     child = _intake_of(d)
-    second = tmp_path / "second"
-    for sub in ("outbox", "sent", "failed"):
-        (second / sub).mkdir(parents=True)
-    cfg = yaml.safe_load(d.config.read_text())
-    cfg["outboxes"].append({"name": "second", "path": str(second / "outbox"), "sent": str(second / "sent"),
-                            "failed": str(second / "failed")})
-    d.config.write_text(yaml.safe_dump(cfg))
+    second = _with_outbox(d, tmp_path / "second", "second")
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in d.log.read_text(), 10, "the reload")
     folder = second / "outbox" / "+15551230407"
@@ -268,13 +275,7 @@ def test_what_the_intake_process_is_given_holds_no_secret(make_config):
 def test_a_reload_while_the_intake_process_is_down_reaches_the_next_one(daemon, spool, simulator, tmp_path):
     d = daemon().start()
     first = _intake_of(d)
-    second = tmp_path / "second"
-    for sub in ("outbox", "sent", "failed"):
-        (second / sub).mkdir(parents=True)
-    cfg = yaml.safe_load(d.config.read_text())
-    cfg["outboxes"].append({"name": "second", "path": str(second / "outbox"), "sent": str(second / "sent"),
-                            "failed": str(second / "failed")})
-    d.config.write_text(yaml.safe_dump(cfg))
+    second = _with_outbox(d, tmp_path / "second", "second")
     os.kill(first, signal.SIGKILL)
     d.proc.send_signal(signal.SIGHUP)  # before a new intake process starts (1 s later)
     wait_for(lambda: "configuration reloaded" in d.log.read_text(), 15, "the reload")
@@ -318,11 +319,7 @@ def test_gauges_of_an_outbox_a_reload_adds_reach_the_daemon(daemon, spool, simul
     an outbox added with a missing folder is paused in /metrics as in /healthz."""
     d = daemon().start()
     _intake_of(d)
-    cfg = yaml.safe_load(d.config.read_text())
-    late = tmp_path / "late"
-    cfg["outboxes"].append({"name": "late", "path": str(late / "outbox"), "sent": str(late / "sent"),
-                            "failed": str(late / "failed")})
-    d.config.write_text(yaml.safe_dump(cfg))  # its folders' parent does not exist: it pauses
+    _with_outbox(d, tmp_path / "late", "late", made=False)  # its folders' parent does not exist: it pauses
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: any("late" in r for r in _health(d)[1].get("reasons", ())), 15, "the new outbox paused")
     wait_for(lambda: metric_value(d.metrics(), "fax_gateway_outbox_paused", outbox="late") == 1, 15,
