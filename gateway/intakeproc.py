@@ -52,6 +52,7 @@ from gateway.dbguard import halted_when_moved
 from gateway.intake import Intake
 from gateway.logs import set_level, setup_logging
 from gateway.metrics import Metrics
+from gateway.quietlog import Problems
 from gateway.reload import Reload
 from gateway.store import Store
 
@@ -105,6 +106,7 @@ class IntakeProcess:
         self._down: str | None = "it is starting"  # why it does not run, or None
         self._reloads: dict[int, threading.Event] = {}
         self._generation = 0
+        self._problems = Problems(log)  # a report that keeps failing is logged once, not 5 times a second
 
     def launch(self) -> None:
         """The first process, early in the daemon's start: it loads Python and the gateway
@@ -205,7 +207,10 @@ class IntakeProcess:
             try:
                 self._take(json.loads(message))
             except Exception as exc:  # never a reason to stop serving it: its next report may do
-                log.error("a report of the intake process could not be used: %s: %s", type(exc).__name__, exc)
+                self._problems.problem("report", "a report of the intake process could not be used: %s: %s",
+                                       type(exc).__name__, exc)
+            else:
+                self._problems.clear("report", "the intake process's reports are used again")
 
     def _take(self, report: dict[str, Any]) -> None:
         if not report["applied"]:  # (an answer to a reload says nothing of the loop)

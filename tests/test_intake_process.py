@@ -324,3 +324,23 @@ def test_gauges_of_an_outbox_a_reload_adds_reach_the_daemon(daemon, spool, simul
     wait_for(lambda: any("late" in r for r in _health(d)[1].get("reasons", ())), 15, "the new outbox paused")
     wait_for(lambda: metric_value(d.metrics(), "fax_gateway_outbox_paused", outbox="late") == 1, 15,
              "the paused gauge of the new outbox")
+
+
+def test_reports_that_cannot_be_used_are_logged_once_not_each_time(caplog):
+    """The daemon serves its intake process's reports whatever they hold: one it cannot
+    use is logged once (quietlog), however often it comes, and serving goes on."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from gateway.intakeproc import IntakeProcess
+    from gateway.metrics import Metrics
+    ours, theirs = socket.socketpair()
+    served = IntakeProcess(lock_fd=-1, metrics=Metrics(["main"]), paused={}, folders=dict,
+                           on_judged=lambda: None, on_idle=lambda: None)
+    sender = Connection(theirs.detach())
+    for _ in range(50):
+        sender.send_bytes(b'{"not": "a report"}')
+    sender.close()
+    with caplog.at_level("ERROR", logger="gateway.intake"):
+        served._serve(Connection(ours.detach()))  # returns at the end of the socket
+    assert len([r for r in caplog.records if "could not be used" in r.getMessage()]) == 1
